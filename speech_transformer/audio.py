@@ -1,0 +1,141 @@
+"""Audio input: any file, bytes or array -> 16 kHz mono float32.
+
+Decoding goes through soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, NIST sphere, ...);
+resampling through torchaudio's windowed-sinc resampler. Every failure is an `AudioError`
+that names the input and the reason, so a batch job can report it and carry on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000  # the model's rate; everything is resampled to it
+N_FFT = 400  # 25 ms analysis window
+HOP_LENGTH = 160  # 10 ms between frames
+N_MELS = 80
+MIN_INPUT_RATE = 4_000  # below this there is no speech band left to recognise
+
+AudioSource = Union[str, os.PathLike, bytes, np.ndarray, torch.Tensor, tuple]
+
+
+class AudioError(ValueError):
+    """An input could not be turned into audio. `source` names it, `reason` says why."""
+
+    def __init__(self, source: str, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def describe(source: AudioSource) -> str:
+    """A short human name for an input, used in error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, tuple):
+        return f"<array at {source[0]} Hz>" if isinstance(source[0], int) else "<array>"
+    return "<array>"
+
+
+def info(path: str | os.PathLike) -> AudioInfo:
+    """Header facts of an audio file without decoding it. Raises AudioError."""
+    _check_file(path)
+    try:
+        i = sf.info(str(path))
+    except Exception as e:  # libsndfile says "Format not recognised", "unimplemented format", ...
+        raise AudioError(str(path), f"not a readable audio file ({_short(e)})") from None
+    return AudioInfo(i.samplerate, i.channels, i.frames, i.format)
+
+
+def load_audio(source: AudioSource, sample_rate: int | None = None) -> np.ndarray:
+    """Decode and resample `source` to 16 kHz mono float32 in [-1, 1].
+
+    source: a path; the bytes of a file; a `(sample_rate, array)` or `(array, sample_rate)` tuple
+    (Gradio's microphone gives `(48000, int16 array of shape (T, 2))`); or an array/tensor,
+    taken to be at `sample_rate` (default 16 kHz). Arrays may be `(T,)`, `(T, C)` or `(C, T)`.
+    Returns: `(T,)` float32 at SAMPLE_RATE.
+    """
+    name = describe(source)
+    if isinstance(source, tuple):
+        a, b = source
+        rate, data = (a, b) if isinstance(a, (int, np.integer)) else (b, a)
+        return _prepare(np.asarray(data), int(rate), name)
+    if isinstance(source, torch.Tensor):
+        source = source.detach().cpu().numpy()
+    if isinstance(source, np.ndarray):
+        return _prepare(source, sample_rate or SAMPLE_RATE, name)
+    if isinstance(source, bytes):
+        if not source:
+            raise AudioError(name, "empty input (0 bytes)")
+        return _prepare(*_decode(io.BytesIO(source), name), name)
+    _check_file(source)
+    return _prepare(*_decode(str(source), name), name)
+
+
+def _check_file(path: str | os.PathLike) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(str(path), "file not found")
+    if p.is_dir():
+        raise AudioError(str(path), "is a directory, not an audio file")
+    if p.stat().st_size == 0:
+        raise AudioError(str(path), "empty file (0 bytes)")
+
+
+def _decode(file, name: str) -> tuple[np.ndarray, int]:
+    try:
+        with sf.SoundFile(file) as f:
+            expected = f.frames
+            data = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except Exception as e:
+        raise AudioError(name, f"not a readable audio file ({_short(e)})") from None
+    # libsndfile reports the header's frame count; fewer decoded frames means the file was cut off.
+    if 0 < expected < (1 << 62) and len(data) < expected:
+        raise AudioError(name, f"truncated: header promises {expected} frames, only {len(data)} decoded")
+    return data, rate
+
+
+def _prepare(data: np.ndarray, rate: int, name: str) -> np.ndarray:
+    if data.size == 0:
+        raise AudioError(name, "no audio samples (zero length)")
+    if rate < MIN_INPUT_RATE:
+        raise AudioError(name, f"sample rate {rate} Hz is too low (need >= {MIN_INPUT_RATE} Hz)")
+    if np.issubdtype(data.dtype, np.integer):
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+    data = data.astype(np.float32, copy=False)
+    if data.ndim == 2:  # channels: the short axis
+        data = data.mean(axis=1 if data.shape[0] >= data.shape[1] else 0)
+    elif data.ndim != 1:
+        raise AudioError(name, f"expected 1-D or 2-D audio, got shape {tuple(data.shape)}")
+    if not np.isfinite(data).all():
+        raise AudioError(name, "audio contains NaN or infinite samples")
+    if rate != SAMPLE_RATE:
+        data = AF.resample(torch.from_numpy(np.ascontiguousarray(data)), rate, SAMPLE_RATE).numpy()
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
