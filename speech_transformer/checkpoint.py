@@ -1,0 +1,142 @@
+"""Model directories and checkpoint averaging. Nothing here unpickles.
+
+A model directory holds:
+- `config.json`: {"format": 1, "model": ModelConfig fields, "weights_sha256": ..., "info": {...}}
+- `model.safetensors`: the weights (front-end feature statistics included)
+- `tokenizer.model`: the SentencePiece model
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from speech_transformer.model import ModelConfig, SpeechTransformer
+from speech_transformer.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
+
+
+class CheckpointError(ValueError):
+    """A model directory or checkpoint file is missing, corrupt, or does not match its config."""
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors, written atomically. Tensors are copied: safetensors refuses tied (shared) storage."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+
+
+def save_model(model: SpeechTransformer, tokenizer: Tokenizer, directory: str | os.PathLike,
+               info: dict | None = None) -> Path:
+    """Write a complete model directory (into a temp dir, then moved into place)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    save_state_dict(model.state_dict(), tmp / WEIGHTS_FILE)
+    (tmp / TOKENIZER_FILE).write_bytes(tokenizer.to_bytes())
+    config = {"format": FORMAT_VERSION, "model": model.config.to_dict(),
+              "weights_sha256": sha256(tmp / WEIGHTS_FILE), "tokenizer_sha256": sha256(tmp / TOKENIZER_FILE),
+              "info": info or {}}
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if directory.exists():
+        for name in (WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE):  # config last: it vouches for the others
+            os.replace(tmp / name, directory / name)
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, directory)
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a model directory (no {CONFIG_FILE})")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if config.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported format {config.get('format')!r} (expected {FORMAT_VERSION})")
+    return config
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SpeechTransformer, Tokenizer, dict]:
+    """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes."""
+    directory = Path(directory)
+    config = read_config(directory)
+    for name, key in ((WEIGHTS_FILE, "weights_sha256"), (TOKENIZER_FILE, "tokenizer_sha256")):
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: missing {name}")
+        if config.get(key) and sha256(path) != config[key]:
+            raise CheckpointError(f"{path}: contents do not match the sha256 recorded in {CONFIG_FILE} "
+                                  "(file corrupt or modified)")
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: bad model config ({e})") from None
+    tokenizer = Tokenizer(directory / TOKENIZER_FILE)
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model expects "
+                              f"{model_config.vocab_size}")
+    model = SpeechTransformer(model_config)
+    load_weights(model, load_state_dict(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
+    return model.to(device).eval(), tokenizer, config
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{source}: weights do not match the config (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]})")
+    model.load_state_dict(state)
+
+
+def average_state_dicts(paths: list[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of several safetensors files with the same keys (integer buffers from the last)."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state = load_state_dict(Path(path))
+        if total and set(state) != set(total):
+            raise CheckpointError(f"{path}: keys differ from {paths[0]}")
+        for k, v in state.items():
+            total[k] = v.double() + total[k] if k in total and v.is_floating_point() else (
+                v.double() if v.is_floating_point() else v)
+    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}

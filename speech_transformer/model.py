@@ -1,0 +1,274 @@
+"""The model: log-mel frames -> transformer encoder (+ CTC head) -> autoregressive transformer decoder.
+
+Reads top to bottom: config and presets, attention, the two kinds of block, encoder, decoder,
+and the `SpeechTransformer` that ties them together with the joint CTC/attention loss.
+Shapes: B batch, F feature frames, S encoder frames (F/4), L tokens, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from speech_transformer.audio import N_MELS
+from speech_transformer.features import FrontEnd
+from speech_transformer.tokenizer import BLANK_ID, SOS_EOS_ID
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    n_mels: int = N_MELS
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int = 1024
+    encoder_layers: int = 12
+    decoder_layers: int = 6
+    dropout: float = 0.1
+    subsampling_channels: int = 0  # 0: same as d_model
+    normalization: str = "global"  # feature normalisation, see FrontEnd
+    tie_embeddings: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(d_model=160, n_heads=4, d_ff=640, encoder_layers=8, decoder_layers=4),
+    "small": ModelConfig(d_model=256, n_heads=4, d_ff=1536, encoder_layers=12, decoder_layers=6),
+    "base": ModelConfig(d_model=512, n_heads=8, d_ff=2048, encoder_layers=12, decoder_layers=6),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def sinusoids(length: int, dim: int, offset: int = 0) -> Tensor:
+    """Sinusoidal position encodings `(length, dim)` for positions offset .. offset+length-1."""
+    position = torch.arange(offset, offset + length, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2] = torch.sin(position * inv_freq)
+    pe[:, 1::2] = torch.cos(position * inv_freq)
+    return pe
+
+
+def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """`(B, max_len)` bool, True on valid positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention through `scaled_dot_product_attention`, with an optional KV cache."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.value = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def heads(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, D/H)
+        return x.view(x.shape[0], x.shape[1], self.n_heads, -1).transpose(1, 2)
+
+    def project_kv(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        return self.heads(self.key(source)), self.heads(self.value(source))
+
+    def forward(self, x: Tensor, source: Tensor | None = None, mask: Tensor | None = None,
+                kv: tuple[Tensor, Tensor] | None = None, causal: bool = False) -> Tensor:
+        """x `(B, T, D)`; keys/values from `source` (default x) or precomputed `kv`; mask broadcasts to `(B, H, T, S)`."""
+        q = self.heads(self.query(x))
+        k, v = kv if kv is not None else self.project_kv(x if source is None else source)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(x.shape))
+
+
+def feed_forward(d_model: int, d_ff: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LayerNorm: x + SelfAttn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(c.d_model)
+        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.ff_norm = nn.LayerNorm(c.d_model)
+        self.ff = feed_forward(c.d_model, c.d_ff, c.dropout)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), mask=mask))
+        return x + self.drop(self.ff(self.ff_norm(x)))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LayerNorm: causal self-attention, cross-attention over the encoder, feed-forward."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.self_norm = nn.LayerNorm(c.d_model)
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.cross_norm = nn.LayerNorm(c.d_model)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.ff_norm = nn.LayerNorm(c.d_model)
+        self.ff = feed_forward(c.d_model, c.d_ff, c.dropout)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
+                cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        h = self.self_norm(x)
+        k, v = self.self_attn.project_kv(h)
+        if cache is not None:  # incremental decoding: new positions attend to all cached ones
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        x = x + self.drop(self.self_attn(h, kv=(k, v), causal=cache is None))
+        x = x + self.drop(self.cross_attn(self.cross_norm(x), kv=memory_kv, mask=memory_mask))
+        return x + self.drop(self.ff(self.ff_norm(x))), (k, v)
+
+
+class ConvSubsampling(nn.Module):
+    """Two 3x3 stride-2 conv2d layers: `(B, F, n_mels)` -> `(B, S, D)` with S = ((F-1)//2 - 1)//2.
+
+    No time padding, so a valid output frame never sees padded input frames.
+    """
+
+    def __init__(self, n_mels: int, channels: int, d_model: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.GELU(), nn.Conv2d(channels, channels, 3, 2), nn.GELU())
+        self.proj = nn.Linear(channels * (((n_mels - 1) // 2 - 1) // 2), d_model)
+
+    @staticmethod
+    def output_lengths(lengths: Tensor) -> Tensor:
+        return (((lengths - 1) // 2 - 1) // 2).clamp(min=0)
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if feats.shape[1] < 7:  # the two convolutions need at least 7 frames
+            feats = F.pad(feats, (0, 0, 0, 7 - feats.shape[1]))
+        x = self.conv(feats[:, None])  # (B, C, S, n_mels')
+        x = self.proj(x.transpose(1, 2).flatten(2))
+        return x, self.output_lengths(lengths)
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.subsampling = ConvSubsampling(c.n_mels, c.subsampling_channels or c.d_model, c.d_model)
+        self.scale = math.sqrt(c.d_model)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(EncoderBlock(c) for _ in range(c.encoder_layers))
+        self.norm = nn.LayerNorm(c.d_model)
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """feats `(B, F, n_mels)`, lengths `(B,)` -> encoder states `(B, S, D)`, lengths `(B,)`."""
+        x, lengths = self.subsampling(feats, lengths)
+        x = self.drop(x * self.scale + sinusoids(x.shape[1], x.shape[2]).to(x))
+        mask = padding_mask(lengths, x.shape[1])[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x), lengths
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        nn.init.normal_(self.embed.weight, std=c.d_model**-0.5)  # unit variance after scaling by sqrt(D)
+        self.scale = math.sqrt(c.d_model)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.decoder_layers))
+        self.norm = nn.LayerNorm(c.d_model)
+        self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.output.weight = self.embed.weight
+
+    def memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Cross-attention keys/values of each block, computed once per utterance."""
+        return [block.cross_attn.project_kv(memory) for block in self.blocks]
+
+    def forward(self, tokens: Tensor, memory_kv: list[tuple[Tensor, Tensor]], memory_lengths: Tensor,
+                cache: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """tokens `(B, L)` -> logits `(B, L, V)` and the new self-attention cache.
+
+        With `cache` (from the previous call), `tokens` holds only the new positions.
+        """
+        offset = 0 if cache is None else cache[0][0].shape[2]
+        x = self.embed(tokens) * self.scale + sinusoids(tokens.shape[1], self.embed.embedding_dim, offset).to(
+            self.embed.weight.dtype).to(tokens.device)
+        x = self.drop(x)
+        memory_mask = padding_mask(memory_lengths, memory_kv[0][0].shape[2])[:, None, None, :]
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, memory_kv[i], memory_mask, None if cache is None else cache[i])
+            new_cache.append(kv)
+        return self.output(self.norm(x)), new_cache
+
+
+@dataclass
+class Loss:
+    total: Tensor
+    ctc: Tensor
+    attention: Tensor
+    tokens: int  # target tokens in the batch (for per-token reporting)
+
+
+class SpeechTransformer(nn.Module):
+    """Front end, encoder with CTC head, and decoder: the whole recogniser as one module."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.frontend = FrontEnd(config.n_mels, config.normalization)
+        self.encoder = Encoder(config)
+        self.ctc_head = nn.Linear(config.d_model, config.vocab_size)
+        self.decoder = Decoder(config)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(feats, lengths)
+
+    def ctc_log_probs(self, memory: Tensor) -> Tensor:
+        """`(B, S, D)` -> `(B, S, V)` log-probabilities, blank = 0."""
+        return self.ctc_head(memory).float().log_softmax(-1)
+
+    def forward(self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+                ctc_weight: float = 0.3, label_smoothing: float = 0.1) -> Loss:
+        """Joint loss. targets `(B, L)` token ids (no sos/eos), padded with anything past target_lengths."""
+        memory, memory_lengths = self.encode(feats, feat_lengths)
+        B, L = targets.shape
+        valid = padding_mask(target_lengths, L)
+        ctc = F.ctc_loss(self.ctc_log_probs(memory).transpose(0, 1), targets.masked_fill(~valid, 0),
+                         memory_lengths, target_lengths, blank=BLANK_ID, reduction="sum", zero_infinity=True) / B
+        sos = torch.full((B, 1), SOS_EOS_ID, dtype=targets.dtype, device=targets.device)
+        decoder_in = torch.cat([sos, targets.masked_fill(~valid, SOS_EOS_ID)], dim=1)  # (B, L+1)
+        decoder_out = torch.cat([targets, sos], dim=1).masked_fill(~padding_mask(target_lengths + 1, L + 1), -100)
+        decoder_out[torch.arange(B), target_lengths] = SOS_EOS_ID  # eos right after the last token
+        logits, _ = self.decoder(decoder_in, self.decoder.memory_kv(memory), memory_lengths)
+        attention = F.cross_entropy(logits.float().flatten(0, 1), decoder_out.flatten(), ignore_index=-100,
+                                    label_smoothing=label_smoothing, reduction="sum") / B
+        return Loss(ctc_weight * ctc + (1 - ctc_weight) * attention, ctc.detach(), attention.detach(),
+                    int(target_lengths.sum()) + B)
