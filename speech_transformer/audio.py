@@ -105,6 +105,9 @@ def _check_file(path: str | os.PathLike) -> None:
 
 
 def _decode(file, name: str) -> tuple[np.ndarray, int]:
+    missing = _wav_bytes_missing(file)
+    if missing:
+        raise AudioError(name, f"truncated: WAV data chunk is {missing} bytes shorter than its header says")
     try:
         with sf.SoundFile(file) as f:
             expected = f.frames
@@ -116,6 +119,24 @@ def _decode(file, name: str) -> tuple[np.ndarray, int]:
     if 0 < expected < (1 << 62) and len(data) < expected:
         raise AudioError(name, f"truncated: header promises {expected} frames, only {len(data)} decoded")
     return data, rate
+
+
+def _wav_bytes_missing(file) -> int:
+    """Bytes missing from a RIFF/WAVE data chunk (libsndfile silently reads what is there)."""
+    if isinstance(file, io.BytesIO):
+        head, size = file.getvalue()[:4096], len(file.getvalue())
+    else:
+        with open(file, "rb") as f:
+            head, size = f.read(4096), os.fstat(f.fileno()).st_size
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return 0
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, length = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            return max(0, pos + 8 + length - size) if length != 0xFFFFFFFF else 0
+        pos += 8 + length + (length & 1)
+    return 0
 
 
 def _prepare(data: np.ndarray, rate: int, name: str) -> np.ndarray:

@@ -165,7 +165,9 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
     memory_kv = model.decoder.memory_kv(memory.repeat_interleave(W, dim=0))
     lam = options.ctc_weight
     ctc = CTCPrefixScorer(model.ctc_log_probs(memory).repeat_interleave(W, dim=0), memory_lengths) if lam > 0 else None
-    K = min(V - 1, max(W, int(options.pre_beam_ratio * W))) if ctc else W
+    # pre-beam: the CTC prefix score is computed only for the decoder's top K tokens (all tokens when
+    # the decoder's scores do not count, as in ESPnet)
+    K = W if ctc is None else V - 1 if lam == 1.0 else min(V - 1, max(W, int(options.pre_beam_ratio * W)))
 
     scores = torch.full((B, W), NEG_INF, device=device)
     scores[:, 0] = 0.0  # one live hypothesis per utterance to start with

@@ -1,0 +1,62 @@
+import torch
+import torch.nn.functional as F
+
+from speech_transformer.decoding import CTCPrefixScorer, DecodingOptions, beam_search, ctc_greedy_search, \
+    greedy_search, repeats_too_often
+from speech_transformer.model import SpeechTransformer, preset
+from speech_transformer.tokenizer import SOS_EOS_ID
+
+
+def test_ctc_prefix_scorer_full_sequence_matches_ctc_loss():
+    torch.manual_seed(0)
+    S, V = 30, 7
+    log_probs = torch.randn(2, S, V).log_softmax(-1)
+    lengths = torch.tensor([S, 22])
+    target = [3, 4, 4, 2]
+    scorer = CTCPrefixScorer(log_probs, lengths)
+    for token in target:  # extend both hypotheses token by token, then ask for <eos>
+        psi, r = scorer.extend(torch.tensor([[token], [token]]))
+        scorer.select(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([[token], [token]]), psi, r)
+    final, _ = scorer.extend(torch.tensor([[SOS_EOS_ID], [SOS_EOS_ID]]))
+    expected = -F.ctc_loss(log_probs.transpose(0, 1), torch.tensor([target, target]), lengths,
+                           torch.tensor([4, 4]), reduction="none")
+    torch.testing.assert_close(final[:, 0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_repetition_guard():
+    assert repeats_too_often([5] * 5, max_repeats=4)
+    assert not repeats_too_often([5] * 4, max_repeats=4)
+    assert repeats_too_often([1, 2, 3] + [7, 8] * 5, max_repeats=4)
+    assert not repeats_too_often([1, 2, 3, 4, 5, 6, 7, 8, 9], max_repeats=4)
+
+
+def test_beam_size_one_equals_greedy():
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = SpeechTransformer(preset("tiny", vocab_size=50, encoder_layers=2, decoder_layers=2)).eval()
+        with torch.no_grad():
+            memory, lengths = model.encode(torch.randn(3, 400, 80), torch.tensor([400, 300, 120]))
+            # avoid the untrained model's <eos> right at the start, so sequences have some length
+            model.decoder.output.weight.data[SOS_EOS_ID] *= 0.0
+        options = DecodingOptions(beam_size=1, ctc_weight=0.0, max_length=30)
+        greedy = greedy_search(model, memory, lengths, options)
+        beam = beam_search(model, memory, lengths, options)
+        assert [h.tokens for h in greedy] == [h.tokens for h in beam]
+        assert any(len(h.tokens) > 3 for h in greedy)
+        for g, b in zip(greedy, beam):
+            assert abs(g.score - b.score) < 1e-3
+
+
+def test_pure_ctc_beam_agrees_with_ctc_greedy_on_a_peaked_ctc():
+    torch.manual_seed(1)
+    model = SpeechTransformer(preset("tiny", vocab_size=20, encoder_layers=1, decoder_layers=1)).eval()
+    path = [0, 5, 5, 0, 7, 0, 0, 9, 9, 9, 0, 5, 0] * 3  # blank-separated tokens: 5 7 9 5 repeated
+    logits = torch.full((1, len(path), 20), -10.0)
+    logits[0, torch.arange(len(path)), torch.tensor(path)] = 10.0
+    model.ctc_log_probs = lambda memory: logits.log_softmax(-1)  # a CTC head that is sure of its path
+    memory = torch.randn(1, len(path), model.config.d_model)
+    lengths = torch.tensor([len(path)])
+    ctc = ctc_greedy_search(logits.log_softmax(-1), lengths)[0]
+    beam = beam_search(model, memory, lengths, DecodingOptions(beam_size=3, ctc_weight=1.0, max_tokens_per_frame=1.0))[0]
+    assert ctc.tokens == [5, 7, 9, 5] * 3
+    assert beam.tokens == ctc.tokens

@@ -1,0 +1,51 @@
+import numpy as np
+import torch
+
+from speech_transformer.audio import HOP_LENGTH, N_FFT, N_MELS, load_audio
+from speech_transformer.features import FrontEnd, SpecAugment, SpecAugmentConfig, num_frames, pad_waveforms
+
+
+def test_shapes_and_lengths():
+    waves = [np.random.default_rng(i).standard_normal(n).astype(np.float32) * 0.1 for i, n in enumerate([16000, 8000, 400])]
+    audio, lengths = pad_waveforms(waves)
+    assert audio.shape == (3, 16000) and lengths.tolist() == [16000, 8000, 400]
+    feats, frames = FrontEnd()(audio, lengths)
+    assert feats.shape == (3, num_frames(16000), N_MELS)
+    assert frames.tolist() == [(n - N_FFT) // HOP_LENGTH + 1 for n in (16000, 8000, 400)]
+    assert (feats[1, frames[1]:] == 0).all() and (feats[2, 1:] == 0).all()
+
+
+def test_padding_does_not_change_valid_frames(librispeech_train):
+    waves = [load_audio(u.audio) for u in librispeech_train[:3]]
+    for normalization in ("global", "utterance", "none"):
+        frontend = FrontEnd(normalization=normalization)
+        frontend.fit_global_stats(waves)
+        batch, lengths = frontend(*pad_waveforms(waves))
+        for i, w in enumerate(waves):
+            alone, n = frontend(*pad_waveforms([w]))
+            torch.testing.assert_close(batch[i, : int(n[0])], alone[0], atol=1e-4, rtol=1e-4)
+            assert int(lengths[i]) == int(n[0])
+
+
+def test_global_stats_normalise_training_features(librispeech_train):
+    waves = [load_audio(u.audio) for u in librispeech_train[:4]]
+    frontend = FrontEnd(N_MELS, "global")
+    frontend.fit_global_stats(waves)
+    feats, n = frontend(*pad_waveforms(waves))
+    valid = torch.cat([feats[i, : int(n[i])] for i in range(len(waves))])
+    torch.testing.assert_close(valid.mean(0), torch.zeros(N_MELS), atol=1e-3, rtol=0)
+    torch.testing.assert_close(valid.std(0), torch.ones(N_MELS), atol=1e-2, rtol=0)
+
+
+def test_spec_augment_masks_only_in_training():
+    torch.manual_seed(0)
+    feats = torch.randn(4, 300, N_MELS) + 5.0
+    lengths = torch.tensor([300, 250, 200, 100])
+    augment = SpecAugment(SpecAugmentConfig(time_warp=5))
+    augment.eval()
+    assert torch.equal(augment(feats, lengths), feats)
+    augment.train()
+    out = augment(feats, lengths)
+    assert out.shape == feats.shape
+    zeroed = (out == 0).float().mean().item()
+    assert 0.02 < zeroed < 0.6  # some, not all, of the features are masked

@@ -1,0 +1,67 @@
+import torch
+
+from speech_transformer.audio import load_audio
+from speech_transformer.decoding import DecodingOptions, decode
+from speech_transformer.features import pad_waveforms
+from speech_transformer.model import PRESETS, SpeechTransformer, preset
+
+
+def tiny_model(vocab_size: int = 64, seed: int = 0) -> SpeechTransformer:
+    torch.manual_seed(seed)
+    return SpeechTransformer(preset("tiny", vocab_size=vocab_size, encoder_layers=2, decoder_layers=2)).eval()
+
+
+def test_presets_have_the_advertised_sizes():
+    sizes = {name: SpeechTransformer(c).num_parameters() / 1e6 for name, c in PRESETS.items()}
+    assert 4 <= sizes["tiny"] <= 6 and 20 <= sizes["small"] <= 30 and 60 <= sizes["base"] <= 80
+
+
+def test_padding_invariance_of_encoder_and_decoding(librispeech_train):
+    model = tiny_model()
+    waves = [load_audio(u.audio) for u in librispeech_train[:3]]
+    with torch.no_grad():
+        feats, n = model.frontend(*pad_waveforms(waves))
+        memory, lengths = model.encode(feats, n)
+        batch_hyps = decode(model, memory, lengths, DecodingOptions(beam_size=2, ctc_weight=0.3, max_length=20))
+        for i, w in enumerate(waves):
+            f1, n1 = model.frontend(*pad_waveforms([w]))
+            m1, l1 = model.encode(f1, n1)
+            torch.testing.assert_close(memory[i, : int(l1[0])], m1[0], atol=1e-4, rtol=1e-4)
+            alone = decode(model, m1, l1, DecodingOptions(beam_size=2, ctc_weight=0.3, max_length=20))[0]
+            assert alone.tokens == batch_hyps[i].tokens
+
+
+def test_kv_cache_equals_full_recomputation():
+    model = tiny_model()
+    feats = torch.randn(2, 200, 80)
+    memory, lengths = model.encode(feats, torch.tensor([200, 150]))
+    memory_kv = model.decoder.memory_kv(memory)
+    tokens = torch.randint(2, 64, (2, 12))
+    with torch.no_grad():
+        full, _ = model.decoder(tokens, memory_kv, lengths)
+        cache, steps = None, []
+        for t in range(tokens.shape[1]):
+            logits, cache = model.decoder(tokens[:, t: t + 1], memory_kv, lengths, cache)
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_is_finite_and_backpropagates():
+    model = tiny_model().train()
+    feats = torch.randn(3, 120, 80)
+    targets = torch.randint(2, 64, (3, 7))
+    loss = model(feats, torch.tensor([120, 100, 60]), targets, torch.tensor([7, 5, 2]))
+    assert torch.isfinite(loss.total) and loss.tokens == 7 + 5 + 2 + 3
+    loss.total.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_decoding_terminates_on_untrained_models():
+    for seed in range(3):
+        model = tiny_model(seed=seed)
+        feats = torch.randn(2, 300, 80)
+        memory, lengths = model.encode(feats, torch.tensor([300, 90]))
+        for options in (DecodingOptions(beam_size=1, ctc_weight=0.0), DecodingOptions(beam_size=3),
+                        DecodingOptions(method="ctc")):
+            for hyp, n in zip(decode(model, memory, lengths, options), lengths.tolist()):
+                assert len(hyp.tokens) <= max(n, int(n * options.max_tokens_per_frame))
