@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from speech_transformer.audio import SAMPLE_RATE, AudioError, info, load_audio
+from speech_transformer.text import normalize_transcript
+
+log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".flac", ".wav", ".opus", ".ogg", ".mp3", ".sph")
 DATA_DIR_ENV = "SPEECH_TRANSFORMER_DATA"  # where ../shared/data-style corpora live
@@ -105,8 +116,6 @@ def read_librispeech_dir(root: Path) -> list[Utterance]:
 
     Durations come from the audio headers (cheap: no decoding).
     """
-    from speech_transformer.audio import AudioError, info
-
     out = []
     for trans in sorted(root.rglob("*.trans.txt")):
         audio_by_id = {p.stem: p for p in trans.parent.iterdir() if p.suffix in AUDIO_EXTENSIONS}
@@ -125,3 +134,143 @@ def read_librispeech_dir(root: Path) -> list[Utterance]:
     if not out:
         raise ValueError(f"{root}: no *.trans.txt files found (not a LibriSpeech-layout folder?)")
     return sorted(out, key=lambda u: u.id)
+
+
+
+def filter_by_duration(utterances: list[Utterance], max_duration: float, min_duration: float = 0.1) -> list[Utterance]:
+    """Drop utterances outside [min_duration, max_duration] seconds, logging how many (long ones cause OOM)."""
+    kept = [u for u in utterances if min_duration <= u.duration <= max_duration]
+    if len(kept) < len(utterances):
+        log.warning("filtered %d of %d utterances outside %.1f-%.1f s", len(utterances) - len(kept),
+                    len(utterances), min_duration, max_duration)
+    return kept
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Utterance i -> (waveform `(T,)` float32 at 16 kHz, token ids). Audio is decoded lazily.
+
+    Speed perturbation resamples by a factor drawn per (seed, epoch, index), so the same epoch
+    always sees the same audio, in any worker and after a resume. With `cache_dir`, each decoded
+    waveform is stored once as int16 .npy (read back without pickle) so later epochs skip decoding.
+    """
+
+    def __init__(self, utterances: list[Utterance], tokenizer, speed_factors: tuple[float, ...] = (1.0,),
+                 cache_dir: str | os.PathLike | None = None, seed: int = 0):
+        self.utterances = utterances
+        self.tokenizer = tokenizer
+        self.speed_factors = tuple(speed_factors)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.seed = seed
+        self.epoch = 0
+        self.targets = [tokenizer.encode(normalize_transcript(u.text)) for u in utterances]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def waveform(self, index: int) -> np.ndarray:
+        u = self.utterances[index]
+        if self.cache_dir is None:
+            return load_audio(u.audio)
+        path = self.cache_dir / f"{u.id}.npy"
+        if path.exists():
+            return np.load(path, allow_pickle=False).astype(np.float32) / 32768.0
+        audio = load_audio(u.audio)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, np.clip(audio * 32768.0, -32768, 32767).astype(np.int16), allow_pickle=False)
+        os.replace(tmp, path)
+        return audio
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[int]]:
+        audio = torch.from_numpy(self.waveform(index))
+        factor = random.Random(hash((self.seed, self.epoch, index))).choice(self.speed_factors)
+        if factor != 1.0:  # faster speech = fewer samples, as Kaldi's sox `speed`
+            audio = AF.resample(audio, int(SAMPLE_RATE * factor), SAMPLE_RATE)
+        return audio, self.targets[index]
+
+
+def collate(items: list[tuple[torch.Tensor, list[int]]]) -> dict[str, torch.Tensor]:
+    """-> audio `(B, T)`, audio_lengths `(B,)`, targets `(B, L)` (0-padded), target_lengths `(B,)`."""
+    lengths = torch.tensor([len(a) for a, _ in items])
+    audio = torch.zeros(len(items), int(lengths.max()))
+    target_lengths = torch.tensor([len(t) for _, t in items])
+    targets = torch.zeros(len(items), max(1, int(target_lengths.max())), dtype=torch.long)
+    for i, (a, t) in enumerate(items):
+        audio[i, : len(a)] = a
+        targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return {"audio": audio, "audio_lengths": lengths, "targets": targets, "target_lengths": target_lengths}
+
+
+class DurationBatchSampler:
+    """Duration-bucketed dynamic batches, sharded over DDP ranks and gradient-accumulation steps.
+
+    Utterances are sorted by (jittered) duration and cut into micro-batches whose padded audio,
+    `len(batch) * longest`, stays within `batch_seconds / (world_size * accumulation)`. One optimiser
+    step takes `world_size * accumulation` consecutive micro-batches: rank r gets those at
+    r*accumulation .. r*accumulation+accumulation-1. Every rank computes the same plan, so the same
+    `batch_seconds` gives the same steps whatever the number of processes, and each utterance is
+    used exactly once per epoch. The step order is shuffled per epoch (deterministically from the
+    seed), except that epoch 0 may run short-to-long, which helps a fresh model converge.
+    """
+
+    def __init__(self, durations: list[float], batch_seconds: float, world_size: int = 1, rank: int = 0,
+                 accumulation: int = 1, shuffle: bool = True, seed: int = 0, sorted_first_epoch: bool = False):
+        self.durations = durations
+        self.group = world_size * accumulation
+        self.budget = batch_seconds / self.group
+        too_long = [d for d in durations if d > self.budget]
+        if too_long:
+            raise ValueError(f"{len(too_long)} utterances are longer than the micro-batch budget of "
+                             f"{self.budget:.1f} s (batch_seconds / (world_size * accumulation)): filter them first")
+        if len(durations) < self.group:
+            raise ValueError(f"{len(durations)} utterances cannot fill {self.group} micro-batches")
+        self.rank, self.accumulation = rank, accumulation
+        self.shuffle, self.seed, self.sorted_first_epoch = shuffle, seed, sorted_first_epoch
+        self.epoch, self.start_step = 0, 0
+
+    def plan(self, epoch: int) -> list[list[list[int]]]:
+        """All steps of an epoch: each a list of `group` micro-batches (lists of utterance indices)."""
+        rng = random.Random(self.seed * 100_003 + epoch)
+        jitter = [1.0] * len(self.durations) if not self.shuffle else [rng.uniform(0.9, 1.1) for _ in self.durations]
+        order = sorted(range(len(self.durations)), key=lambda i: (self.durations[i] * jitter[i], i))
+        micro: list[list[int]] = [[]]
+        longest = 0.0
+        for i in order:
+            longest = max(longest, self.durations[i])
+            if micro[-1] and (len(micro[-1]) + 1) * longest > self.budget:
+                micro.append([])
+                longest = self.durations[i]
+            micro[-1].append(i)
+        while len(micro) % self.group:  # split the largest batch so every rank gets the same number of steps
+            largest = max(range(len(micro)), key=lambda k: len(micro[k]))
+            if len(micro[largest]) < 2:  # only single-utterance batches: repeat the shortest utterance
+                micro.append([order[0]])
+                continue
+            half = len(micro[largest]) // 2
+            micro[largest: largest + 1] = [micro[largest][:half], micro[largest][half:]]
+        steps = [micro[k: k + self.group] for k in range(0, len(micro), self.group)]
+        if self.shuffle and not (self.sorted_first_epoch and epoch == 0):
+            rng.shuffle(steps)
+        return steps
+
+    def steps_per_epoch(self) -> int:
+        return len(self.plan(self.epoch))
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Start `epoch` at step `start_step` (resuming skips the steps already taken)."""
+        self.epoch, self.start_step = epoch, start_step
+
+    def step_sizes(self) -> list[int]:
+        """Utterances in each remaining step of the epoch, over all ranks (to normalise the loss)."""
+        return [sum(len(m) for m in step) for step in self.plan(self.epoch)[self.start_step:]]
+
+    def __iter__(self):
+        for step in self.plan(self.epoch)[self.start_step:]:
+            for j in range(self.accumulation):
+                yield step[self.rank * self.accumulation + j]
+
+    def __len__(self) -> int:
+        return (len(self.plan(self.epoch)) - self.start_step) * self.accumulation

@@ -46,8 +46,9 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(d_model=160, n_heads=4, d_ff=640, encoder_layers=8, decoder_layers=4),
-    "small": ModelConfig(d_model=256, n_heads=4, d_ff=1536, encoder_layers=12, decoder_layers=6),
+    "tiny": ModelConfig(d_model=160, n_heads=4, d_ff=640, encoder_layers=8, decoder_layers=4, subsampling_channels=64),
+    "small": ModelConfig(d_model=256, n_heads=4, d_ff=1536, encoder_layers=12, decoder_layers=6,
+                         subsampling_channels=128),
     "base": ModelConfig(d_model=512, n_heads=8, d_ff=2048, encoder_layers=12, decoder_layers=6),
 }
 

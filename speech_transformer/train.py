@@ -1,0 +1,440 @@
+"""Training: joint CTC/attention loss, one CPU to many GPUs with PyTorch's own launcher.
+
+One process (CPU, or one GPU):
+    speech-transformer train --config recipes/librispeech/conf/mini.yaml
+One node with 8 GPUs (DDP over NCCL; gloo on CPU):
+    torchrun --nproc-per-node 8 -m speech_transformer.train --config conf/ls960_base.yaml
+Two nodes with 8 GPUs each (run on both, node-rank 0 and 1):
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint HOST0:29500 -m speech_transformer.train --config conf/ls960_base.yaml
+Override any setting with `--set key=value`. After a kill, run the same command again: training
+continues from the newest checkpoint in `out_dir` (model, optimiser, data position and RNG states),
+and on CPU ends at bit-identical parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from speech_transformer import checkpoint
+from speech_transformer.audio import SAMPLE_RATE, load_audio
+from speech_transformer.data import DATA_DIR_ENV, DurationBatchSampler, SpeechDataset, collate, default_data_dir, \
+    filter_by_duration, read_manifest
+from speech_transformer.features import SpecAugment, SpecAugmentConfig, pad_waveforms
+from speech_transformer.model import SpeechTransformer, preset
+from speech_transformer.text import normalize_transcript
+from speech_transformer.tokenizer import Tokenizer
+
+log = logging.getLogger("speech_transformer.train")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "exp/run"
+    train: list[str] = field(default_factory=list)  # manifests (TSV, JSONL or LibriSpeech folders)
+    valid: str | None = None
+    tokenizer: str = ""  # SentencePiece .model
+    # model
+    preset: str = "tiny"
+    model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {dropout: 0.1}
+    # data
+    batch_seconds: float = 200.0  # padded audio per optimiser step, over all ranks and accumulation
+    max_duration: float = 20.0
+    min_duration: float = 0.1
+    speed_perturb: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+    spec_augment: dict | None = field(default_factory=dict)  # SpecAugmentConfig fields; null disables
+    num_workers: int = 2
+    cache_dir: str | None = None  # decoded-audio cache (int16 .npy)
+    sorted_first_epoch: bool = True
+    stats_utterances: int = 200  # utterances used for the global feature mean/std
+    # optimisation
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 500
+    schedule: str = "noam"  # "noam" (inverse square root), "cosine" or "constant" after warmup
+    max_steps: int = 10_000
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
+    accumulation: int = 1
+    clip_grad: float = 5.0
+    ctc_weight: float = 0.3
+    label_smoothing: float = 0.1
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
+    # bookkeeping
+    seed: int = 0
+    log_every: int = 10
+    valid_every: int = 500
+    valid_utterances: int = 200
+    save_every: int = 500
+    keep_last: int = 5
+    average_last: int = 5
+    progress: bool = True
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None, overrides: list[str] = ()) -> "TrainConfig":
+        """YAML file + `key=value` overrides (values parsed as YAML). `$SPEECH_TRANSFORMER_DATA` expands."""
+        d = yaml.safe_load(Path(path).read_text()) if path else {}
+        for item in overrides:
+            key, _, value = item.partition("=")
+            d[key.strip()] = yaml.safe_load(value)
+        known = {f.name for f in fields(cls)}
+        if unknown := set(d or {}) - known:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        os.environ.setdefault(DATA_DIR_ENV, str(default_data_dir()))
+        expand = lambda v: os.path.expandvars(v) if isinstance(v, str) else v  # noqa: E731
+        d = {k: [expand(x) for x in v] if isinstance(v, list) else expand(v) for k, v in (d or {}).items()}
+        return cls(**d)
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimiser steps taken (skipped non-finite steps included)
+    epoch: int = 0
+    epoch_step: int = 0  # steps taken in the current epoch
+    skipped: int = 0  # steps skipped for a non-finite loss
+    audio_seconds: float = 0.0
+
+
+def learning_rate(c: TrainConfig, step: int) -> float:
+    warm = max(1, c.warmup_steps)
+    if step < warm:
+        return c.lr * (step + 1) / warm
+    if c.schedule == "noam":
+        return c.lr * math.sqrt(warm / (step + 1))
+    if c.schedule == "cosine":
+        progress = min(1.0, (step - warm) / max(1, c.max_steps - warm))
+        return c.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return c.lr
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun, joins the process group (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# --- checkpoints: model + optimiser (safetensors), progress and RNG (JSON + safetensors) ---------
+
+def save_training_checkpoint(out_dir: Path, model, optimizer, state: TrainState, rank: int, world: int,
+                             keep_last: int) -> Path:
+    root = out_dir / "checkpoints"
+    final = root / f"step-{state.step:08d}"
+    tmp = root / f".step-{state.step:08d}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(world)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    checkpoint.save_state_dict(rng, tmp / f"rng-{rank}.safetensors")
+    (tmp / f"rng-{rank}.json").write_text(json.dumps({"python": random.getstate(),
+                                                        "numpy": _numpy_state_to_json(np.random.get_state())}))
+    if rank == 0:
+        checkpoint.save_state_dict(model.state_dict(), tmp / checkpoint.WEIGHTS_FILE)
+        opt = optimizer.state_dict()
+        tensors = {f"{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
+        checkpoint.save_state_dict(tensors, tmp / "optimizer.safetensors")
+        (tmp / "trainer.json").write_text(json.dumps({"state": asdict(state), "param_groups": opt["param_groups"],
+                                                       "world_size": world}, indent=1))
+    barrier(world)
+    if rank == 0:
+        os.replace(tmp, final)  # the checkpoint appears complete or not at all
+        for old in sorted(root.glob("step-*"))[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old)
+    barrier(world)
+    return final
+
+
+def _numpy_state_to_json(s) -> list:
+    return [s[0], s[1].tolist(), int(s[2]), int(s[3]), float(s[4])]
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((out_dir / "checkpoints").glob("step-*"))
+    return found[-1] if found else None
+
+
+def load_training_checkpoint(path: Path, model, optimizer, rank: int) -> TrainState:
+    meta = json.loads((path / "trainer.json").read_text())
+    checkpoint.load_weights(model, checkpoint.load_state_dict(path / checkpoint.WEIGHTS_FILE), path)
+    tensors = checkpoint.load_state_dict(path / "optimizer.safetensors")
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for group in meta["param_groups"]:
+        group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    rng_file = path / f"rng-{rank}.safetensors"
+    if rng_file.exists():  # the same rank's RNG; a resume with another world size starts fresh streams
+        rng = checkpoint.load_state_dict(rng_file)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        py = json.loads((path / f"rng-{rank}.json").read_text())
+        random.setstate((py["python"][0], tuple(py["python"][1]), py["python"][2]))
+        n = py["numpy"]
+        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    return TrainState(**meta["state"])
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **record) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def autocast_dtype(c: TrainConfig, device: torch.device) -> torch.dtype | None:
+    precision = c.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def build_optimizer(model: torch.nn.Module, c: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]  # biases, norms
+    return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=c.lr, betas=tuple(c.betas), fused=device.type == "cuda")
+
+
+@torch.no_grad()
+def validate(model: SpeechTransformer, tokenizer: Tokenizer, waves: list[np.ndarray], texts: list[str],
+             c: TrainConfig, dtype) -> dict:
+    """Validation loss (per utterance) and greedy-attention WER/CER on the first `valid_utterances`."""
+    import jiwer
+
+    from speech_transformer.decoding import DecodingOptions
+    from speech_transformer.recognizer import Recognizer
+
+    model.eval()
+    device = model.device
+    total, count = 0.0, 0
+    for start in range(0, len(waves), 16):
+        audio, lengths = pad_waveforms(waves[start:start + 16])
+        ids = [tokenizer.encode(t) for t in texts[start:start + 16]]
+        batch = collate([(a[: int(n)], t) for a, n, t in zip(audio, lengths, ids)])
+        feats, feat_lengths = model.frontend(batch["audio"].to(device), batch["audio_lengths"].to(device))
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(feats, feat_lengths, batch["targets"].to(device), batch["target_lengths"].to(device),
+                         c.ctc_weight, 0.0)
+        total += float(loss.total) * len(ids)
+        count += len(ids)
+    hyps = [r.text for r in Recognizer(model, tokenizer).recognize(waves, DecodingOptions(beam_size=1, ctc_weight=0.0))]
+    model.train()
+    return {"valid_loss": total / max(1, count), "valid_wer": jiwer.wer(texts, hyps), "valid_cer": jiwer.cer(texts, hyps),
+            "valid_example": hyps[0] if hyps else ""}
+
+
+def train(c: TrainConfig) -> dict:
+    rank, world, device = setup_distributed()
+    out_dir = Path(c.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    main_process = rank == 0
+    if main_process:
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(asdict(c), sort_keys=False))
+    torch.manual_seed(c.seed + rank)
+    random.seed(c.seed + rank)
+    np.random.seed(c.seed + rank)
+
+    tokenizer = Tokenizer(c.tokenizer)
+    utterances = filter_by_duration([u for m in c.train for u in read_manifest(m)], c.max_duration, c.min_duration)
+    dataset = SpeechDataset(utterances, tokenizer, tuple(c.speed_perturb), c.cache_dir, c.seed)
+    sampler = DurationBatchSampler([u.duration * (1.0 / min(c.speed_perturb)) for u in utterances], c.batch_seconds,
+                                   world, rank, c.accumulation, shuffle=True, seed=c.seed,
+                                   sorted_first_epoch=c.sorted_first_epoch)
+    model = SpeechTransformer(preset(c.preset, vocab_size=tokenizer.vocab_size, **c.model)).to(device)
+    optimizer = build_optimizer(model, c, device)
+    resume = latest_checkpoint(out_dir)
+    if resume:
+        state = load_training_checkpoint(resume, model, optimizer, rank)
+        log.info("resumed from %s (step %d)", resume, state.step)
+    else:
+        state = TrainState()
+        sample = sorted(range(len(utterances)), key=lambda i: utterances[i].id)[: c.stats_utterances]
+        model.frontend.fit_global_stats([dataset.waveform(i) for i in sample])
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False) if world > 1 else model
+    augment = SpecAugment(SpecAugmentConfig(**c.spec_augment)).train() if c.spec_augment is not None else None
+    dtype = autocast_dtype(c, device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", main_process)
+    valid = read_manifest(c.valid)[: c.valid_utterances] if c.valid and main_process else []
+    valid_waves = [load_audio(u.audio) for u in valid]
+    valid_texts = [normalize_transcript(u.text) for u in valid]
+    if main_process:
+        log.info("%d training utterances (%.2f h), %d parameters, %d process(es) on %s", len(utterances),
+                 sum(u.duration for u in utterances) / 3600, model.num_parameters(), world, device)
+
+    bar = None
+    if main_process and c.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=c.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    started = time.perf_counter()
+    window = {"loss": 0.0, "ctc": 0.0, "att": 0.0, "n": 0, "audio": 0.0, "wait": 0.0, "time": time.perf_counter()}
+    model.train()
+    stop = False
+    while not stop and state.step < c.max_steps:
+        sampler.set_epoch(state.epoch, state.epoch_step)
+        dataset.set_epoch(state.epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=c.num_workers, pin_memory=device.type == "cuda",
+                                             generator=torch.Generator(), prefetch_factor=4 if c.num_workers else None)
+        batches = iter(loader)
+        for step_utterances in sampler.step_sizes():
+            if state.step >= c.max_steps or (c.max_minutes and time.perf_counter() - started > 60 * c.max_minutes):
+                stop = True
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(c, state.step)
+            sums = torch.zeros(4, dtype=torch.float64)  # loss, ctc, attention (sums over utterances), non-finite
+            for j in range(c.accumulation):
+                t0 = time.perf_counter()
+                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                window["wait"] += time.perf_counter() - t0
+                B = batch["audio"].shape[0]
+                sync = ddp.no_sync() if world > 1 and j < c.accumulation - 1 else contextlib.nullcontext()
+                with sync:
+                    with torch.no_grad():
+                        feats, feat_lengths = model.frontend(batch["audio"], batch["audio_lengths"])
+                    if augment is not None:
+                        feats = augment(feats, feat_lengths)
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        loss = ddp(feats, feat_lengths, batch["targets"], batch["target_lengths"],
+                                   c.ctc_weight, c.label_smoothing)
+                    # each utterance of the step weighs the same, however the step is split over ranks
+                    scaler.scale(loss.total * (B * world / step_utterances)).backward()
+                sums += torch.tensor([float(loss.total) * B, float(loss.ctc) * B, float(loss.attention) * B,
+                                      0.0 if math.isfinite(float(loss.total)) else 1.0], dtype=torch.float64)
+                window["audio"] += float(batch["audio_lengths"].sum()) / SAMPLE_RATE
+            if world > 1:
+                dist.all_reduce(sums)
+            state.step += 1
+            state.epoch_step += 1
+            if sums[3] > 0:  # a non-finite loss anywhere: every rank skips this update
+                optimizer.zero_grad(set_to_none=True)
+                state.skipped += 1
+                log.warning("step %d: non-finite loss, update skipped (%d so far)", state.step, state.skipped)
+                continue
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            window["loss"] += float(sums[0]) / step_utterances
+            window["ctc"] += float(sums[1]) / step_utterances
+            window["att"] += float(sums[2]) / step_utterances
+            window["n"] += 1
+            if state.step % c.log_every == 0 and window["n"]:
+                elapsed = time.perf_counter() - window["time"]
+                audio = window["audio"] * world
+                state.audio_seconds += audio
+                record = {"step": state.step, "epoch": state.epoch, "loss": window["loss"] / window["n"],
+                          "ctc": window["ctc"] / window["n"], "attention": window["att"] / window["n"],
+                          "lr": optimizer.param_groups[0]["lr"], "audio_seconds_per_second": audio / elapsed,
+                          "data_wait_share": window["wait"] / elapsed, "skipped": state.skipped,
+                          "elapsed_s": time.perf_counter() - started}
+                metrics.write(**record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.2f}", lr=f"{record['lr']:.2e}",
+                                    audio_h_per_s=f"{audio / elapsed / 3600:.3f}")
+                window = {"loss": 0.0, "ctc": 0.0, "att": 0.0, "n": 0, "audio": 0.0, "wait": 0.0,
+                          "time": time.perf_counter()}
+            if bar is not None:
+                bar.update(1)
+            if c.valid_every and state.step % c.valid_every == 0 and valid:
+                metrics.write(step=state.step, **validate(model, tokenizer, valid_waves, valid_texts, c, dtype))
+            if c.save_every and state.step % c.save_every == 0:
+                save_training_checkpoint(out_dir, model, optimizer, state, rank, world, c.keep_last)
+        else:
+            state.epoch += 1
+            state.epoch_step = 0
+        del batches, loader
+    if latest_checkpoint(out_dir) is None or not latest_checkpoint(out_dir).name.endswith(f"{state.step:08d}"):
+        save_training_checkpoint(out_dir, model, optimizer, state, rank, world, c.keep_last)
+    if bar is not None:
+        bar.close()
+    summary = finish(c, out_dir, model, tokenizer, state, rank, world, valid_waves, valid_texts, dtype)
+    return summary
+
+
+def finish(c, out_dir, model, tokenizer, state, rank, world, valid_waves, valid_texts, dtype) -> dict:
+    """Average the last checkpoints into `out_dir/model`, check that all ranks agree, write a summary."""
+    checksum = torch.tensor([sum(float(p.double().sum()) for p in model.parameters())], dtype=torch.float64)
+    checksums = [torch.zeros_like(checksum) for _ in range(world)]
+    if world > 1:
+        dist.all_gather(checksums, checksum)
+    else:
+        checksums = [checksum]
+    summary = {"steps": state.step, "epochs": state.epoch, "skipped_steps": state.skipped,
+               "audio_hours": state.audio_seconds / 3600, "world_size": world,
+               "rank_param_checksums": [float(x) for x in checksums]}
+    if rank == 0:
+        last = sorted((out_dir / "checkpoints").glob("step-*"))[-max(1, c.average_last):]
+        averaged = SpeechTransformer(model.config)
+        checkpoint.load_weights(averaged, checkpoint.average_state_dicts([p / checkpoint.WEIGHTS_FILE for p in last]),
+                                out_dir)
+        info = {"averaged": [p.name for p in last], "steps": state.step, "train": c.train, "preset": c.preset,
+                "audio_hours_seen": state.audio_seconds / 3600}
+        model_dir = checkpoint.save_model(averaged, tokenizer, out_dir / "model", info)
+        if valid_waves:
+            summary.update(validate(averaged.to(model.device), tokenizer, valid_waves, valid_texts, c, dtype))
+        summary["model_dir"] = str(model_dir)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="speech-transformer train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML training config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = TrainConfig.load(args.config, args.set)
+    summary = train(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
