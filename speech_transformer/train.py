@@ -37,7 +37,7 @@ from speech_transformer.audio import SAMPLE_RATE, load_audio
 from speech_transformer.data import DATA_DIR_ENV, DurationBatchSampler, SpeechDataset, collate, default_data_dir, \
     filter_by_duration, read_manifest
 from speech_transformer.features import SpecAugment, SpecAugmentConfig, pad_waveforms
-from speech_transformer.model import SpeechTransformer, preset
+from speech_transformer.model import ModelConfig, SpeechTransformer, preset
 from speech_transformer.text import normalize_transcript
 from speech_transformer.tokenizer import Tokenizer
 
@@ -278,9 +278,14 @@ def train(c: TrainConfig) -> dict:
     sampler = DurationBatchSampler([u.duration * (1.0 / min(c.speed_perturb)) for u in utterances], c.batch_seconds,
                                    world, rank, c.accumulation, shuffle=True, seed=c.seed,
                                    sorted_first_epoch=c.sorted_first_epoch)
-    model = SpeechTransformer(preset(c.preset, vocab_size=tokenizer.vocab_size, **c.model)).to(device)
-    optimizer = build_optimizer(model, c, device)
     resume = latest_checkpoint(out_dir)
+    architecture = out_dir / "model_config.json"  # resolved once, so a run outlives later changes to the presets
+    model_config = ModelConfig.from_dict(json.loads(architecture.read_text())) if resume and architecture.exists() \
+        else preset(c.preset, vocab_size=tokenizer.vocab_size, **c.model)
+    model = SpeechTransformer(model_config).to(device)
+    if main_process:
+        architecture.write_text(json.dumps(model_config.to_dict(), indent=1))
+    optimizer = build_optimizer(model, c, device)
     if resume:
         state = load_training_checkpoint(resume, model, optimizer, rank)
         log.info("resumed from %s (step %d)", resume, state.step)
@@ -393,6 +398,20 @@ def train(c: TrainConfig) -> dict:
     return summary
 
 
+def export_model(out_dir: Path, last: int, output: Path, info: dict | None = None) -> Path:
+    """Average the last `last` checkpoints of a training run into a model directory."""
+    c = TrainConfig.load(out_dir / "config.yaml")
+    tokenizer = Tokenizer(c.tokenizer)
+    chosen = sorted((out_dir / "checkpoints").glob("step-*"))[-max(1, last):]
+    if not chosen:
+        raise checkpoint.CheckpointError(f"no checkpoints in {out_dir / 'checkpoints'}")
+    model = SpeechTransformer(ModelConfig.from_dict(json.loads((out_dir / "model_config.json").read_text())))
+    checkpoint.load_weights(model, checkpoint.average_state_dicts([p / checkpoint.WEIGHTS_FILE for p in chosen]),
+                            out_dir)
+    info = {"averaged": [p.name for p in chosen], "train": c.train, "preset": c.preset, **(info or {})}
+    return checkpoint.save_model(model, tokenizer, output, info)
+
+
 def finish(c, out_dir, model, tokenizer, state, rank, world, valid_waves, valid_texts, dtype) -> dict:
     """Average the last checkpoints into `out_dir/model`, check that all ranks agree, write a summary."""
     checksum = torch.tensor([sum(float(p.double().sum()) for p in model.parameters())], dtype=torch.float64)
@@ -405,15 +424,11 @@ def finish(c, out_dir, model, tokenizer, state, rank, world, valid_waves, valid_
                "audio_hours": state.audio_seconds / 3600, "world_size": world,
                "rank_param_checksums": [float(x) for x in checksums]}
     if rank == 0:
-        last = sorted((out_dir / "checkpoints").glob("step-*"))[-max(1, c.average_last):]
-        averaged = SpeechTransformer(model.config)
-        checkpoint.load_weights(averaged, checkpoint.average_state_dicts([p / checkpoint.WEIGHTS_FILE for p in last]),
-                                out_dir)
-        info = {"averaged": [p.name for p in last], "steps": state.step, "train": c.train, "preset": c.preset,
-                "audio_hours_seen": state.audio_seconds / 3600}
-        model_dir = checkpoint.save_model(averaged, tokenizer, out_dir / "model", info)
+        model_dir = export_model(out_dir, c.average_last, out_dir / "model",
+                                 {"steps": state.step, "audio_hours_seen": state.audio_seconds / 3600})
         if valid_waves:
-            summary.update(validate(averaged.to(model.device), tokenizer, valid_waves, valid_texts, c, dtype))
+            averaged, _, _ = checkpoint.load_model(model_dir, model.device)
+            summary.update(validate(averaged, tokenizer, valid_waves, valid_texts, c, dtype))
         summary["model_dir"] = str(model_dir)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if world > 1:

@@ -1,0 +1,93 @@
+"""`speech-transformer`: one command, a subcommand per stage of the pipeline.
+
+    speech-transformer presets                      model presets and their sizes
+    speech-transformer tokenizer --manifest M ...   train a SentencePiece tokenizer on transcripts
+    speech-transformer download --sets dev-clean    fetch and prepare LibriSpeech (see recipes/librispeech)
+    speech-transformer train --config C.yaml        train (also under torchrun)
+    speech-transformer average --exp DIR            average the last checkpoints into a model directory
+    speech-transformer evaluate --data M            WER benchmark, side by side with peer systems
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+# subcommands implemented by a module's own `main(argv)`
+DELEGATED = {"train": "speech_transformer.train", "evaluate": "speech_transformer.evaluate",
+             "download": "speech_transformer.download"}
+NOT_YET = {"transcribe": "batch transcription (issue #6)", "demo": "the Gradio demo (issue #7)"}
+
+
+def presets(argv: list[str]) -> int:
+    from speech_transformer.model import PRESETS, SpeechTransformer
+
+    argparse.ArgumentParser(prog="speech-transformer presets", description="List model presets.").parse_args(argv)
+    print(f"{'preset':8} {'params':>9} {'d_model':>7} {'heads':>5} {'d_ff':>5} {'enc':>4} {'dec':>4}")
+    for name, c in PRESETS.items():
+        n = SpeechTransformer(c).num_parameters()
+        print(f"{name:8} {n / 1e6:8.2f}M {c.d_model:7} {c.n_heads:5} {c.d_ff:5} {c.encoder_layers:4} {c.decoder_layers:4}"
+              f"   (vocab {c.vocab_size})")
+    return 0
+
+
+def tokenizer(argv: list[str]) -> int:
+    from speech_transformer.data import read_manifest
+    from speech_transformer.text import normalize_transcript
+    from speech_transformer.tokenizer import train_tokenizer
+
+    p = argparse.ArgumentParser(prog="speech-transformer tokenizer",
+                                description="Train a SentencePiece tokenizer on normalised transcripts.")
+    p.add_argument("--manifest", nargs="+", required=True, help="TSV/JSONL manifests or LibriSpeech folders")
+    p.add_argument("--text", nargs="*", default=[], help="extra text files, one sentence a line (`id<TAB>text` ok)")
+    p.add_argument("--vocab-size", type=int, default=256)
+    p.add_argument("--type", choices=["unigram", "bpe"], default="unigram")
+    p.add_argument("--output", required=True, help="the .model file to write")
+    args = p.parse_args(argv)
+    texts = [normalize_transcript(u.text) for m in args.manifest for u in read_manifest(m)]
+    for path in args.text:
+        texts += [normalize_transcript(line.split("\t")[-1]) for line in Path(path).read_text().splitlines()]
+    tok = train_tokenizer(texts, args.output, args.vocab_size, args.type)
+    print(f"{args.output}: {tok.vocab_size} tokens ({args.type}) from {len(texts)} sentences")
+    return 0
+
+
+def average(argv: list[str]) -> int:
+    from speech_transformer.train import export_model
+
+    p = argparse.ArgumentParser(prog="speech-transformer average",
+                                description="Average the last N checkpoints of a training run into a model directory.")
+    p.add_argument("--exp", required=True, help="the training out_dir (holds checkpoints/ and config.yaml)")
+    p.add_argument("--last", type=int, default=5)
+    p.add_argument("--output", required=True)
+    args = p.parse_args(argv)
+    out = export_model(Path(args.exp), args.last, Path(args.output))
+    print(f"{out}: averaged {args.last} checkpoint(s) of {args.exp}")
+    return 0
+
+
+LOCAL = {"presets": presets, "tokenizer": tokenizer, "average": average}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = sorted([*LOCAL, *DELEGATED, *NOT_YET])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + f"\n\ncommands: {', '.join(commands)}")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in LOCAL:
+        return LOCAL[command](rest)
+    if command in DELEGATED:
+        return importlib.import_module(DELEGATED[command]).main(rest) or 0
+    if command in NOT_YET:
+        print(f"speech-transformer {command}: not yet available ({NOT_YET[command]} is still open)", file=sys.stderr)
+        return 2
+    print(f"speech-transformer: unknown command {command!r}; choose from {', '.join(commands)}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
