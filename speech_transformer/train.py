@@ -344,8 +344,9 @@ def train(c: TrainConfig) -> dict:
                                    c.ctc_weight, c.label_smoothing)
                     # each utterance of the step weighs the same, however the step is split over ranks
                     scaler.scale(loss.total * (B * world / step_utterances)).backward()
-                sums += torch.tensor([float(loss.total) * B, float(loss.ctc) * B, float(loss.attention) * B,
-                                      0.0 if math.isfinite(float(loss.total)) else 1.0], dtype=torch.float64)
+                total = float(loss.total.detach())
+                sums += torch.tensor([total * B, float(loss.ctc) * B, float(loss.attention) * B,
+                                      0.0 if math.isfinite(total) else 1.0], dtype=torch.float64)
                 window["audio"] += float(batch["audio_lengths"].sum()) / SAMPLE_RATE
             if world > 1:
                 dist.all_reduce(sums)
