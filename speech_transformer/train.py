@@ -373,6 +373,7 @@ def train(c: TrainConfig) -> dict:
                 record = {"step": state.step, "epoch": state.epoch, "loss": window["loss"] / window["n"],
                           "ctc": window["ctc"] / window["n"], "attention": window["att"] / window["n"],
                           "lr": optimizer.param_groups[0]["lr"], "audio_seconds_per_second": audio / elapsed,
+                          "steps_per_second": window["n"] / elapsed,
                           "data_wait_share": window["wait"] / elapsed, "skipped": state.skipped,
                           "elapsed_s": time.perf_counter() - started}
                 metrics.write(**record)
