@@ -6,6 +6,7 @@
     speech-transformer train --config C.yaml        train (also under torchrun)
     speech-transformer average --exp DIR            average the last checkpoints into a model directory
     speech-transformer evaluate --data M            WER benchmark, side by side with peer systems
+    speech-transformer demo [--model DIR]           the Gradio voice demo on 127.0.0.1:7860 (= python app.py)
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 # subcommands implemented by a module's own `main(argv)`
 DELEGATED = {"train": "speech_transformer.train", "evaluate": "speech_transformer.evaluate",
-             "download": "speech_transformer.download"}
-NOT_YET = {"transcribe": "batch transcription (issue #6)", "demo": "the Gradio demo (issue #7)"}
+             "download": "speech_transformer.download", "demo": "speech_transformer.demo"}
+NOT_YET = {"transcribe": "batch transcription (issue #6)"}
 
 
 def presets(argv: list[str]) -> int:
