@@ -25,12 +25,8 @@ from PIL import Image
 
 from speech_transformer import pretrained
 from speech_transformer.audio import load_audio
-from speech_transformer.checkpoint import save_model
-from speech_transformer.decoding import DecodingOptions
 from speech_transformer.demo import Demo, Limits, attention_image, colormap, find_examples, main, model_card, \
     peak_level_dbfs
-from speech_transformer.features import pad_waveforms
-from speech_transformer.model import SpeechTransformer, preset
 from speech_transformer.recognizer import Recognizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,45 +34,9 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 ARTIFACTS_ENV = "SPEECH_TRANSFORMER_ARTIFACTS"  # where the browser test leaves its screenshot
 
 
-def train_tiny_model(tokenizer, utterances, directory: Path) -> Path:
-    """Overfit a tiny model on a few real utterances until greedy decoding spells them exactly."""
-    waves = [load_audio(u.audio) for u in utterances]
-    torch.manual_seed(0)
-    model = SpeechTransformer(preset("tiny", vocab_size=tokenizer.vocab_size, d_model=144, d_ff=576,
-                                     encoder_layers=4, decoder_layers=2, dropout=0.0))
-    model.frontend.fit_global_stats(waves)
-    with torch.no_grad():
-        feats, feat_lengths = model.frontend(*pad_waveforms(waves))
-    ids = [tokenizer.encode(u.text) for u in utterances]
-    targets = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
-    for i, x in enumerate(ids):
-        targets[i, : len(x)] = torch.tensor(x)
-    target_lengths = torch.tensor([len(x) for x in ids])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    recognizer = Recognizer(model, tokenizer)
-    for step in range(1, 201):
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = 2e-3 * min(1.0, step / 30)
-        loss = model(feats, feat_lengths, targets, target_lengths, ctc_weight=0.3, label_smoothing=0.0)
-        optimizer.zero_grad()
-        loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        if step >= 40 and step % 10 == 0:
-            texts = [r.text for r in recognizer.recognize(waves, DecodingOptions(beam_size=1, ctc_weight=0.0))]
-            if texts == [u.text for u in utterances]:
-                break
-    assert texts == [u.text for u in utterances], "the tiny demo model did not learn its five clips"
-    info = {"preset": "tiny", "train": ["5 utterances of librispeech/train.tsv"], "wer": {"those 5 clips": 0.0}}
-    directory = save_model(model.eval(), tokenizer, directory, info)
-    (directory / "MODEL_CARD.md").write_text("# Tiny demo model\n\nOverfits five clips; for tests only.\n")
-    return directory
-
-
 @pytest.fixture(scope="module")
-def clips(librispeech_train):
-    return sorted(librispeech_train, key=lambda u: u.duration)[:5]
+def clips(overfit_clips):
+    return overfit_clips
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +45,7 @@ def model(tmp_path_factory, request, clips) -> tuple[Path, bool]:
     try:
         return pretrained.default_model_dir(), False
     except FileNotFoundError:
-        tokenizer = request.getfixturevalue("tokenizer")
-        return train_tiny_model(tokenizer, clips, tmp_path_factory.mktemp("demo") / "model"), True
+        return request.getfixturevalue("overfit_model_dir"), True
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +275,7 @@ def test_model_card_and_missing_model(demo, model, capsys):
     card = model_card(demo.recognizer, model[0])
     assert "parameters" in card and "preset" in card
     if model[1]:
-        assert "preset **tiny**" in card and "5 utterances" in card
-        assert "those 5 clips" in card and "Tiny demo model" in card
+        assert "preset **tiny (test)**" in card and "5 shortest utterances" in card
+        assert "Tiny test model" in card
     assert main(["--model", str(Path(model[0]).parent / "no-such-model")]) == 2
     assert "no such model directory" in capsys.readouterr().err
