@@ -5,6 +5,7 @@
     speech-transformer download --sets dev-clean    fetch and prepare LibriSpeech (see recipes/librispeech)
     speech-transformer train --config C.yaml        train (also under torchrun)
     speech-transformer average --exp DIR            average the last checkpoints into a model directory
+    speech-transformer transcribe PATHS -o OUT      batch transcription: txt, json, srt, vtt, tsv
     speech-transformer evaluate --data M            WER benchmark, side by side with peer systems
     speech-transformer demo [--model DIR]           the Gradio voice demo on 127.0.0.1:7860 (= python app.py)
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 
 # subcommands implemented by a module's own `main(argv)`
 DELEGATED = {"train": "speech_transformer.train", "evaluate": "speech_transformer.evaluate",
-             "download": "speech_transformer.download", "demo": "speech_transformer.demo"}
-NOT_YET = {"transcribe": "batch transcription (issue #6)"}
+             "download": "speech_transformer.download", "demo": "speech_transformer.demo",
+             "transcribe": "speech_transformer.transcribe"}
 
 
 def presets(argv: list[str]) -> int:
@@ -74,7 +75,7 @@ LOCAL = {"presets": presets, "tokenizer": tokenizer, "average": average}
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = sorted([*LOCAL, *DELEGATED, *NOT_YET])
+    commands = sorted([*LOCAL, *DELEGATED])
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + f"\n\ncommands: {', '.join(commands)}")
         return 0 if argv else 2
@@ -83,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         return LOCAL[command](rest)
     if command in DELEGATED:
         return importlib.import_module(DELEGATED[command]).main(rest) or 0
-    if command in NOT_YET:
-        print(f"speech-transformer {command}: not yet available ({NOT_YET[command]} is still open)", file=sys.stderr)
-        return 2
     print(f"speech-transformer: unknown command {command!r}; choose from {', '.join(commands)}", file=sys.stderr)
     return 2
 

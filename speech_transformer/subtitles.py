@@ -1,0 +1,143 @@
+"""Transcript outputs: txt, json, srt, vtt, tsv, each written atomically (temp file + fsync + rename).
+
+Works on any object shaped like `speech_transformer.transcribe.Transcript` (segments with
+start/end/text/confidence and optional words). Subtitle cues come from word times when the
+segment has them (CTC forced alignment), else one cue per segment.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from speech_transformer.transcribe import Transcript
+
+FORMATS = ("txt", "json", "srt", "vtt", "tsv")
+TEMP_SUFFIX = ".part"
+
+
+def parse_formats(spec: str) -> list[str]:
+    """'all' or a comma list like 'txt,srt' -> formats in canonical order. ValueError on unknown ones."""
+    names = {s.strip().lower() for s in spec.split(",") if s.strip()}
+    if "all" in names:
+        return list(FORMATS)
+    unknown = names - set(FORMATS)
+    if unknown or not names:
+        raise ValueError(f"unknown output format(s) {sorted(unknown) or spec!r}; "
+                         f"choose from {', '.join(FORMATS)} or all")
+    return [f for f in FORMATS if f in names]
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float
+    end: float
+    text: str
+
+
+def cues(transcript: "Transcript", max_seconds: float = 6.0, max_chars: int = 84, max_gap: float = 1.0) -> list[Cue]:
+    """Subtitle cues: word runs cut at `max_seconds`, `max_chars` or a pause over `max_gap`; never overlapping."""
+    out: list[Cue] = []
+    for seg in transcript.segments:
+        if not seg.words:
+            out.append(Cue(seg.start, seg.end, seg.text))
+            continue
+        run: list = []
+        for w in seg.words:
+            if run and (w.end - run[0].start > max_seconds or w.start - run[-1].end > max_gap
+                        or len(" ".join(x.word for x in run)) + 1 + len(w.word) > max_chars):
+                out.append(Cue(run[0].start, run[-1].end, " ".join(x.word for x in run)))
+                run = []
+            run.append(w)
+        out.append(Cue(run[0].start, run[-1].end, " ".join(x.word for x in run)))
+    fixed: list[Cue] = []
+    for c in out:  # monotonic, non-overlapping, each at least 10 ms long
+        start = max(c.start, fixed[-1].end if fixed else 0.0)
+        fixed.append(Cue(round(start, 3), round(max(c.end, start + 0.01), 3), c.text))
+    return fixed
+
+
+def timestamp(seconds: float, separator: str = ",") -> str:
+    """HH:MM:SS,mmm (SRT) or, with separator '.', HH:MM:SS.mmm (WebVTT)."""
+    ms = max(0, round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{separator}{ms:03d}"
+
+
+def to_txt(t: "Transcript") -> str:
+    return "".join(s.text + "\n" for s in t.segments)
+
+
+def to_json(t: "Transcript") -> str:
+    return json.dumps(t.to_dict(), ensure_ascii=False, indent=1) + "\n"
+
+
+def to_srt(t: "Transcript") -> str:
+    return "".join(f"{i}\n{timestamp(c.start)} --> {timestamp(c.end)}\n{c.text}\n\n"
+                   for i, c in enumerate(cues(t), 1))
+
+
+def to_vtt(t: "Transcript") -> str:
+    return "WEBVTT\n\n" + "".join(f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n{c.text}\n\n"
+                                  for c in cues(t))
+
+
+def to_tsv(t: "Transcript") -> str:
+    """Whisper's layout: integer milliseconds."""
+    rows = [f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.replace(chr(9), ' ')}\n" for s in t.segments]
+    return "start\tend\ttext\n" + "".join(rows)
+
+
+RENDER = {"txt": to_txt, "json": to_json, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv}
+
+
+def output_path(stem: Path, fmt: str) -> Path:
+    return stem.with_name(f"{stem.name}.{fmt}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Readers see the old file or the whole new one, never a part: write a temp file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_outputs(t: "Transcript", stem: Path, formats: list[str]) -> list[Path]:
+    """One file per format, `stem.<fmt>`; json goes last so that it marks a finished input."""
+    paths = []
+    for fmt in sorted(formats, key=lambda f: f == "json"):
+        path = output_path(stem, fmt)
+        atomic_write_text(path, RENDER[fmt](t))
+        paths.append(path)
+    return paths
+
+
+def is_complete(stem: Path, formats: list[str]) -> bool:
+    """Every requested output exists (each was renamed into place whole, so existing means complete)."""
+    return all(output_path(stem, f).is_file() for f in formats)
+
+
+def remove_stale_temps(stem: Path, formats: list[str]) -> int:
+    """Delete temp files a killed run left for these outputs. Returns how many."""
+    n = 0
+    for fmt in formats:
+        path = output_path(stem, fmt)
+        for tmp in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*{TEMP_SUFFIX}")):
+            Path(tmp).unlink(missing_ok=True)
+            n += 1
+    return n
