@@ -116,20 +116,15 @@ def get_normalizer(name: str) -> Callable[[str], str]:
         raise ValueError(f"unknown normaliser {name!r} (choose from {', '.join(NORMALIZERS)})") from None
 
 
-@dataclass
-class UtteranceScore:
-    """One scored utterance. `alignment` is a list of (op, ref_word, hyp_word), op in = S D I."""
+class ErrorRates:
+    """Error counts -> rates; the counts are fields of the dataclasses below."""
 
-    ref: str
-    hyp: str
-    hits: int
     substitutions: int
     deletions: int
     insertions: int
     n_words: int
     char_errors: int
     n_chars: int
-    alignment: list[tuple[str, str, str]]
 
     @property
     def errors(self) -> int:
@@ -145,7 +140,23 @@ class UtteranceScore:
 
 
 @dataclass
-class CorpusScore:
+class UtteranceScore(ErrorRates):
+    """One scored utterance. `alignment` is a list of (op, ref_word, hyp_word), op in = S D I."""
+
+    ref: str
+    hyp: str
+    hits: int
+    substitutions: int
+    deletions: int
+    insertions: int
+    n_words: int
+    char_errors: int
+    n_chars: int
+    alignment: list[tuple[str, str, str]]
+
+
+@dataclass
+class CorpusScore(ErrorRates):
     """Totals over a set of utterances."""
 
     normalizer: str
@@ -163,18 +174,6 @@ class CorpusScore:
     top_substitutions: list[tuple[str, str, int]] = field(default_factory=list)
     top_insertions: list[tuple[str, int]] = field(default_factory=list)
     top_deletions: list[tuple[str, int]] = field(default_factory=list)
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def wer(self) -> float:
-        return self.errors / max(self.n_words, 1)
-
-    @property
-    def cer(self) -> float:
-        return self.char_errors / max(self.n_chars, 1)
 
     @property
     def ser(self) -> float:
