@@ -117,14 +117,8 @@ def get_normalizer(name: str) -> Callable[[str], str]:
 
 
 class ErrorRates:
-    """Error counts -> rates; the counts are fields of the dataclasses below."""
-
-    substitutions: int
-    deletions: int
-    insertions: int
-    n_words: int
-    char_errors: int
-    n_chars: int
+    """Error counts -> rates, for dataclasses with substitutions, deletions, insertions, n_words,
+    char_errors and n_chars fields."""
 
     @property
     def errors(self) -> int:
