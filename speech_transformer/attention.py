@@ -22,19 +22,21 @@ from speech_transformer.tokenizer import BLANK_ID, SOS_EOS_ID
 
 @torch.no_grad()
 def cross_attention(model: SpeechTransformer, memory: Tensor, memory_lengths: Tensor,
-                    tokens: Sequence[Sequence[int]]) -> Tensor:
+                    tokens: Sequence[Sequence[int]], prompt: Sequence[int] = (SOS_EOS_ID,)) -> Tensor:
     """Cross-attention weights of every decoder block and head.
 
     memory `(B, S, D)` encoder states, memory_lengths `(B,)`, tokens: B hypotheses without `<sos>`/`<eos>`.
     Returns `(B, layers, heads, L + 1, S)` with L the longest hypothesis: row i is the query that
     predicts token i (row L_b predicts `<eos>`). Each valid row sums to 1 over the valid frames;
     padded rows and padded frames are 0. The model should be in eval mode (no dropout).
+    The decoder reads `prompt` first (the tokenizer's; `<sos>` for our models); its rows before the last are dropped.
     """
     B, S, _ = memory.shape
-    L = max((len(t) for t in tokens), default=0) + 1
-    inputs = torch.full((B, L), SOS_EOS_ID, dtype=torch.long, device=memory.device)
+    L, P = max((len(t) for t in tokens), default=0) + 1, len(prompt)
+    inputs = torch.full((B, P - 1 + L), prompt[-1], dtype=torch.long, device=memory.device)
+    inputs[:, :P] = torch.as_tensor(list(prompt), dtype=torch.long)
     for b, t in enumerate(tokens):
-        inputs[b, 1:len(t) + 1] = torch.as_tensor(list(t), dtype=torch.long)
+        inputs[b, P:len(t) + P] = torch.as_tensor(list(t), dtype=torch.long)
     blocks = model.decoder.blocks
     queries: dict[int, Tensor] = {}
     hooks = [block.cross_norm.register_forward_hook(lambda _m, _i, out, i=i: queries.__setitem__(i, out))
@@ -49,7 +51,7 @@ def cross_attention(model: SpeechTransformer, memory: Tensor, memory_lengths: Te
     weights = []
     for i, block in enumerate(blocks):
         attn = block.cross_attn
-        q = attn.heads(attn.query(queries[i]))  # (B, H, L, D/H)
+        q = attn.heads(attn.query(queries[i][:, P - 1:]))  # (B, H, L, D/H)
         k = memory_kv[i][0]  # (B, H, S, D/H)
         scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
         weights.append(scores.masked_fill(~frames, float("-inf")).softmax(-1).nan_to_num(0.0))

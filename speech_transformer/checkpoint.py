@@ -1,9 +1,10 @@
 """Model directories and checkpoint averaging. Nothing here unpickles.
 
 A model directory holds:
-- `config.json`: {"format": 1, "model": ModelConfig fields, "weights_sha256": ..., "info": {...}}
+- `config.json`: {"format": 1, "model": ModelConfig fields, "tokenizer": {"type": ...}, "weights_sha256": ...,
+  "tokenizer_sha256": ..., "info": {...}}
 - `model.safetensors`: the weights (front-end feature statistics included)
-- `tokenizer.model`: the SentencePiece model
+- `tokenizer.model`: the SentencePiece model, or `tokenizer.tiktoken` for an imported Whisper model
 """
 
 from __future__ import annotations
@@ -65,13 +66,13 @@ def save_model(model: SpeechTransformer, tokenizer: Tokenizer, directory: str | 
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     save_state_dict(model.state_dict(), tmp / WEIGHTS_FILE)
-    (tmp / TOKENIZER_FILE).write_bytes(tokenizer.to_bytes())
-    config = {"format": FORMAT_VERSION, "model": model.config.to_dict(),
-              "weights_sha256": sha256(tmp / WEIGHTS_FILE), "tokenizer_sha256": sha256(tmp / TOKENIZER_FILE),
+    (tmp / tokenizer.file_name).write_bytes(tokenizer.to_bytes())
+    config = {"format": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": tokenizer.to_config(),
+              "weights_sha256": sha256(tmp / WEIGHTS_FILE), "tokenizer_sha256": sha256(tmp / tokenizer.file_name),
               "info": info or {}}
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     if directory.exists():
-        for name in (WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE):  # config last: it vouches for the others
+        for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # config last: it vouches for the others
             os.replace(tmp / name, directory / name)
         shutil.rmtree(tmp)
     else:
@@ -92,11 +93,27 @@ def read_config(directory: str | os.PathLike) -> dict:
     return config
 
 
+def tokenizer_file(config: dict) -> str:
+    return "tokenizer.tiktoken" if config.get("tokenizer", {}).get("type") == "whisper" else TOKENIZER_FILE
+
+
+def load_tokenizer(directory: Path, config: dict):
+    """The tokenizer that config.json names: SentencePiece (ours) or Whisper's (tiktoken)."""
+    spec = config.get("tokenizer") or {"type": "sentencepiece"}
+    if spec.get("type") == "sentencepiece":
+        return Tokenizer(directory / TOKENIZER_FILE)
+    if spec.get("type") == "whisper":
+        from speech_transformer.whisper import WhisperTokenizer
+
+        return WhisperTokenizer.from_config(directory / tokenizer_file(config), spec)
+    raise CheckpointError(f"{directory / CONFIG_FILE}: unknown tokenizer type {spec.get('type')!r}")
+
+
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SpeechTransformer, Tokenizer, dict]:
     """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes."""
     directory = Path(directory)
     config = read_config(directory)
-    for name, key in ((WEIGHTS_FILE, "weights_sha256"), (TOKENIZER_FILE, "tokenizer_sha256")):
+    for name, key in ((WEIGHTS_FILE, "weights_sha256"), (tokenizer_file(config), "tokenizer_sha256")):
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"{directory}: missing {name}")
@@ -107,7 +124,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         model_config = ModelConfig.from_dict(config["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{directory / CONFIG_FILE}: bad model config ({e})") from None
-    tokenizer = Tokenizer(directory / TOKENIZER_FILE)
+    tokenizer = load_tokenizer(directory, config)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model expects "
                               f"{model_config.vocab_size}")

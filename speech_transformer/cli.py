@@ -8,6 +8,7 @@
     speech-transformer transcribe PATHS -o OUT      batch transcription: txt, json, srt, vtt, tsv
     speech-transformer evaluate --data M            WER benchmark, side by side with peer systems
     speech-transformer demo [--model DIR]           the Gradio voice demo on 127.0.0.1:7860 (= python app.py)
+    speech-transformer whisper SRC -o DIR           import OpenAI Whisper weights (.pt or Hugging Face folder)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 # subcommands implemented by a module's own `main(argv)`
 DELEGATED = {"train": "speech_transformer.train", "evaluate": "speech_transformer.evaluate",
              "download": "speech_transformer.download", "demo": "speech_transformer.demo",
-             "transcribe": "speech_transformer.transcribe"}
+             "transcribe": "speech_transformer.transcribe", "whisper": "speech_transformer.whisper"}
 
 
 def presets(argv: list[str]) -> int:

@@ -8,12 +8,12 @@ maximum length tied to the input length, or when the loop guard sees an n-gram r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from speech_transformer.tokenizer import BLANK_ID, SOS_EOS_ID
+from speech_transformer.tokenizer import SpecialTokens
 
 NEG_INF = float("-inf")
 
@@ -63,30 +63,32 @@ def repeats_too_often(tokens: list[int], max_repeats: int, max_ngram: int = 8) -
     return False
 
 
-def ctc_greedy_search(ctc_log_probs: Tensor, lengths: Tensor) -> list[Hypothesis]:
+def ctc_greedy_search(ctc_log_probs: Tensor, lengths: Tensor, blank: int = SpecialTokens.blank) -> list[Hypothesis]:
     """Best path: argmax per frame, merge repeats, drop blanks. ctc_log_probs `(B, S, V)`."""
     best, ids = ctc_log_probs.max(-1)
     out = []
     for b, n in enumerate(lengths.tolist()):
         path = torch.unique_consecutive(ids[b, :n]).tolist()
-        out.append(Hypothesis([t for t in path if t != BLANK_ID], float(best[b, :n].sum())))
+        out.append(Hypothesis([t for t in path if t != blank], float(best[b, :n].sum())))
     return out
 
 
 @torch.no_grad()
-def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions) -> list[Hypothesis]:
+def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
+                  special: SpecialTokens = SpecialTokens()) -> list[Hypothesis]:
     """Batched greedy attention decoding with a KV cache. memory `(B, S, D)`."""
     B = memory.shape[0]
     limits = max_lengths(lengths, options)
     memory_kv = model.decoder.memory_kv(memory)
     hyps = [Hypothesis([], 0.0) for _ in range(B)]
     done = [False] * B
-    tokens = torch.full((B, 1), SOS_EOS_ID, dtype=torch.long, device=memory.device)
+    tokens = torch.tensor(special.prompt, device=memory.device).expand(B, len(special.prompt))
+    suppress = list(special.suppress)
     cache = None
     for step in range(max(limits) + 1):
         logits, cache = model.decoder(tokens, memory_kv, lengths, cache)
         logp = logits[:, -1].float().log_softmax(-1)
-        logp[:, BLANK_ID] = NEG_INF
+        logp[:, suppress] = NEG_INF
         best, next_tokens = logp.max(-1)
         for b in range(B):
             if done[b]:
@@ -96,7 +98,7 @@ def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptio
                 done[b] = True
                 continue
             hyps[b].score += float(best[b])
-            if token == SOS_EOS_ID:
+            if token == special.eos:
                 done[b] = True
                 continue
             hyps[b].tokens.append(token)
@@ -117,14 +119,16 @@ class CTCPrefixScorer:
     an utterance's length carry blank with probability one so they change nothing.
     """
 
-    def __init__(self, log_probs: Tensor, lengths: Tensor):
+    def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int = SpecialTokens.blank,
+                 eos: int = SpecialTokens.eos):
         S, N = log_probs.shape[1], log_probs.shape[0]
+        self.blank, self.eos = blank, eos
         x = log_probs.transpose(0, 1).clone()  # (S, N, V)
         beyond = torch.arange(S, device=x.device)[:, None] >= lengths[None, :]
         x.masked_fill_(beyond[..., None], NEG_INF)
-        x[..., BLANK_ID].masked_fill_(beyond, 0.0)
+        x[..., blank].masked_fill_(beyond, 0.0)
         self.x = x
-        self.r = torch.stack([torch.full((S, N), NEG_INF, device=x.device), x[:, :, BLANK_ID].cumsum(0)], dim=1)
+        self.r = torch.stack([torch.full((S, N), NEG_INF, device=x.device), x[:, :, blank].cumsum(0)], dim=1)
         self.score = torch.zeros(N, device=x.device)  # log-probability of each prefix
         self.last = torch.full((N,), -1, dtype=torch.long, device=x.device)
 
@@ -133,7 +137,7 @@ class CTCPrefixScorer:
         S = self.x.shape[0]
         N, K = candidates.shape
         x_c = self.x.gather(2, candidates[None].expand(S, N, K))  # (S, N, K)
-        x_blank = self.x[:, :, BLANK_ID][..., None]  # (S, N, 1)
+        x_blank = self.x[:, :, self.blank][..., None]  # (S, N, 1)
         phi = torch.logaddexp(self.r[:, 0], self.r[:, 1])[..., None].expand(S, N, K).clone()
         repeat = (candidates == self.last[:, None])[None]
         phi = torch.where(repeat, self.r[:, 1][..., None].expand(S, N, K), phi)
@@ -145,7 +149,7 @@ class CTCPrefixScorer:
             r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + x_blank[t]
         psi = torch.logsumexp(torch.cat([r[:1, 0], phi[:-1] + x_c[1:]], dim=0), dim=0)
         full = torch.logaddexp(self.r[-1, 0], self.r[-1, 1])  # h itself is the whole sequence
-        psi = torch.where(candidates == SOS_EOS_ID, full[:, None].expand(N, K), psi)
+        psi = torch.where(candidates == self.eos, full[:, None].expand(N, K), psi)
         return psi, r
 
     def select(self, rows: Tensor, columns: Tensor, candidates: Tensor, psi: Tensor, r: Tensor) -> None:
@@ -156,7 +160,8 @@ class CTCPrefixScorer:
 
 
 @torch.no_grad()
-def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions) -> list[Hypothesis]:
+def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
+                special: SpecialTokens = SpecialTokens()) -> list[Hypothesis]:
     """Batched beam search over B utterances x W hypotheses with joint CTC/attention scores."""
     B, W, V = memory.shape[0], options.beam_size, model.config.vocab_size
     N, device = B * W, memory.device
@@ -164,7 +169,8 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
     memory_lengths = lengths.repeat_interleave(W)
     memory_kv = model.decoder.memory_kv(memory.repeat_interleave(W, dim=0))
     lam = options.ctc_weight
-    ctc = CTCPrefixScorer(model.ctc_log_probs(memory).repeat_interleave(W, dim=0), memory_lengths) if lam > 0 else None
+    ctc = CTCPrefixScorer(model.ctc_log_probs(memory).repeat_interleave(W, dim=0), memory_lengths, special.blank,
+                          special.eos) if lam > 0 else None
     # pre-beam: the CTC prefix score is computed only for the decoder's top K tokens (all tokens when
     # the decoder's scores do not count, as in ESPnet)
     K = W if ctc is None else V - 1 if lam == 1.0 else min(V - 1, max(W, int(options.pre_beam_ratio * W)))
@@ -175,7 +181,8 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
     sequences: list[list[int]] = [[] for _ in range(N)]
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     done = [False] * B
-    tokens = torch.full((N, 1), SOS_EOS_ID, dtype=torch.long, device=device)
+    tokens = torch.tensor(special.prompt, device=device).expand(N, len(special.prompt))
+    suppress = list(special.suppress)
     cache = None
     for step in range(max(limits) + 1):
         for b in range(B):
@@ -187,7 +194,7 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
             break
         logits, cache = model.decoder(tokens, memory_kv, memory_lengths, cache)
         att = logits[:, -1].float().log_softmax(-1)
-        att[:, BLANK_ID] = NEG_INF
+        att[:, suppress] = NEG_INF
         att_top, candidates = att.topk(K, dim=-1)  # (N, K)
         if ctc is not None:
             psi, r = ctc.extend(candidates)
@@ -205,11 +212,11 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
         new_sequences = []
         for i, (row, token) in enumerate(zip(rows.tolist(), new_tokens.tolist())):
             b = i // W
-            seq = sequences[row] if token == SOS_EOS_ID else sequences[row] + [token]
+            seq = sequences[row] if token == special.eos else sequences[row] + [token]
             new_sequences.append(seq)
             if scores[i] == NEG_INF or done[b]:
                 continue
-            if token == SOS_EOS_ID or repeats_too_often(seq, options.max_repeats):
+            if token == special.eos or repeats_too_often(seq, options.max_repeats):
                 finished[b].append(Hypothesis(seq, float(scores[i])))
                 scores[i] = NEG_INF
         sequences = new_sequences
@@ -225,10 +232,17 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
 
 
 @torch.no_grad()
-def decode(model, memory: Tensor, lengths: Tensor, options: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
-    """Search chosen by `options`: encoder states `(B, S, D)` and lengths `(B,)` -> one hypothesis each."""
+def decode(model, memory: Tensor, lengths: Tensor, options: DecodingOptions = DecodingOptions(),
+           special: SpecialTokens = SpecialTokens()) -> list[Hypothesis]:
+    """Search chosen by `options`: encoder states `(B, S, D)` and lengths `(B,)` -> one hypothesis each.
+
+    `special` (the tokenizer's) says how the decoder starts and ends and which tokens it never emits.
+    A model without a CTC head (an imported Whisper model) decodes on attention scores alone.
+    """
+    if model.ctc_head is None and options.ctc_weight > 0 and options.method == "attention":
+        options = replace(options, ctc_weight=0.0)
     if options.method == "ctc":
-        return ctc_greedy_search(model.ctc_log_probs(memory), lengths)
+        return ctc_greedy_search(model.ctc_log_probs(memory), lengths, special.blank)
     if options.beam_size == 1 and options.ctc_weight == 0.0:
-        return greedy_search(model, memory, lengths, options)
-    return beam_search(model, memory, lengths, options)
+        return greedy_search(model, memory, lengths, options, special)
+    return beam_search(model, memory, lengths, options, special)

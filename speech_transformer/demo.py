@@ -151,16 +151,18 @@ class Demo:
         log_mel, _ = model.frontend.log_mel(audio, lengths)
         memory, memory_lengths = model.encode(*model.frontend(audio, lengths))
         S = int(memory_lengths[0])
-        weights = cross_attention(model, memory, memory_lengths, [tokens])[0, ..., :S].mean(1)  # (layers, L+1, S)
+        weights = cross_attention(model, memory, memory_lengths, [tokens], tokenizer.special.prompt)[0, ..., :S].mean(1)
+        # (layers, L+1, S)
         weights = weights.mean(0) if layer == MEAN else weights[int(layer) - 1]
-        path = ctc_alignment(model.ctc_log_probs(memory)[0, :S].cpu(), tokens)
+        path = ctc_alignment(model.ctc_log_probs(memory)[0, :S].cpu(), tokens) if model.ctc_head is not None else None
         pieces = [tokenizer.id_to_piece(t).replace("▁", "_") for t in tokens]
         seconds = len(wave) / SAMPLE_RATE
-        spans = [] if path is None else [(s * ENCODER_FRAME_S, e * ENCODER_FRAME_S)
+        frame_s = model.encoder_frame_seconds
+        spans = [] if path is None else [(s * frame_s, e * frame_s)
                                          for s, e in token_spans(path, len(tokens))]
         which = f"mean of {len(model.decoder.blocks)} layers" if layer == MEAN else f"layer {layer}"
         return (spectrogram_image(log_mel[0].cpu().numpy(), seconds, pieces, spans),
-                attention_image(weights.cpu().numpy(), seconds, pieces + ["<eos>"], which))
+                attention_image(weights.cpu().numpy(), seconds, pieces + ["<eos>"], which, frame_s))
 
 
 def _channels(n: int) -> str:
@@ -222,13 +224,14 @@ def spectrogram_image(log_mel: np.ndarray, seconds: float, pieces: list[str],
     return np.asarray(canvas)
 
 
-def attention_image(weights: np.ndarray, seconds: float, labels: list[str], which: str) -> np.ndarray:
-    """Cross-attention `(L + 1, S)`, a row per output token (labels), a column per 40 ms encoder frame
+def attention_image(weights: np.ndarray, seconds: float, labels: list[str], which: str,
+                    frame_seconds: float = ENCODER_FRAME_S) -> np.ndarray:
+    """Cross-attention `(L + 1, S)`, a row per output token (labels), a column per encoder frame
     -> RGB `(H, W, 3)`, each row scaled to its own maximum, on the same time axis as the spectrogram."""
     rows, frames = weights.shape
     row_h = max(3, min(18, 420 // rows))
     heat = colormap(weights / (weights.max(1, keepdims=True) + 1e-12))
-    width = max(1, round(min(frames * ENCODER_FRAME_S / seconds, 1.0) * PLOT_W))
+    width = max(1, round(min(frames * frame_seconds / seconds, 1.0) * PLOT_W))
     height = TOP + rows * row_h + 4 + AXIS_H
     canvas = Image.new("RGB", (LEFT + PLOT_W + RIGHT, height), "white")
     canvas.paste(Image.fromarray(heat).resize((width, rows * row_h), Image.NEAREST), (LEFT, TOP))

@@ -1,5 +1,7 @@
 """Features: waveform -> normalised 80-bin log-mel frames, plus SpecAugment for training.
 
+`WhisperFrontEnd` reproduces OpenAI Whisper's features for imported Whisper models.
+
 Frames are computed without centre padding so that a frame depends only on the samples under
 its window: an utterance padded inside a batch keeps exactly the same valid frames.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import librosa
 import numpy as np
 import torch
 import torchaudio
@@ -94,6 +97,44 @@ class FrontEnd(nn.Module):
         mean = total / count
         self.mean.copy_(mean.float())
         self.std.copy_((total_sq / count - mean**2).clamp(min=1e-8).sqrt().float())
+
+
+WHISPER_WINDOW_SECONDS = 30
+WHISPER_WINDOW_SAMPLES = WHISPER_WINDOW_SECONDS * SAMPLE_RATE
+WHISPER_WINDOW_FRAMES = WHISPER_WINDOW_SAMPLES // HOP_LENGTH  # 3000
+
+
+class WhisperFrontEnd(nn.Module):
+    """Whisper's log-mel: waveforms `(B, T)`, T <= 30 s -> `(B, 3000, n_mels)` and lengths `(B,)` (all 3000).
+
+    Every waveform is zero-padded to a 30 s window (the encoder always reads whole windows, as Whisper was
+    trained), framed by a centred 400-sample Hann STFT whose last frame is dropped, projected onto Slaney
+    mel filters, then log10, floored 8 below the window's maximum and scaled to (x + 4) / 4.
+    """
+
+    def __init__(self, n_mels: int = N_MELS):
+        super().__init__()
+        filters = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels)  # the filters Whisper ships
+        self.register_buffer("filters", torch.from_numpy(filters).float(), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if waveforms.shape[-1] > WHISPER_WINDOW_SAMPLES:
+            raise ValueError(f"a Whisper model reads at most {WHISPER_WINDOW_SECONDS} s at a time, got "
+                             f"{waveforms.shape[-1] / SAMPLE_RATE:.1f} s (split longer audio, e.g. with "
+                             "`speech-transformer transcribe`)")
+        audio = nn.functional.pad(waveforms.float(), (0, WHISPER_WINDOW_SAMPLES - waveforms.shape[-1]))
+        with torch.autocast(waveforms.device.type, enabled=False):
+            stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
+            mel = self.filters @ stft[..., :-1].abs() ** 2  # (B, n_mels, 3000)
+            log = mel.clamp(min=LOG_FLOOR).log10()
+            log = torch.maximum(log, log.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return ((log + 4.0) / 4.0).transpose(1, 2), torch.full_like(lengths, WHISPER_WINDOW_FRAMES)
+
+    def log_mel(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The same features (Whisper's are already scaled) with the frames that hold audio: `(B, F, n_mels)`."""
+        feats, _ = self.forward(waveforms, lengths)
+        return feats, torch.clamp(lengths // HOP_LENGTH, max=WHISPER_WINDOW_FRAMES)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Reads top to bottom: config and presets, attention, the two kinds of block, encoder, decoder,
 and the `SpeechTransformer` that ties them together with the joint CTC/attention loss.
-Shapes: B batch, F feature frames, S encoder frames (F/4), L tokens, D model width, V vocabulary.
+Shapes: B batch, F feature frames, S encoder frames (F/4, or F/2 with the conv1d stem), L tokens,
+D model width, V vocabulary. The same classes, configured, also hold OpenAI Whisper's weights
+(see `speech_transformer.whisper`): conv1d stem, learned position tables, unscaled embeddings,
+no key bias, no CTC head, Whisper's front end.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speech_transformer.audio import N_MELS
-from speech_transformer.features import FrontEnd
+from speech_transformer.audio import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from speech_transformer.features import FrontEnd, WhisperFrontEnd
 from speech_transformer.tokenizer import BLANK_ID, SOS_EOS_ID
 
 
@@ -32,6 +35,23 @@ class ModelConfig:
     subsampling_channels: int = 0  # 0: same as d_model
     normalization: str = "global"  # feature normalisation, see FrontEnd
     tie_embeddings: bool = True
+    frontend: str = "log_mel"  # "log_mel" (FrontEnd) or "whisper" (WhisperFrontEnd, 30 s windows)
+    subsampling: str = "conv2d"  # "conv2d" (x4 in time) or "conv1d" (Whisper's stem, x2)
+    encoder_positions: str = "sinusoidal"  # "sinusoidal" (computed) or "learned" (a stored table)
+    decoder_positions: str = "sinusoidal"
+    max_source_positions: int = 1500  # rows of a learned table (encoder frames)
+    max_target_positions: int = 448  # (decoder tokens)
+    scale_embeddings: bool = True  # inputs x sqrt(D) before positions are added (Whisper: no)
+    key_bias: bool = True  # (Whisper: no bias on the attention keys)
+    ctc: bool = True  # a CTC head on the encoder (Whisper has none)
+
+    def __post_init__(self):
+        for name, value, allowed in (("frontend", self.frontend, ("log_mel", "whisper")),
+                                     ("subsampling", self.subsampling, ("conv2d", "conv1d")),
+                                     ("encoder_positions", self.encoder_positions, ("sinusoidal", "learned")),
+                                     ("decoder_positions", self.decoder_positions, ("sinusoidal", "learned"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -77,11 +97,11 @@ def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
 class MultiHeadAttention(nn.Module):
     """Self- or cross-attention through `scaled_dot_product_attention`, with an optional KV cache."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, key_bias: bool = True):
         super().__init__()
         self.n_heads = n_heads
         self.query = nn.Linear(d_model, d_model)
-        self.key = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model, bias=key_bias)
         self.value = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
         self.dropout = dropout
@@ -112,7 +132,7 @@ class EncoderBlock(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.attn_norm = nn.LayerNorm(c.d_model)
-        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, c.key_bias)
         self.ff_norm = nn.LayerNorm(c.d_model)
         self.ff = feed_forward(c.d_model, c.d_ff, c.dropout)
         self.drop = nn.Dropout(c.dropout)
@@ -128,9 +148,9 @@ class DecoderBlock(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.self_norm = nn.LayerNorm(c.d_model)
-        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, c.key_bias)
         self.cross_norm = nn.LayerNorm(c.d_model)
-        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, c.key_bias)
         self.ff_norm = nn.LayerNorm(c.d_model)
         self.ff = feed_forward(c.d_model, c.d_ff, c.dropout)
         self.drop = nn.Dropout(c.dropout)
@@ -152,6 +172,8 @@ class ConvSubsampling(nn.Module):
     No time padding, so a valid output frame never sees padded input frames.
     """
 
+    factor = 4  # feature frames per encoder frame
+
     def __init__(self, n_mels: int, channels: int, d_model: int):
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.GELU(), nn.Conv2d(channels, channels, 3, 2), nn.GELU())
@@ -169,11 +191,49 @@ class ConvSubsampling(nn.Module):
         return x, self.output_lengths(lengths)
 
 
+class Conv1dSubsampling(nn.Module):
+    """Whisper's stem: conv1d (kernel 3) and a stride-2 conv1d, each with GELU: `(B, F, n_mels)` -> `(B, S, D)`,
+    S = (F+1)//2."""
+
+    factor = 2
+
+    def __init__(self, n_mels: int, d_model: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, d_model, 3, padding=1)
+        self.conv2 = nn.Conv1d(d_model, d_model, 3, stride=2, padding=1)
+
+    @staticmethod
+    def output_lengths(lengths: Tensor) -> Tensor:
+        return (lengths - 1) // 2 + 1
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = F.gelu(self.conv2(F.gelu(self.conv1(feats.transpose(1, 2)))))
+        return x.transpose(1, 2), self.output_lengths(lengths)
+
+
+class Positions(nn.Module):
+    """Position encodings `(L, D)` for positions offset .. offset+L-1: computed sinusoids or a learned table."""
+
+    def __init__(self, kind: str, max_positions: int, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+        self.table = nn.Embedding(max_positions, d_model) if kind == "learned" else None
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        if self.table is None:
+            return sinusoids(length, self.d_model, offset)
+        if offset + length > self.table.num_embeddings:
+            raise ValueError(f"{offset + length} positions, but the model has only {self.table.num_embeddings}")
+        return self.table.weight[offset: offset + length]
+
+
 class Encoder(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.subsampling = ConvSubsampling(c.n_mels, c.subsampling_channels or c.d_model, c.d_model)
-        self.scale = math.sqrt(c.d_model)
+        self.subsampling = (Conv1dSubsampling(c.n_mels, c.d_model) if c.subsampling == "conv1d" else
+                            ConvSubsampling(c.n_mels, c.subsampling_channels or c.d_model, c.d_model))
+        self.positions = Positions(c.encoder_positions, c.max_source_positions, c.d_model)
+        self.scale = math.sqrt(c.d_model) if c.scale_embeddings else 1.0
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(c) for _ in range(c.encoder_layers))
         self.norm = nn.LayerNorm(c.d_model)
@@ -181,7 +241,7 @@ class Encoder(nn.Module):
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """feats `(B, F, n_mels)`, lengths `(B,)` -> encoder states `(B, S, D)`, lengths `(B,)`."""
         x, lengths = self.subsampling(feats, lengths)
-        x = self.drop(x * self.scale + sinusoids(x.shape[1], x.shape[2]).to(x))
+        x = self.drop(x * self.scale + self.positions(x.shape[1]).to(x))
         mask = padding_mask(lengths, x.shape[1])[:, None, None, :]
         for block in self.blocks:
             x = block(x, mask)
@@ -193,7 +253,8 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         nn.init.normal_(self.embed.weight, std=c.d_model**-0.5)  # unit variance after scaling by sqrt(D)
-        self.scale = math.sqrt(c.d_model)
+        self.positions = Positions(c.decoder_positions, c.max_target_positions, c.d_model)
+        self.scale = math.sqrt(c.d_model) if c.scale_embeddings else 1.0
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.decoder_layers))
         self.norm = nn.LayerNorm(c.d_model)
@@ -212,9 +273,7 @@ class Decoder(nn.Module):
         With `cache` (from the previous call), `tokens` holds only the new positions.
         """
         offset = 0 if cache is None else cache[0][0].shape[2]
-        x = self.embed(tokens) * self.scale + sinusoids(tokens.shape[1], self.embed.embedding_dim, offset).to(
-            self.embed.weight.dtype).to(tokens.device)
-        x = self.drop(x)
+        x = self.drop(self.embed(tokens) * self.scale + self.positions(tokens.shape[1], offset).to(self.embed.weight))
         memory_mask = padding_mask(memory_lengths, memory_kv[0][0].shape[2])[:, None, None, :]
         new_cache = []
         for i, block in enumerate(self.blocks):
@@ -237,9 +296,10 @@ class SpeechTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.frontend = FrontEnd(config.n_mels, config.normalization)
+        self.frontend = (WhisperFrontEnd(config.n_mels) if config.frontend == "whisper" else
+                         FrontEnd(config.n_mels, config.normalization))
         self.encoder = Encoder(config)
-        self.ctc_head = nn.Linear(config.d_model, config.vocab_size)
+        self.ctc_head = nn.Linear(config.d_model, config.vocab_size) if config.ctc else None
         self.decoder = Decoder(config)
 
     def num_parameters(self) -> int:
@@ -249,26 +309,41 @@ class SpeechTransformer(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def encoder_frame_seconds(self) -> float:
+        return self.encoder.subsampling.factor * HOP_LENGTH / SAMPLE_RATE
+
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(feats, lengths)
 
     def ctc_log_probs(self, memory: Tensor) -> Tensor:
         """`(B, S, D)` -> `(B, S, V)` log-probabilities, blank = 0."""
+        if self.ctc_head is None:
+            raise ValueError("this model has no CTC head (decode with ctc_weight=0 and method='attention')")
         return self.ctc_head(memory).float().log_softmax(-1)
 
     def forward(self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
-                ctc_weight: float = 0.3, label_smoothing: float = 0.1) -> Loss:
-        """Joint loss. targets `(B, L)` token ids (no sos/eos), padded with anything past target_lengths."""
+                ctc_weight: float = 0.3, label_smoothing: float = 0.1,
+                prompt: tuple[int, ...] = (SOS_EOS_ID,), eos: int = SOS_EOS_ID) -> Loss:
+        """Joint loss. targets `(B, L)` token ids (no prompt/eos), padded with anything past target_lengths.
+
+        The decoder reads `prompt` + targets and must predict targets + eos.
+        """
         memory, memory_lengths = self.encode(feats, feat_lengths)
         B, L = targets.shape
         valid = padding_mask(target_lengths, L)
-        ctc = F.ctc_loss(self.ctc_log_probs(memory).transpose(0, 1), targets.masked_fill(~valid, 0),
-                         memory_lengths, target_lengths, blank=BLANK_ID, reduction="sum", zero_infinity=True) / B
-        sos = torch.full((B, 1), SOS_EOS_ID, dtype=targets.dtype, device=targets.device)
-        decoder_in = torch.cat([sos, targets.masked_fill(~valid, SOS_EOS_ID)], dim=1)  # (B, L+1)
-        decoder_out = torch.cat([targets, sos], dim=1).masked_fill(~padding_mask(target_lengths + 1, L + 1), -100)
-        decoder_out[torch.arange(B), target_lengths] = SOS_EOS_ID  # eos right after the last token
+        if ctc_weight > 0:
+            ctc = F.ctc_loss(self.ctc_log_probs(memory).transpose(0, 1), targets.masked_fill(~valid, 0),
+                             memory_lengths, target_lengths, blank=BLANK_ID, reduction="sum", zero_infinity=True) / B
+        else:
+            ctc = memory.new_zeros(())
+        start = torch.tensor(prompt, dtype=targets.dtype, device=targets.device).expand(B, len(prompt))
+        decoder_in = torch.cat([start, targets.masked_fill(~valid, eos)], dim=1)  # (B, P+L)
+        decoder_out = torch.cat([targets, targets[:, :1]], dim=1).masked_fill(~padding_mask(target_lengths + 1, L + 1),
+                                                                               -100)
+        decoder_out[torch.arange(B), target_lengths] = eos  # right after the last token
         logits, _ = self.decoder(decoder_in, self.decoder.memory_kv(memory), memory_lengths)
+        logits = logits[:, len(prompt) - 1:]  # (B, L+1, V): the predictions after the prompt's last token
         attention = F.cross_entropy(logits.float().flatten(0, 1), decoder_out.flatten(), ignore_index=-100,
                                     label_smoothing=label_smoothing, reduction="sum") / B
         return Loss(ctc_weight * ctc + (1 - ctc_weight) * attention, ctc.detach(), attention.detach(),

@@ -61,7 +61,7 @@ class Recognizer:
         feats, feat_lengths = self.model.frontend(audio.to(self.device), lengths.to(self.device))
         memory, memory_lengths = self.model.encode(feats, feat_lengths)
         out = []
-        for h in decode(self.model, memory, memory_lengths, options):
+        for h in decode(self.model, memory, memory_lengths, options, self.tokenizer.special):
             n = max(1, len(h.tokens) + 1)
             out.append(Recognition(self.tokenizer.decode(h.tokens), h.tokens, h.score, h.score / n))
         return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -16,6 +17,16 @@ import sentencepiece as spm
 BLANK_ID = 0
 SOS_EOS_ID = 1
 NUM_SPECIAL = 2
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """What decoding needs to know of a vocabulary: how the decoder starts, how it ends, what it never says."""
+
+    prompt: tuple[int, ...] = (SOS_EOS_ID,)  # the decoder's first inputs
+    eos: int = SOS_EOS_ID
+    suppress: tuple[int, ...] = (BLANK_ID,)  # never emitted by attention decoding
+    blank: int = BLANK_ID  # the CTC blank
 
 
 class Tokenizer:
@@ -33,6 +44,11 @@ class Tokenizer:
     blank = BLANK_ID
     sos = SOS_EOS_ID
     eos = SOS_EOS_ID
+    special = SpecialTokens()
+    file_name = "tokenizer.model"  # in a model directory
+
+    def to_config(self) -> dict:
+        return {"type": "sentencepiece"}
 
     def encode(self, text: str) -> list[int]:
         return [i + NUM_SPECIAL for i in self.sp.encode(text)]

@@ -40,7 +40,6 @@ from speech_transformer.audio import MIN_INPUT_RATE, SAMPLE_RATE, AudioError, de
 from speech_transformer.decoding import DecodingOptions, decode
 from speech_transformer.features import pad_waveforms
 from speech_transformer.recognizer import Recognizer
-from speech_transformer.tokenizer import BLANK_ID, NUM_SPECIAL
 from speech_transformer.vad import SileroVad, SpeechChunk, VadOptions
 
 FRAME_SECONDS = 0.04  # one encoder frame: 4 x 10 ms
@@ -357,30 +356,35 @@ class Transcriber:
         audio, lengths = pad_waveforms(waves)
         feats, feat_lengths = model.frontend(audio.to(model.device), lengths.to(model.device))
         memory, memory_lengths = model.encode(feats, feat_lengths)
-        hyps = decode(model, memory, memory_lengths, self.decoding)
-        log_probs = model.ctc_log_probs(memory).float().cpu()  # (B, S, V)
+        special = tokenizer.special
+        hyps = decode(model, memory, memory_lengths, self.decoding, special)
+        # no CTC head (Whisper): no blank guard, word times shared out by length
+        log_probs = model.ctc_log_probs(memory).float().cpu() if model.ctc_head is not None else None  # (B, S, V)
+        not_text = {*special.prompt, special.eos, special.blank, *special.suppress}
         out: list[Segment | None] = []
         for b, (hyp, chunk) in enumerate(zip(hyps, chunks)):
             frames = int(memory_lengths[b])
-            lp = log_probs[b, :frames]
-            tokens = [t for t in hyp.tokens if t >= NUM_SPECIAL]
+            lp = None if log_probs is None else log_probs[b, :frames]
+            tokens = [t for t in hyp.tokens if t not in not_text]
             text = tokenizer.decode(tokens).strip()
-            if not text or (self.options.ctc_blank_guard and not bool((lp.argmax(-1) != BLANK_ID).any())):
+            if not text or (lp is not None and self.options.ctc_blank_guard
+                            and not bool((lp.argmax(-1) != special.blank).any())):
                 out.append(None)
                 continue
             avg = hyp.score / (max(1, frames) if self.decoding.method == "ctc" else len(hyp.tokens) + 1)
-            words = (align_words(lp, tokens, tokenizer, chunk.start_s, chunk.end_s)
+            words = (align_words(lp, tokens, tokenizer, chunk.start_s, chunk.end_s, model.encoder_frame_seconds)
                      if self.options.word_timestamps else [])
             out.append(Segment(round(chunk.start_s, 3), round(chunk.end_s, 3), text, round(math.exp(min(0.0, avg)), 4),
                                round(avg, 4), words))
         return out
 
 
-def align_words(log_probs: torch.Tensor, tokens: list[int], tokenizer, start: float, end: float) -> list[Word]:
+def align_words(log_probs: torch.Tensor | None, tokens: list[int], tokenizer, start: float, end: float,
+                frame_seconds: float = FRAME_SECONDS) -> list[Word]:
     """Word times from CTC forced alignment of `tokens` to `log_probs` `(S, V)` of a chunk at [start, end) s.
 
-    When the tokens cannot be aligned (more tokens than frames allow), words share the chunk's span
-    in proportion to their length and carry no confidence.
+    When the tokens cannot be aligned (more tokens than frames allow, or no CTC head: log_probs None),
+    words share the chunk's span in proportion to their length and carry no confidence.
     """
     groups: list[list[int]] = []  # token positions of each word ('▁' starts a word)
     for k, t in enumerate(tokens):
@@ -388,12 +392,14 @@ def align_words(log_probs: torch.Tensor, tokens: list[int], tokenizer, start: fl
             groups.append([])
         groups[-1].append(k)
     try:
+        if log_probs is None:
+            raise ValueError("no CTC head")
         labels, scores = AF.forced_align(log_probs[None].contiguous(), torch.tensor([tokens], dtype=torch.int32),
-                                         blank=BLANK_ID)
-        spans = AF.merge_tokens(labels[0], scores[0].exp(), blank=BLANK_ID)
+                                         blank=tokenizer.special.blank)
+        spans = AF.merge_tokens(labels[0], scores[0].exp(), blank=tokenizer.special.blank)
         if len(spans) != len(tokens):
             raise ValueError("alignment lost tokens")
-        times = [(start + FRAME_SECONDS * s.start + FRAME_OFFSET, start + FRAME_SECONDS * s.end + FRAME_OFFSET, s.score)
+        times = [(start + frame_seconds * s.start + FRAME_OFFSET, start + frame_seconds * s.end + FRAME_OFFSET, s.score)
                  for s in spans]
     except (RuntimeError, ValueError):
         weights = np.cumsum([0] + [max(1, len(tokenizer.id_to_piece(t))) for t in tokens], dtype=np.float64)

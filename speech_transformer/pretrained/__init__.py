@@ -23,9 +23,13 @@ def default_model_dir() -> Path:
 
 
 def resolve(name_or_dir: str | Path | None) -> Path:
-    """A model name ('default', or another shipped one) or a directory -> the model directory."""
+    """A model name ('default', another shipped one, or `whisper:NAME|PATH`) or a directory -> the model directory."""
     if name_or_dir is None or str(name_or_dir) == DEFAULT_MODEL:
         return default_model_dir()
+    if str(name_or_dir).startswith("whisper:"):
+        from speech_transformer import whisper
+
+        return whisper.resolve(str(name_or_dir)[len("whisper:"):])
     path = Path(name_or_dir)
     if path.is_dir():
         return path

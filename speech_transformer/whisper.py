@@ -1,0 +1,325 @@
+"""OpenAI Whisper checkpoints in our own model: conversion, Whisper's tokenizer, and where weights come from.
+
+Whisper is the same family as our model (log-mel -> transformer encoder -> autoregressive decoder), so no
+second model class is needed: `whisper_config` sets the `ModelConfig` switches (conv1d stem, learned
+position tables, unscaled embeddings, no key bias, no CTC head, Whisper's front end) and the weights are
+renamed into ours. Two sources are read, both without unpickling code:
+
+- openai-whisper's `.pt` files: {"dims": ..., "model_state_dict": ...}, read with `torch.load(weights_only=True)`;
+- Hugging Face `openai/whisper-*` folders: `config.json` + `model.safetensors`.
+
+The tokenizer is Whisper's byte-level BPE through tiktoken, with the vocabulary files that the
+openai-whisper package ships (`pip install "speech_transformer[whisper]"`); the converted model directory
+keeps its own copy, so it later needs only tiktoken.
+
+    speech-transformer whisper ~/.cache/whisper/base.en.pt -o models/whisper-base.en
+    speech-transformer whisper hf/whisper-tiny -o models/whisper-tiny --language de
+    speech-transformer transcribe talk.wav --model whisper:base.en     # converts (downloads if allowed) once
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from speech_transformer.checkpoint import CheckpointError, load_state_dict, load_weights, save_model
+from speech_transformer.model import ModelConfig, SpeechTransformer
+from speech_transformer.tokenizer import SpecialTokens
+
+# Whisper's language tokens, in vocabulary order (the first 99 in the multilingual models, 100 in large-v3)
+LANGUAGES = ("en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg "
+             "lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so "
+             "af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue").split()
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
+ENGLISH_VOCAB_SIZE = 51864  # English-only models; multilingual ones have one more token, large-v3 two
+CACHE_ENV = "SPEECH_TRANSFORMER_CACHE"
+
+
+class WhisperTokenizer:
+    """Whisper's tokenizer, in the interface of ours: encode/decode text, `special` tokens for decoding.
+
+    Decoding starts from `<|startoftranscript|>` [`<|lang|>` `<|task|>`] `<|notimestamps|>` and ends at
+    `<|endoftext|>`; every other special token (timestamps included) is suppressed.
+    """
+
+    file_name = "tokenizer.tiktoken"
+
+    def __init__(self, vocab_file: str | os.PathLike, multilingual: bool, num_languages: int = 99,
+                 language: str | None = "en", task: str = "transcribe"):
+        import tiktoken  # optional: the [whisper] extra
+
+        self.vocab_file, self.multilingual, self.num_languages = Path(vocab_file), multilingual, num_languages
+        self.language, self.task = (language or "en", task) if multilingual else (None, "transcribe")
+        if multilingual and self.language not in LANGUAGES[:num_languages]:
+            raise ValueError(f"unsupported language {language!r}; choose from {' '.join(LANGUAGES[:num_languages])}")
+        if task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
+        ranks = {base64.b64decode(token): int(rank)
+                 for token, rank in (line.split() for line in self.vocab_file.read_text().splitlines() if line)}
+        names = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{c}|>" for c in LANGUAGES[:num_languages]],
+                 "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+                 "<|notimestamps|>", *[f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMPS)]]
+        self.special_ids = {name: len(ranks) + i for i, name in enumerate(names)}
+        self.encoding = tiktoken.Encoding(name=self.vocab_file.stem, explicit_n_vocab=len(ranks) + len(names),
+                                          pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=self.special_ids)
+        self.eot = self.special_ids["<|endoftext|>"]
+        prompt = [self.special_ids["<|startoftranscript|>"]]
+        if multilingual:
+            prompt += [self.special_ids[f"<|{self.language}|>"], self.special_ids[f"<|{self.task}|>"]]
+        prompt.append(self.special_ids["<|notimestamps|>"])
+        self.special = SpecialTokens(prompt=tuple(prompt), eos=self.eot, blank=self.eot,
+                                     suppress=tuple(i for i in self.special_ids.values() if i != self.eot))
+
+    @classmethod
+    def from_config(cls, vocab_file: str | os.PathLike, spec: dict) -> "WhisperTokenizer":
+        return cls(vocab_file, spec["multilingual"], spec.get("num_languages", 99), spec.get("language"),
+                   spec.get("task", "transcribe"))
+
+    def to_config(self) -> dict:
+        return {"type": "whisper", "multilingual": self.multilingual, "num_languages": self.num_languages,
+                "language": self.language, "task": self.task}
+
+    def to_bytes(self) -> bytes:
+        return self.vocab_file.read_bytes()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids) -> str:
+        return self.encoding.decode([int(i) for i in ids if int(i) < self.eot])
+
+    def id_to_piece(self, i: int) -> str:
+        """A token as text, '▁' for a leading space (as SentencePiece marks a word start)."""
+        if i >= self.eot:
+            return next(name for name, j in self.special_ids.items() if j == i)
+        text = self.encoding.decode_single_token_bytes(i).decode("utf-8", errors="replace")
+        return "▁" + text[1:] if text.startswith(" ") else text
+
+
+# --- weights: names and config -------------------------------------------------------------------
+
+def _rules(block: str, layer_norm: dict[str, str], attention: dict[str, str], projections: dict[str, str],
+           ff: dict[str, str]) -> list[tuple[str, str]]:
+    """Regex renames for one block list (`block` = the source's prefix pattern with the layer number group)."""
+    out = []
+    for theirs, ours in {**layer_norm, **attention, **ff}.items():
+        if theirs in attention and projections:
+            out += [(rf"{block}\.{theirs}\.{p}\.", rf"\1.blocks.\2.{ours}.{q}.") for p, q in projections.items()]
+        else:
+            out.append((rf"{block}\.{theirs}\.", rf"\1.blocks.\2.{ours}."))
+    return out
+
+
+_OPENAI_BLOCK = r"(encoder|decoder)\.blocks\.(\d+)"
+OPENAI_RULES = [
+    (r"encoder\.conv([12])\.", r"encoder.subsampling.conv\1."),
+    (r"encoder\.positional_embedding$", "encoder.positions.table.weight"),
+    (r"encoder\.ln_post\.", "encoder.norm."),
+    (r"decoder\.token_embedding\.", "decoder.embed."),
+    (r"decoder\.positional_embedding$", "decoder.positions.table.weight"),
+    (r"decoder\.ln\.", "decoder.norm."),
+    (r"(encoder)\.blocks\.(\d+)\.attn_ln\.", r"\1.blocks.\2.attn_norm."),
+    (r"(encoder)\.blocks\.(\d+)\.attn\.", r"\1.blocks.\2.attn."),
+    (r"(decoder)\.blocks\.(\d+)\.attn_ln\.", r"\1.blocks.\2.self_norm."),
+    (r"(decoder)\.blocks\.(\d+)\.attn\.", r"\1.blocks.\2.self_attn."),
+    *_rules(_OPENAI_BLOCK, {"cross_attn_ln": "cross_norm", "mlp_ln": "ff_norm"}, {"cross_attn": "cross_attn"}, {},
+            {r"mlp\.0": "ff.0", r"mlp\.2": "ff.3"}),
+]
+_HF_PROJECTIONS = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "out_proj": "out"}
+HF_RULES = [
+    (r"model\.encoder\.conv([12])\.", r"encoder.subsampling.conv\1."),
+    (r"model\.encoder\.embed_positions\.", "encoder.positions.table."),
+    (r"model\.encoder\.layer_norm\.", "encoder.norm."),
+    (r"model\.decoder\.embed_tokens\.", "decoder.embed."),
+    (r"model\.decoder\.embed_positions\.", "decoder.positions.table."),
+    (r"model\.decoder\.layer_norm\.", "decoder.norm."),
+    *_rules(r"model\.(encoder)\.layers\.(\d+)", {"self_attn_layer_norm": "attn_norm", "final_layer_norm": "ff_norm"},
+            {"self_attn": "attn"}, _HF_PROJECTIONS, {"fc1": "ff.0", "fc2": "ff.3"}),
+    *_rules(r"model\.(decoder)\.layers\.(\d+)", {"self_attn_layer_norm": "self_norm", "final_layer_norm": "ff_norm",
+                                                   "encoder_attn_layer_norm": "cross_norm"},
+            {"self_attn": "self_attn", "encoder_attn": "cross_attn"}, _HF_PROJECTIONS, {"fc1": "ff.0", "fc2": "ff.3"}),
+]
+HF_TIED = "proj_out.weight"  # the output projection: the token embedding again
+
+
+def rename(state: dict[str, torch.Tensor], rules: list[tuple[str, str]], source: str,
+           ignore: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Source names -> ours, by the first rule whose pattern matches the start; the tied output is added."""
+    out = {}
+    for name, tensor in state.items():
+        if name in ignore:
+            continue
+        for pattern, replacement in rules:
+            new, n = re.subn("^" + pattern, replacement, name, count=1)
+            if n:
+                out[new] = tensor.float()
+                break
+        else:
+            raise CheckpointError(f"{source}: unexpected weight {name!r} (not a Whisper checkpoint?)")
+    out["decoder.output.weight"] = out["decoder.embed.weight"]
+    return out
+
+
+def whisper_config(n_mels: int, n_vocab: int, d_model: int, n_heads: int, d_ff: int, encoder_layers: int,
+                   decoder_layers: int, audio_positions: int, text_positions: int) -> ModelConfig:
+    return ModelConfig(vocab_size=n_vocab, n_mels=n_mels, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
+                       encoder_layers=encoder_layers, decoder_layers=decoder_layers, dropout=0.0, normalization="none",
+                       frontend="whisper", subsampling="conv1d", encoder_positions="learned",
+                       decoder_positions="learned", max_source_positions=audio_positions,
+                       max_target_positions=text_positions, scale_embeddings=False, key_bias=False, ctc=False)
+
+
+def read_openai(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """An openai-whisper `.pt` file -> our config and weights (`torch.load(weights_only=True)`: no code runs)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        d = checkpoint["dims"]
+        state = checkpoint["model_state_dict"]
+    except Exception as e:
+        raise CheckpointError(f"{path}: not an openai-whisper checkpoint ({e})") from None
+    if d["n_audio_state"] != d["n_text_state"] or d["n_audio_head"] != d["n_text_head"]:
+        raise CheckpointError(f"{path}: encoder and decoder widths differ, which Whisper models never do")
+    config = whisper_config(d["n_mels"], d["n_vocab"], d["n_audio_state"], d["n_audio_head"], 4 * d["n_audio_state"],
+                            d["n_audio_layer"], d["n_text_layer"], d["n_audio_ctx"], d["n_text_ctx"])
+    return config, rename(state, OPENAI_RULES, str(path))
+
+
+def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A Hugging Face `openai/whisper-*` folder (config.json + model.safetensors) -> our config and weights."""
+    directory = Path(directory)
+    try:
+        c = json.loads((directory / "config.json").read_text())
+        config = whisper_config(c["num_mel_bins"], c["vocab_size"], c["d_model"], c["encoder_attention_heads"],
+                                c["encoder_ffn_dim"], c["encoder_layers"], c["decoder_layers"],
+                                c["max_source_positions"], c["max_target_positions"])
+    except (OSError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{directory}: not a Hugging Face Whisper folder ({e})") from None
+    state = load_state_dict(directory / "model.safetensors")
+    return config, rename(state, HF_RULES, str(directory / "model.safetensors"), ignore=(HF_TIED,))
+
+
+def packaged_vocabulary(multilingual: bool) -> Path:
+    """The .tiktoken file that the openai-whisper package ships (found without importing it)."""
+    spec = importlib.util.find_spec("whisper")
+    name = "multilingual" if multilingual else "gpt2"
+    path = Path(spec.origin).parent / "assets" / f"{name}.tiktoken" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"Whisper's {name}.tiktoken vocabulary was not found: install the extra "
+                                '(pip install "speech_transformer[whisper]") or pass --vocab FILE')
+    return path
+
+
+def import_whisper(source: str | os.PathLike, output: str | os.PathLike, vocab: str | os.PathLike | None = None,
+                   language: str = "en", task: str = "transcribe") -> Path:
+    """Convert an openai-whisper `.pt` file or a Hugging Face folder into our model directory `output`."""
+    source = Path(source)
+    config, state = read_hf(source) if source.is_dir() else read_openai(source)
+    multilingual = config.vocab_size > ENGLISH_VOCAB_SIZE
+    num_languages = config.vocab_size - ENGLISH_VOCAB_SIZE + 99 - int(multilingual)
+    tokenizer = WhisperTokenizer(vocab or packaged_vocabulary(multilingual), multilingual, num_languages,
+                                 language, task)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{source}: the model has {config.vocab_size} tokens, the vocabulary "
+                              f"{tokenizer.vocab_file} gives {tokenizer.vocab_size}")
+    model = SpeechTransformer(config)
+    load_weights(model, state, source)
+    return save_model(model, tokenizer, output, {"source": str(source), "imported_from": "whisper"})
+
+
+# --- where weights come from: a local path always; openai-whisper's download URLs when the network allows
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "speech_transformer")
+
+
+def download_checkpoint(url: str, destination: Path, timeout: float = 30.0) -> Path:
+    """Fetch `url` to `destination`, checking the sha256 that openai-whisper's URLs carry as their folder name."""
+    expected = url.rstrip("/").split("/")[-2]
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.part{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                f.write(block)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConnectionError(f"cannot download {url} ({e}); put the checkpoint at {destination} "
+                              "or pass whisper:/path/to/model.pt") from None
+    if re.fullmatch(r"[0-9a-f]{64}", expected) and digest.hexdigest() != expected:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{url}: sha256 {digest.hexdigest()} does not match {expected}; the file was discarded")
+    os.replace(tmp, destination)
+    return destination
+
+
+def model_urls() -> dict[str, str]:
+    """openai-whisper's own table of checkpoint URLs (read from the installed package, not copied here)."""
+    if importlib.util.find_spec("whisper") is None:
+        return {}
+    import whisper
+
+    return dict(whisper._MODELS)
+
+
+def resolve(name: str, language: str = "en") -> Path:
+    """`whisper:NAME` (tiny.en, base, ...) or `whisper:PATH` -> a converted model directory, made once and cached.
+
+    A name is looked up in openai-whisper's download folder (~/.cache/whisper/NAME.pt) and downloaded there
+    (checksum-checked) only when it is missing and the network allows.
+    """
+    path = Path(name).expanduser()
+    if not path.exists():
+        urls = model_urls()
+        if name not in urls:
+            raise FileNotFoundError(f"whisper:{name}: no such file, and not a Whisper model name "
+                                    f"({', '.join(urls) or 'install the [whisper] extra for the names'})")
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisper" / f"{name}.pt"
+        if not path.is_file():
+            download_checkpoint(urls[name], path)
+    stamp = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}:{language}".encode()).hexdigest()[:12]
+    output = cache_dir() / "whisper" / f"{path.stem}-{stamp}"
+    if not (output / "config.json").is_file():
+        import_whisper(path, output, language=language)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="speech-transformer whisper", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="openai-whisper .pt file, Hugging Face folder, or a model name (tiny.en, base, ...)")
+    p.add_argument("-o", "--output", help="model directory to write (default: the cache, printed)")
+    p.add_argument("--vocab", help="the .tiktoken vocabulary (default: the one openai-whisper ships)")
+    p.add_argument("--language", default="en", help="multilingual models: the language to transcribe")
+    p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    args = p.parse_args(argv)
+    try:
+        if args.output:
+            out = import_whisper(args.source, args.output, args.vocab, args.language, args.task)
+        else:
+            out = resolve(args.source, args.language)
+    except (CheckpointError, FileNotFoundError, ConnectionError, ValueError) as e:
+        print(f"speech-transformer whisper: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
