@@ -148,7 +148,7 @@ class Demo:
         model, tokenizer = self.recognizer.model, self.recognizer.tokenizer
         audio = torch.from_numpy(wave)[None].to(model.device)
         lengths = torch.tensor([len(wave)], device=model.device)
-        log_mel, _ = model.frontend.log_mel(audio, lengths)
+        log_mel, mel_frames = model.frontend.log_mel(audio, lengths)
         memory, memory_lengths = model.encode(*model.frontend(audio, lengths))
         S = int(memory_lengths[0])
         weights = cross_attention(model, memory, memory_lengths, [tokens], tokenizer.special.prompt)[0, ..., :S].mean(1)
@@ -161,7 +161,7 @@ class Demo:
         spans = [] if path is None else [(s * frame_s, e * frame_s)
                                          for s, e in token_spans(path, len(tokens))]
         which = f"mean of {len(model.decoder.blocks)} layers" if layer == MEAN else f"layer {layer}"
-        return (spectrogram_image(log_mel[0].cpu().numpy(), seconds, pieces, spans),
+        return (spectrogram_image(log_mel[0, : int(mel_frames[0])].cpu().numpy(), seconds, pieces, spans),
                 attention_image(weights.cpu().numpy(), seconds, pieces + ["<eos>"], which, frame_s))
 
 

@@ -1,7 +1,7 @@
 """The voice demo, end to end: `python app.py` in a subprocess, driven through its API and a real browser.
 
-The model is the embedded default when one ships; otherwise a tiny model that has learnt five real
-LibriSpeech utterances, so its transcripts of those clips are known exactly.
+The model is a tiny one that has learnt five real LibriSpeech utterances, so its transcripts of those
+clips are known exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image
 
-from speech_transformer import pretrained
 from speech_transformer.audio import load_audio
 from speech_transformer.demo import Demo, Limits, attention_image, colormap, find_examples, main, model_card, \
     peak_level_dbfs
@@ -40,12 +39,10 @@ def clips(overfit_clips):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, request, clips) -> tuple[Path, bool]:
-    """(model directory, whether its transcripts of `clips` are known to be exact)."""
-    try:
-        return pretrained.default_model_dir(), False
-    except FileNotFoundError:
-        return request.getfixturevalue("overfit_model_dir"), True
+def model(overfit_model_dir) -> tuple[Path, bool]:
+    """(model directory, whether its transcripts of `clips` are known to be exact). The embedded default
+    model's quality is checked in test_pretrained; here exact transcripts check the plumbing."""
+    return overfit_model_dir, True
 
 
 @pytest.fixture(scope="module")

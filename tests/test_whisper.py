@@ -266,3 +266,13 @@ def test_download_checks_the_sha256_in_the_url(tmp_path):
             download_checkpoint(f"{base}/{digest}/missing.pt", tmp_path / "cache3" / "missing.pt")
     finally:
         server.shutdown()
+
+
+def test_demo_draws_pictures_for_a_whisper_model(root, data_dir):
+    from speech_transformer.demo import Demo
+
+    _, _, directory = converted("tiny", "en", root)
+    demo = Demo(Recognizer.from_dir(directory))
+    text, details, spectrogram, attention = demo.transcribe(str(data_dir / "samples" / "jfk.flac"), beam_size=2)
+    assert "beam 2" in details and spectrogram.ndim == attention.ndim == 3
+    assert spectrogram.shape[1] == attention.shape[1]  # one time axis for both pictures
