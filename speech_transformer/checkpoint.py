@@ -71,6 +71,9 @@ def save_model(model: SpeechTransformer, tokenizer: Tokenizer, directory: str | 
               "weights_sha256": sha256(tmp / WEIGHTS_FILE), "tokenizer_sha256": sha256(tmp / tokenizer.file_name),
               "info": info or {}}
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # mkdtemp/safetensors make them private
+        os.chmod(tmp / name, 0o644)
+    os.chmod(tmp, 0o755)
     if directory.exists():
         for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # config last: it vouches for the others
             os.replace(tmp / name, directory / name)

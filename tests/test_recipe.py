@@ -1,5 +1,7 @@
 """The LibriSpeech recipe's stages, end to end, on a handful of real utterances with a tiny model."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +39,51 @@ def test_mini_recipe_runs_all_stages(tmp_path, data_dir):
     again = subprocess.run([sys.executable, str(RECIPE / "run.py"), "--config", str(tmp_path / "mini.yaml"),
                             "--exp", str(exp), "--stage", "3", "--stop-stage", "3"], capture_output=True, text=True)
     assert again.returncode == 0 and "tokenizer.model exists" in again.stdout
+
+
+DEFAULT_RECIPE = RECIPE.parent / "default"
+
+
+def test_default_recipe_trains_and_ships(tmp_path, data_dir):
+    """recipes/default: conf/cpu_tiny.yaml on a few utterances of every manifest it lists, then `run.sh ship`."""
+    config = yaml.safe_load((DEFAULT_RECIPE / "conf" / "cpu_tiny.yaml").read_text())
+    recipe = config["recipe"]
+    manifests = {}
+    for name, path in recipe["manifests"].items():
+        n = 4 if name in recipe["train_sets"] else 2
+        utterances = sorted(read_manifest(path.replace("$SPEECH_TRANSFORMER_DATA", str(data_dir))),
+                            key=lambda u: (u.duration, u.id))[:n]
+        write_manifest(utterances, tmp_path / f"{name}.jsonl")
+        manifests[name] = str(tmp_path / f"{name}.jsonl")
+    recipe.update(manifests=manifests, vocab_size=48, decode={"beam_size": 2, "ctc_weight": 0.3})
+    config["train"].update(model={"encoder_layers": 1, "decoder_layers": 1, "d_model": 64, "d_ff": 128},
+                           max_steps=4, warmup_steps=2, save_every=2, valid_every=4, log_every=2, batch_seconds=30,
+                           num_workers=0, progress=False, average_last=2, valid_utterances=2, max_minutes=0,
+                           cache_dir=str(tmp_path / "audio-cache"))
+    (tmp_path / "cpu_tiny.yaml").write_text(yaml.safe_dump(config))
+    exp = tmp_path / "exp"
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    run_sh = str(DEFAULT_RECIPE / "run.sh")
+    result = subprocess.run(["bash", run_sh, "--config", str(tmp_path / "cpu_tiny.yaml"), "--exp", str(exp)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for stage in range(2, 7):
+        assert f"=== stage {stage}:" in result.stdout
+    train = yaml.safe_load((exp / "train.yaml").read_text())
+    assert train["train"] == [manifests[s] for s in recipe["train_sets"]]
+    assert train["valid"] == manifests["librispeech-dev"]
+    results = (exp / "RESULTS.md").read_text()
+    for name in recipe["test_sets"]:
+        assert f"| {name} | 2 |" in results
+
+    dest = tmp_path / "pretrained" / "default"
+    reports = [a for name in recipe["test_sets"] for a in ("--report", f"{name}={exp / 'decode' / f'{name}.json'}")]
+    shipped = subprocess.run(["bash", run_sh, "ship", "--exp", str(exp), "--dest", str(dest), "--hardware", "CI",
+                              "--recipe-command", "run.sh on a tiny subset"] + reports,
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "4 optimiser steps" in card and "| an4-test (`" in card and "| 4 |" in card
+    for name in recipe["test_sets"]:
+        report = json.loads((exp / "decode" / f"{name}.json").read_text())
+        assert f"{100 * report['wer']:.2f}" in card

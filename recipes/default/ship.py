@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""Ship a trained model as the package's embedded default model, with a generated model card.
+
+    python recipes/default/ship.py --hardware "1x H100 80GB" \\
+        --report an4-test=reports/an4-test.json --report fsdd-test=reports/fsdd-test.json --regression
+
+Steps: load the model directory (default recipes/default/exp/cpu_tiny/model), store its parameters
+as float16 (`--dtype float32` keeps them; buffers such as the feature statistics always keep their
+dtype, and `checkpoint.load_model` copies the values back into the float32 model), write it with
+`checkpoint.save_model` (so config.json carries the right hashes) into a staging folder, optionally
+measure the regression WERs on that copy (`--regression`, writes regression.json), write
+MODEL_CARD.md from the training run (EXP/train.yaml, EXP/train/metrics.jsonl) and the
+`speech-transformer evaluate --output X.json` reports given with `--report NAME=PATH`, and move the
+result into `--dest` (default speech_transformer/pretrained/default).
+
+Shipping the same weights again keeps the model files (so evaluation reports stay valid) and only
+rewrites the card (and regression.json with `--regression`); new weights drop a stale regression.json.
+
+Exit status 0 when shipped, 2 when refused (folder over `--max-mb`, an evaluation set overlapping the
+training data, weights that overflow float16, bad inputs); nothing in `--dest` changes on refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from speech_transformer import checkpoint, pretrained
+from speech_transformer.data import default_data_dir, filter_by_duration, read_manifest
+from speech_transformer.decoding import DecodingOptions
+from speech_transformer.pretrained import regression
+from speech_transformer.recognizer import Recognizer
+from speech_transformer.train import TrainConfig
+
+HERE = Path(__file__).resolve().parent
+CARD_FILE = "MODEL_CARD.md"
+MODEL_FILES = (checkpoint.WEIGHTS_FILE, checkpoint.TOKENIZER_FILE, checkpoint.CONFIG_FILE)
+MANAGED_FILES = (*MODEL_FILES, CARD_FILE, regression.REGRESSION_FILE)
+FLOAT16_MAX = 65504.0
+# the shared corpora (../shared/data/README.md) by top-level folder: (what the speech is, licence)
+DATA_SETS = {"librispeech": ("audiobook readings (LibriSpeech)", "CC BY 4.0"),
+             "an4": ("spelled letters, digits and commands (AN4)", "CMU AN4 terms (BSD-style)"),
+             "fsdd": ("isolated digits (FSDD)", "CC BY-SA 4.0"),
+             "ljspeech": ("one reader of non-fiction (LJ Speech)", "public domain"),
+             "arctic-cathy": ("one speaker reading ARCTIC prompts", "CC0 1.0")}
+
+
+class ShipError(Exception):
+    """Shipping refused: the message says why."""
+
+
+# --- the model files ---------------------------------------------------------------------------
+
+def stage_model(source: Path, stage: Path, dtype: str) -> Path:
+    """Write `source` into `stage` through `checkpoint.save_model`, parameters cast to `dtype`."""
+    model, tokenizer, config = checkpoint.load_model(source)
+    if dtype == "float16":
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.detach().abs().max() > FLOAT16_MAX:
+                raise ShipError(f"{source}: parameter {name} exceeds the float16 range; ship with --dtype float32")
+            p.data = p.data.to(torch.float16)
+    info = {**config.get("info", {}), "shipped": {"source": str(source.resolve()), "dtype": dtype,
+                                                  "source_weights_sha256": config.get("weights_sha256")}}
+    return checkpoint.save_model(model, tokenizer, stage, info)
+
+
+def folder_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+def same_model(a: Path, b: Path) -> bool:
+    """Whether two model directories hold the same weights and tokenizer (by their recorded hashes)."""
+    try:
+        ca, cb = checkpoint.read_config(a), checkpoint.read_config(b)
+    except checkpoint.CheckpointError:
+        return False
+    return all(ca.get(k) and ca.get(k) == cb.get(k) for k in ("weights_sha256", "tokenizer_sha256"))
+
+
+def install(stage: Path, dest: Path, keep_model: bool) -> None:
+    """Move the staged files into `dest`; config.json after the files it vouches for."""
+    dest.mkdir(parents=True, exist_ok=True)
+    names = ([] if keep_model else list(MODEL_FILES)) + [CARD_FILE, regression.REGRESSION_FILE]
+    for name in names:
+        if (stage / name).is_file():
+            os.chmod(stage / name, 0o644)  # staged in a private temp folder: readable by all once installed
+            os.replace(stage / name, dest / name)
+        elif name == regression.REGRESSION_FILE:
+            (dest / name).unlink(missing_ok=True)  # it measured other weights
+
+
+# --- facts for the card ------------------------------------------------------------------------
+
+def data_name(path: str | Path) -> str:
+    """A manifest path relative to the shared data folder where it lies there."""
+    try:
+        return str(Path(path).resolve().relative_to(default_data_dir().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def model_step(info: dict) -> int | None:
+    """The last training step in a model directory's weights: info.steps, else its newest averaged checkpoint."""
+    if isinstance(info.get("steps"), int):
+        return info["steps"]
+    steps = [int(name.split("-")[-1]) for name in info.get("averaged", []) if name.split("-")[-1].isdigit()]
+    return max(steps) if steps else None
+
+
+def training_facts(exp: Path, up_to_step: int | None) -> dict:
+    """What the run trained on and for how long, from EXP/train.yaml and EXP/train/metrics.jsonl.
+
+    Only log records up to `up_to_step` count: training may have gone on after the shipped weights were taken.
+    """
+    if not (exp / "train.yaml").is_file():
+        raise ShipError(f"{exp / 'train.yaml'} not found: pass --exp, the recipe's experiment folder")
+    c = TrainConfig.load(exp / "train.yaml")
+    sets = []
+    for manifest in c.train:
+        utts = filter_by_duration(read_manifest(manifest), c.max_duration, c.min_duration)
+        sets.append({"name": data_name(manifest), "n_utts": len(utts), "hours": sum(u.duration for u in utts) / 3600,
+                     "audio": {str(Path(u.audio).resolve()) for u in utts}})
+    metrics = exp / "train" / "metrics.jsonl"
+    if not metrics.is_file():
+        raise ShipError(f"{metrics} not found: the card needs the training log")
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    logged = max((r["step"] for r in records), default=0)
+    if up_to_step is not None and logged > up_to_step:
+        print(f"ship.py: the training log goes on to step {logged}; the card counts steps up to {up_to_step}, "
+              "where the shipped weights were taken", file=sys.stderr)
+        records = [r for r in records if r["step"] <= up_to_step]
+    steps, sessions, wall, audio, previous = 0, 0, 0.0, 0.0, None
+    for r in (r for r in records if "elapsed_s" in r):
+        if previous is None or r["elapsed_s"] < previous:  # elapsed_s restarts when a run resumes
+            sessions += 1
+            wall += previous or 0.0
+            window = r["elapsed_s"]
+        else:
+            window = r["elapsed_s"] - previous
+        audio += r.get("audio_seconds_per_second", 0.0) * window
+        steps = max(steps, r["step"])
+        previous = r["elapsed_s"]
+    wall += previous or 0.0
+    valid = [r for r in records if "valid_wer" in r]
+    return {"config": c, "sets": sets, "steps": steps, "sessions": sessions, "wall_s": wall,
+            "audio_hours": audio / 3600, "last_valid": valid[-1] if valid else None}
+
+
+def decoding_label(decoding: dict) -> str:
+    o = DecodingOptions(**decoding)
+    if o.method == "ctc":
+        return "CTC greedy"
+    if o.beam_size == 1 and o.ctc_weight == 0:
+        return "greedy (attention)"
+    return f"beam {o.beam_size}, CTC weight {o.ctc_weight:g}"
+
+
+def system_label(block: dict) -> tuple[str, bool]:
+    """(label, is ours) for a system block of an evaluate report."""
+    config = block.get("config", {})
+    if config.get("class") != "SpeechTransformerSystem":
+        version = config.get("version")
+        return f"{block['name']} {version}" if version else block["name"], False
+    return decoding_label(config.get("decoding", {})), True
+
+
+def report_row(block: dict, dest: Path, source: Path) -> dict:
+    """One system of a report: its label, whether it is ours and which copy it scored, its numbers."""
+    label, ours = system_label(block)
+    scored = "peer"
+    if ours:
+        model_dir = Path(block["config"]["model_dir"]).resolve()
+        scored = ("shipped copy" if model_dir == dest.resolve() else "source" if model_dir == source.resolve()
+                  else str(model_dir))
+    return {"label": label, "ours": ours, "scored": scored, "spec": system_spec(block, dest),
+            **{k: block.get(k) for k in ("wer", "cer", "rtf", "rtf_cpu", "n_utts", "n_errors")}}
+
+
+def system_spec(block: dict, dest: Path) -> str:
+    """The `--system` spec that evaluates this system again."""
+    config = block["config"]
+    if config["class"] == "PocketSphinxSystem":
+        return "pocketsphinx"
+    if config["class"] == "CommandSystem":
+        return f"cmd:{block['name']}={config['command']}"
+    decoding = config.get("decoding", {})
+    options = [f"beam={decoding['beam_size']}"] if "beam_size" in decoding else []
+    options += [f"ctc={decoding['ctc_weight']:g}"] if "ctc_weight" in decoding else []
+    model_dir = Path(config["model_dir"])
+    head = "default" if model_dir.resolve() == dest.resolve() else f"model:{model_dir}"
+    return ",".join([head, *options, f"name={block['name']}"])
+
+
+def evaluate_command(report: dict, rows: list[dict]) -> str:
+    """The `speech-transformer evaluate` command line that makes this report again."""
+    name = data_name(report["data"])
+    data = f"../shared/data/{name}" if name != report["data"] else name
+    try:
+        limited = len(read_manifest(report["data"])) > report["n_utterances"]
+    except (OSError, ValueError):
+        limited = False
+    return shlex.join(["speech-transformer", "evaluate", "--data", data,
+                       *[a for r in rows for a in ("--system", r["spec"])],
+                       *(["--limit", str(report["n_utterances"])] if limited else [])])
+
+
+def read_reports(specs: list[str], train_audio: set[str], dest: Path, source: Path) -> list[dict]:
+    """The `NAME=PATH` evaluate reports, checked against the training audio; reports of one NAME are merged."""
+    out = []
+    for spec in specs:
+        name, eq, path = spec.partition("=")
+        if not eq or not name or not path:
+            raise ShipError(f"--report {spec!r}: expected NAME=PATH")
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ShipError(f"--report {spec!r}: cannot read the report ({e})") from None
+        try:
+            scored = {str(Path(u["audio"]).resolve()) for b in report["systems"] for u in b["utterances"] + b["errors"]}
+            rows = [report_row(b, dest, source) for b in report["systems"]]
+            summary = {"data": data_name(report["data"]), "normalizer": report["normalizer"]["name"],
+                       "commands": [evaluate_command(report, rows)]}
+        except (KeyError, TypeError) as e:
+            raise ShipError(f"--report {spec!r}: not a `speech-transformer evaluate --output` report ({e!r})") from None
+        if overlap := sorted(scored & train_audio):
+            raise ShipError(f"report {name}: {len(overlap)} scored file(s) are in the training data, "
+                            f"e.g. {overlap[0]}; the card reports held-out sets only")
+        if same := next((r for r in out if r["name"] == name), None):  # more systems on the same set
+            if same["data"] != summary["data"]:
+                raise ShipError(f"reports named {name} score different data: {same['data']} and {summary['data']}")
+            same["rows"] += rows
+            same["commands"] += summary["commands"]
+        else:
+            out.append({"name": name, **summary, "rows": rows})
+    return out
+
+
+def cpu_description() -> str:
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+    except OSError:
+        models = []
+    return f"{models[0] if models else 'CPU'}, {os.cpu_count()} cores"
+
+
+# --- the card ----------------------------------------------------------------------------------
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+def worse_than_peers(reports: list[dict]) -> list[str]:
+    """'set (peer, ...)' for each set where a peer's WER is below our best on the same number of utterances."""
+    out = []
+    for r in reports:
+        better = []
+        for peer in (row for row in r["rows"] if not row["ours"] and row["wer"] is not None):
+            ours = [row["wer"] for row in r["rows"] if row["ours"] and row["n_utts"] == peer["n_utts"]]
+            if ours and peer["wer"] < min(ours):
+                better.append(peer["label"])
+        if better:
+            out.append(f"{r['name']} ({', '.join(better)})")
+    return out
+
+
+def domains(sets: list[dict]) -> str:
+    """What the training speech is, from the manifests' top-level folders."""
+    names = dict.fromkeys(DATA_SETS.get(s["name"].split("/")[0], (s["name"], ""))[0] for s in sets)
+    return "; ".join(names)
+
+
+def render_card(facts: dict) -> str:
+    """MODEL_CARD.md from the facts gathered by `ship`."""
+    t, model, cfg = facts["training"], facts["model"], facts["training"]["config"]
+    mc = model["config"]
+    lines = [
+        "# speech_transformer default model", "",
+        "The model `speech-transformer transcribe`, `evaluate` and the demo use when no `--model` is given "
+        f"(`Recognizer.from_dir(None)`). Generated by `recipes/default/ship.py` on {facts['date']}.", "",
+        "## Model", "",
+        f"- Architecture: `{cfg.preset}` preset, encoder-decoder transformer"
+        f"{' with a CTC head' if mc.get('ctc', True) else ''}: d_model {mc['d_model']}, "
+        f"{mc['encoder_layers']} encoder + {mc['decoder_layers']} decoder layers, {mc['n_heads']} heads, "
+        f"feed-forward {mc['d_ff']}, {mc.get('subsampling', 'conv2d')} subsampling; "
+        f"{mc['n_mels']}-bin log-mel input at 16 kHz.",
+        f"- Parameters: {model['params']:,}.",
+        f"- Vocabulary: {mc['vocab_size']}-piece SentencePiece (`tokenizer.model`).",
+        f"- Weights: `model.safetensors`, parameters stored as {model['dtype']} ({model['weights_mb']:.1f} MB; "
+        f"loaded as float32); averaged checkpoints {', '.join(model['info'].get('averaged', [])) or '-'}.",
+        f"- Shipped folder: {facts['folder_mb']:.1f} MB.", "",
+        "## Training data", "",
+        f"Training manifests (paths relative to the shared data folder, `../shared/data`), utterances of "
+        f"{cfg.min_duration:g} to {cfg.max_duration:g} s:", "",
+        "| manifest | utterances | hours | licence |", "|---|---:|---:|---|"]
+    for s in t["sets"]:
+        lines.append(f"| `{s['name']}` | {s['n_utts']:,} | {s['hours']:.2f} | "
+                     f"{DATA_SETS.get(s['name'].split('/')[0], ('', 'see the data README'))[1]} |")
+    lines += [f"| total | {sum(s['n_utts'] for s in t['sets']):,} | {sum(s['hours'] for s in t['sets']):.2f} | |", ""]
+    if facts["reports"]:
+        held_out = ", ".join(f"`{r['data']}`" for r in facts["reports"])
+        lines.append(f"None of the audio scored under Evaluation ({held_out}) is in these manifests "
+                     "(checked by ship.py).")
+    if cfg.valid:
+        lines.append(f"Validation during training: the first {cfg.valid_utterances} utterances of "
+                     f"`{data_name(cfg.valid)}`.")
+    lines += [f"Augmentation: speed perturbation {cfg.speed_perturb}, SpecAugment {cfg.spec_augment}.", "",
+              "## Training", "",
+              f"- Recipe: `{facts['recipe_command']}`.",
+              f"- {t['steps']:,} optimiser steps of {cfg.batch_seconds:g} s padded audio, {cfg.schedule} schedule, "
+              f"peak learning rate {cfg.lr:g}, {cfg.warmup_steps} warmup steps, CTC weight {cfg.ctc_weight:g}, "
+              f"label smoothing {cfg.label_smoothing:g}.",
+              f"- Training time: {_duration(t['wall_s'])} of wall time in {t['sessions']} session(s); "
+              f"{t['audio_hours']:.1f} h of (speed-perturbed) audio processed, about "
+              f"{t['audio_hours'] / max(sum(s['hours'] for s in t['sets']), 1e-9):.1f} passes over the data.",
+              f"- Hardware: {facts['hardware']}."]
+    if v := t["last_valid"]:
+        lines.append(f"- Last validation during training (step {v['step']}, first {cfg.valid_utterances} utterances "
+                     f"of `{data_name(cfg.valid)}`, greedy decoding of the weights of that step): "
+                     f"WER {_pct(v['valid_wer'])} %, CER {_pct(v['valid_cer'])} %.")
+    lines += ["", "## Evaluation", ""]
+    if facts["reports"]:
+        lines += [f"`speech-transformer evaluate` reports, normaliser `{facts['reports'][0]['normalizer']}`; "
+                  f"RTF = processing seconds / audio seconds (model loading excluded), measured on "
+                  f"{facts['eval_hardware']}.", "",
+                  "| test set | utterances | system | scored | WER % | CER % | RTF | CPU RTF |",
+                  "|---|---:|---|---|---:|---:|---:|---:|"]
+        for r in facts["reports"]:
+            for row in r["rows"]:
+                failed = f" ({row['n_errors']} failed)" if row["n_errors"] else ""
+                lines.append(f"| {r['name']} (`{r['data']}`) | {row['n_utts']}{failed} | {row['label']} | "
+                             f"{row['scored']} | {_pct(row['wer'])} | {_pct(row['cer'])} | {_num(row['rtf'])} | "
+                             f"{_num(row['rtf_cpu'])} |")
+    else:
+        lines.append("No evaluation reports were given to ship.py.")
+    if reg := facts["regression"]:
+        lines += ["", f"Regression check (`tests/test_pretrained.py`, {decoding_label(reg['decoding'])}): "
+                  + "; ".join(f"{name} {s['n_utts']} utterances, WER {_pct(s['wer'])} % (bound {_pct(s['max_wer'])} %)"
+                              for name, s in reg["sets"].items()) + "."]
+    lines += ["", "## Limitations", "",
+              f"- Trained on {sum(s['hours'] for s in t['sets']):.1f} h of speech: {domains(t['sets'])}. "
+              "Conversational, noisy, far-field or strongly accented speech is out of domain; expect far higher "
+              "error rates there.",
+              "- English only; output is upper-case words without punctuation; no external language model.",
+              f"- Utterances up to {cfg.max_duration:g} s in training: longer audio relies on the voice-activity "
+              "chunking of `speech-transformer transcribe`."]
+    if worse := worse_than_peers(facts["reports"]):
+        lines.append(f"- Worse than a peer system on: {'; '.join(worse)}.")
+    lines += [f"- {x}" for x in facts["limitations"]]
+    commands = [c for r in facts["reports"] for c in r["commands"]]
+    lines += ["", "## Reproduce", "", "```bash", facts["recipe_command"], *commands, facts["ship_command"], "```", ""]
+    return "\n".join(lines)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp", type=Path, default=HERE / "exp" / "cpu_tiny", help="the recipe's experiment folder")
+    p.add_argument("--model", type=Path, help="the model directory to ship (default EXP/model)")
+    p.add_argument("--dest", type=Path, default=pretrained.PRETRAINED_DIR / pretrained.DEFAULT_MODEL,
+                   help="where to ship it (default: speech_transformer/pretrained/default)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="how parameters are stored")
+    p.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
+                   help="a `speech-transformer evaluate --output` JSON report (repeatable; the same NAME twice "
+                        "merges the systems of two reports on one set, e.g. ours and a peer's)")
+    p.add_argument("--hardware", required=True, help="what the model was trained on, e.g. '1x NVIDIA H100 80GB'")
+    p.add_argument("--eval-hardware", default=None, help="where the reports were measured (default: this machine)")
+    p.add_argument("--recipe-command", default=None,
+                   help="how the model was trained (default: run.sh --config conf/<EXP name>.yaml)")
+    p.add_argument("--limitation", action="append", default=[], help="an extra line for the card's limitations")
+    p.add_argument("--regression", action="store_true", help="measure and store the regression WERs")
+    p.add_argument("--margin", type=float, default=regression.DEFAULT_MARGIN, help="regression bound - measured WER")
+    p.add_argument("--max-mb", type=float, default=40.0, help="refuse a shipped folder larger than this (10^6 bytes)")
+    return p
+
+
+def ship(args: argparse.Namespace, argv: list[str]) -> Path:
+    source = args.model or args.exp / "model"
+    dest = args.dest
+    if not (source / checkpoint.CONFIG_FILE).is_file():
+        raise ShipError(f"{source}: not a model directory (train it first: recipes/default/run.sh)")
+    if dest.is_dir() and (unmanaged := sorted(f.name for f in dest.iterdir() if f.name not in MANAGED_FILES)):
+        raise ShipError(f"{dest} holds files ship.py does not manage: {unmanaged}; remove them first")
+    recipe_command = args.recipe_command or default_recipe_command(args.exp)
+    training = training_facts(args.exp, model_step(checkpoint.read_config(source).get("info", {})))
+    train_audio = set().union(*(s["audio"] for s in training["sets"]))
+    reports = read_reports(args.report, train_audio, dest, source)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".ship-", dir=dest.parent))
+    try:
+        stage = stage_model(source, work / "model", args.dtype)
+        check_size(stage, args.max_mb)
+        keep_model = same_model(stage, dest)
+        model, tokenizer, config = checkpoint.load_model(stage)  # what users will load: float32 parameters
+        if args.regression:
+            measured = regression.measure(Recognizer(model, tokenizer), default_data_dir())
+            regression.write(stage, measured, margin=args.margin)
+        elif keep_model and (dest / regression.REGRESSION_FILE).is_file():
+            shutil.copy2(dest / regression.REGRESSION_FILE, stage / regression.REGRESSION_FILE)
+        facts = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "training": training, "reports": reports,
+            "model": {"config": config["model"], "params": model.num_parameters(), "dtype": args.dtype,
+                      "info": config.get("info", {}),
+                      "weights_mb": (stage / checkpoint.WEIGHTS_FILE).stat().st_size / 1e6},
+            "hardware": args.hardware, "eval_hardware": args.eval_hardware or cpu_description(),
+            "recipe_command": recipe_command,
+            "ship_command": shlex.join(["python", "recipes/default/ship.py", *argv]),
+            "regression": regression.read(stage) if (stage / regression.REGRESSION_FILE).is_file() else None,
+            "limitations": args.limitation, "folder_mb": 0.0}
+        (stage / CARD_FILE).write_text(render_card(facts))
+        facts["folder_mb"] = folder_bytes(stage) / 1e6  # the card included
+        (stage / CARD_FILE).write_text(render_card(facts))
+        check_size(stage, args.max_mb)
+        install(stage, dest, keep_model)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def default_recipe_command(exp: Path) -> str:
+    """run.sh with EXP's config, by the recipe's convention that EXP is exp/<config name>."""
+    if (HERE / "conf" / f"{exp.name}.yaml").is_file():
+        return f"cd recipes/default && ./run.sh --config conf/{exp.name}.yaml"
+    raise ShipError(f"no recipes/default/conf/{exp.name}.yaml for {exp}: say how it was trained with --recipe-command")
+
+
+def check_size(directory: Path, max_mb: float) -> None:
+    size = folder_bytes(directory)
+    if size > max_mb * 1e6:
+        raise ShipError(f"the shipped folder would be {size / 1e6:.1f} MB, over the {max_mb:g} MB limit "
+                        "(a wheel must stay small): ship a smaller model, or float16 weights")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        dest = ship(args, argv)
+    except (ShipError, checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"ship.py: refused: {e}", file=sys.stderr)
+        return 2
+    print(f"shipped {dest} ({folder_bytes(dest) / 1e6:.1f} MB); card: {dest / CARD_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
