@@ -7,6 +7,8 @@ One node with 8 GPUs (DDP over NCCL; gloo on CPU):
 Two nodes with 8 GPUs each (run on both, node-rank 0 and 1):
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d \\
         --rdzv-endpoint HOST0:29500 -m speech_transformer.train --config conf/ls960_base.yaml
+Fine-tune an existing model directory (ours, or Whisper weights imported with `speech-transformer whisper`):
+    speech-transformer train --config C.yaml --set init_from=models/whisper-base.en --set ctc_weight=0
 Override any setting with `--set key=value`. After a kill, run the same command again: training
 continues from the newest checkpoint in `out_dir` (model, optimiser, data position and RNG states),
 and on CPU ends at bit-identical parameters.
@@ -24,7 +26,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,8 @@ class TrainConfig:
     train: list[str] = field(default_factory=list)  # manifests (TSV, JSONL or LibriSpeech folders)
     valid: str | None = None
     tokenizer: str = ""  # SentencePiece .model
+    init_from: str = ""  # a model directory to fine-tune (ours, or an imported Whisper model): its architecture,
+    # weights and tokenizer replace preset/tokenizer; `model` overrides still apply (e.g. dropout)
     # model
     preset: str = "tiny"
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {dropout: 0.1}
@@ -252,7 +256,7 @@ def validate(model: SpeechTransformer, tokenizer: Tokenizer, waves: list[np.ndar
         feats, feat_lengths = model.frontend(batch["audio"].to(device), batch["audio_lengths"].to(device))
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = model(feats, feat_lengths, batch["targets"].to(device), batch["target_lengths"].to(device),
-                         c.ctc_weight, 0.0)
+                         c.ctc_weight, 0.0, tokenizer.special.prompt, tokenizer.special.eos)
         total += float(loss.total) * len(ids)
         count += len(ids)
     hyps = [r.text for r in Recognizer(model, tokenizer).recognize(waves, DecodingOptions(beam_size=1, ctc_weight=0.0))]
@@ -272,7 +276,8 @@ def train(c: TrainConfig) -> dict:
     random.seed(c.seed + rank)
     np.random.seed(c.seed + rank)
 
-    tokenizer = Tokenizer(c.tokenizer)
+    initial = checkpoint.load_model(c.init_from)[0] if c.init_from else None
+    tokenizer = load_tokenizer(c)
     utterances = filter_by_duration([u for m in c.train for u in read_manifest(m)], c.max_duration, c.min_duration)
     dataset = SpeechDataset(utterances, tokenizer, tuple(c.speed_perturb), c.cache_dir, c.seed)
     sampler = DurationBatchSampler([u.duration * (1.0 / min(c.speed_perturb)) for u in utterances], c.batch_seconds,
@@ -280,9 +285,18 @@ def train(c: TrainConfig) -> dict:
                                    sorted_first_epoch=c.sorted_first_epoch)
     resume = latest_checkpoint(out_dir)
     architecture = out_dir / "model_config.json"  # resolved once, so a run outlives later changes to the presets
-    model_config = ModelConfig.from_dict(json.loads(architecture.read_text())) if resume and architecture.exists() \
-        else preset(c.preset, vocab_size=tokenizer.vocab_size, **c.model)
+    if resume and architecture.exists():
+        model_config = ModelConfig.from_dict(json.loads(architecture.read_text()))
+    elif initial is not None:
+        model_config = replace(initial.config, **c.model)
+    else:
+        model_config = preset(c.preset, vocab_size=tokenizer.vocab_size, **c.model)
+    if not model_config.ctc and c.ctc_weight > 0:
+        raise ValueError(f"the model has no CTC head (e.g. an imported Whisper model): set ctc_weight: 0, "
+                         f"not {c.ctc_weight}")
     model = SpeechTransformer(model_config).to(device)
+    if initial is not None and not resume:
+        model.load_state_dict(initial.state_dict())
     if main_process:
         architecture.write_text(json.dumps(model_config.to_dict(), indent=1))
     optimizer = build_optimizer(model, c, device)
@@ -291,8 +305,9 @@ def train(c: TrainConfig) -> dict:
         log.info("resumed from %s (step %d)", resume, state.step)
     else:
         state = TrainState()
-        sample = sorted(range(len(utterances)), key=lambda i: utterances[i].id)[: c.stats_utterances]
-        model.frontend.fit_global_stats([dataset.waveform(i) for i in sample])
+        if initial is None and model_config.frontend == "log_mel":
+            sample = sorted(range(len(utterances)), key=lambda i: utterances[i].id)[: c.stats_utterances]
+            model.frontend.fit_global_stats([dataset.waveform(i) for i in sample])
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False) if world > 1 else model
     augment = SpecAugment(SpecAugmentConfig(**c.spec_augment)).train() if c.spec_augment is not None else None
@@ -341,7 +356,7 @@ def train(c: TrainConfig) -> dict:
                         feats = augment(feats, feat_lengths)
                     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                         loss = ddp(feats, feat_lengths, batch["targets"], batch["target_lengths"],
-                                   c.ctc_weight, c.label_smoothing)
+                                   c.ctc_weight, c.label_smoothing, tokenizer.special.prompt, tokenizer.special.eos)
                     # each utterance of the step weighs the same, however the step is split over ranks
                     scaler.scale(loss.total * (B * world / step_utterances)).backward()
                 total = float(loss.total.detach())
@@ -400,10 +415,17 @@ def train(c: TrainConfig) -> dict:
     return summary
 
 
+def load_tokenizer(c: TrainConfig):
+    """The run's tokenizer: the one of the model it starts from, else the SentencePiece file."""
+    if c.init_from:
+        return checkpoint.load_tokenizer(Path(c.init_from), checkpoint.read_config(c.init_from))
+    return Tokenizer(c.tokenizer)
+
+
 def export_model(out_dir: Path, last: int, output: Path, info: dict | None = None) -> Path:
     """Average the last `last` checkpoints of a training run into a model directory."""
     c = TrainConfig.load(out_dir / "config.yaml")
-    tokenizer = Tokenizer(c.tokenizer)
+    tokenizer = load_tokenizer(c)
     chosen = sorted((out_dir / "checkpoints").glob("step-*"))[-max(1, last):]
     if not chosen:
         raise checkpoint.CheckpointError(f"no checkpoints in {out_dir / 'checkpoints'}")
@@ -416,7 +438,7 @@ def export_model(out_dir: Path, last: int, output: Path, info: dict | None = Non
 
 def finish(c, out_dir, model, tokenizer, state, rank, world, valid_waves, valid_texts, dtype) -> dict:
     """Average the last checkpoints into `out_dir/model`, check that all ranks agree, write a summary."""
-    checksum = torch.tensor([sum(float(p.double().sum()) for p in model.parameters())], dtype=torch.float64)
+    checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in model.parameters())], dtype=torch.float64)
     checksums = [torch.zeros_like(checksum) for _ in range(world)]
     if world > 1:
         dist.all_gather(checksums, checksum)

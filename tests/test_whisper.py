@@ -276,3 +276,31 @@ def test_demo_draws_pictures_for_a_whisper_model(root, data_dir):
     text, details, spectrogram, attention = demo.transcribe(str(data_dir / "samples" / "jfk.flac"), beam_size=2)
     assert "beam 2" in details and spectrogram.ndim == attention.ndim == 3
     assert spectrogram.shape[1] == attention.shape[1]  # one time axis for both pictures
+
+
+def test_fine_tune_an_imported_model_with_our_trainer(tmp_path, data_dir):
+    """`init_from` a converted Whisper model: the trainer learns (loss falls), exports a loadable Whisper-format dir."""
+    from speech_transformer.data import write_manifest
+    from speech_transformer.train import main as train_main
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=VOCABS["en"], n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    torch.manual_seed(0)
+    small = Whisper(dims)
+    with torch.no_grad():
+        small.decoder.positional_embedding.normal_(0.0, 0.02)  # torch.empty in openai-whisper
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": small.state_dict()}, tmp_path / "small.pt")
+    start = import_whisper(tmp_path / "small.pt", tmp_path / "start")
+    write_manifest(read_manifest(data_dir / "fsdd" / "train.tsv")[:4], tmp_path / "train.jsonl")
+    settings = {"out_dir": tmp_path / "run", "train": f"[{tmp_path / 'train.jsonl'}]", "init_from": start,
+                "ctc_weight": 0, "batch_seconds": 30, "max_steps": 12, "warmup_steps": 1, "lr": 0.003,
+                "schedule": "constant", "log_every": 1, "save_every": 6, "average_last": 1, "num_workers": 0,
+                "progress": "false", "speed_perturb": "[1.0]", "spec_augment": "null", "label_smoothing": 0}
+    with pytest.raises(ValueError, match="no CTC head"):
+        train_main([f"--set={k}={v}" for k, v in {**settings, "ctc_weight": 0.3}.items()])
+    assert train_main([f"--set={k}={v}" for k, v in settings.items()]) == 0
+    losses = [m["loss"] for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if "loss" in m]
+    assert len(losses) == 12 and losses[-1] < 0.5 * losses[0], losses
+    model, tokenizer, config = load_model(tmp_path / "run" / "model")
+    assert config["tokenizer"]["type"] == "whisper" and model.config.frontend == "whisper"
