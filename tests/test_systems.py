@@ -28,6 +28,7 @@ def test_parse_system_specs():
     assert m.decoding == {"beam_size": 4, "ctc_weight": 0.3} and m.model_dir.name == "base"
     assert m.name == "speech-transformer:base(beam_size=4,ctc_weight=0.3)"
     assert parse_system("model:runs/base,name=base-greedy,beam=1").name == "base-greedy"
+    assert parse_system("model:runs/base,method=ctc").decoding == {"method": "ctc"}
 
 
 @pytest.mark.parametrize("spec, message", [
