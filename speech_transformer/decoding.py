@@ -83,12 +83,12 @@ def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptio
     hyps = [Hypothesis([], 0.0) for _ in range(B)]
     done = [False] * B
     tokens = torch.tensor(special.prompt, device=memory.device).expand(B, len(special.prompt))
-    suppress = list(special.suppress)
+    suppress = torch.tensor(special.suppress, dtype=torch.long, device=memory.device)
     cache = None
     for step in range(max(limits) + 1):
         logits, cache = model.decoder(tokens, memory_kv, lengths, cache)
         logp = logits[:, -1].float().log_softmax(-1)
-        logp[:, suppress] = NEG_INF
+        logp.index_fill_(1, suppress, NEG_INF)
         best, next_tokens = logp.max(-1)
         for b in range(B):
             if done[b]:
@@ -182,7 +182,7 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     done = [False] * B
     tokens = torch.tensor(special.prompt, device=device).expand(N, len(special.prompt))
-    suppress = list(special.suppress)
+    suppress = torch.tensor(special.suppress, dtype=torch.long, device=memory.device)
     cache = None
     for step in range(max(limits) + 1):
         for b in range(B):
@@ -194,7 +194,7 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
             break
         logits, cache = model.decoder(tokens, memory_kv, memory_lengths, cache)
         att = logits[:, -1].float().log_softmax(-1)
-        att[:, suppress] = NEG_INF
+        att.index_fill_(1, suppress, NEG_INF)
         att_top, candidates = att.topk(K, dim=-1)  # (N, K)
         if ctc is not None:
             psi, r = ctc.extend(candidates)

@@ -274,7 +274,9 @@ class Decoder(nn.Module):
         """
         offset = 0 if cache is None else cache[0][0].shape[2]
         x = self.drop(self.embed(tokens) * self.scale + self.positions(tokens.shape[1], offset).to(self.embed.weight))
-        memory_mask = padding_mask(memory_lengths, memory_kv[0][0].shape[2])[:, None, None, :]
+        S = memory_kv[0][0].shape[2]
+        # no mask when nothing is padded (e.g. Whisper's 30 s windows): SDPA's faster kernels need none
+        memory_mask = None if bool((memory_lengths == S).all()) else padding_mask(memory_lengths, S)[:, None, None, :]
         new_cache = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, memory_kv[i], memory_mask, None if cache is None else cache[i])
