@@ -65,3 +65,31 @@ def test_decoding_terminates_on_untrained_models():
                         DecodingOptions(method="ctc")):
             for hyp, n in zip(decode(model, memory, lengths, options), lengths.tolist()):
                 assert len(hyp.tokens) <= max(n, int(n * options.max_tokens_per_frame))
+
+
+def test_whisper_style_switches_build_one_configurable_model():
+    import pytest
+
+    from speech_transformer.model import ModelConfig
+
+    with pytest.raises(ValueError, match="subsampling must be one of"):
+        ModelConfig(subsampling="conv3d")
+    c = preset("tiny", vocab_size=64, encoder_layers=1, decoder_layers=1, subsampling="conv1d", ctc=False,
+               encoder_positions="learned", decoder_positions="learned", max_source_positions=60,
+               max_target_positions=8, scale_embeddings=False, key_bias=False)
+    torch.manual_seed(0)
+    model = SpeechTransformer(c)
+    assert model.ctc_head is None and model.encoder_frame_seconds == 0.02
+    assert model.encoder.blocks[0].attn.key.bias is None and model.encoder.blocks[0].attn.query.bias is not None
+    feats = torch.randn(2, 101, 80)
+    memory, lengths = model.encode(feats, torch.tensor([101, 80]))
+    assert memory.shape == (2, 51, c.d_model) and lengths.tolist() == [51, 40]
+    targets = torch.randint(2, 64, (2, 5))
+    loss = model(feats, torch.tensor([101, 80]), targets, torch.tensor([5, 3]), ctc_weight=0.0,
+                 prompt=(1, 7, 9), eos=1)
+    loss.total.backward()
+    assert torch.isfinite(loss.total) and float(loss.ctc) == 0.0
+    with pytest.raises(ValueError, match="no CTC head"):
+        model(feats, torch.tensor([101, 80]), targets, torch.tensor([5, 3]), ctc_weight=0.3)
+    with pytest.raises(ValueError, match="only 60"):
+        model.encode(torch.randn(1, 200, 80), torch.tensor([200]))  # 100 frames > the 60-row table
