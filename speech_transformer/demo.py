@@ -259,7 +259,8 @@ def model_card(recognizer: Recognizer, model_dir: Path | None = None) -> str:
     name = model_dir.name if model_dir is not None else "model"
     lines = [f"**Model** `{name}`: preset **{preset}**, {recognizer.model.num_parameters() / 1e6:.1f} M parameters: "
              f"{c.encoder_layers} encoder and {c.decoder_layers} decoder layers, width {c.d_model}, {c.n_heads} heads, "
-             f"{c.vocab_size}-token vocabulary, {c.normalization} feature normalisation."]
+             f"{c.vocab_size}-token vocabulary, "
+             f"{'Whisper features' if c.frontend == 'whisper' else c.normalization + ' feature normalisation'}."]
     train = extra.pop("train", None)
     if train:
         lines.append(f"**Training data**: {', '.join(map(str, train)) if isinstance(train, list) else train}")

@@ -276,6 +276,9 @@ def test_demo_draws_pictures_for_a_whisper_model(root, data_dir):
     text, details, spectrogram, attention = demo.transcribe(str(data_dir / "samples" / "jfk.flac"), beam_size=2)
     assert "beam 2" in details and spectrogram.ndim == attention.ndim == 3
     assert spectrogram.shape[1] == attention.shape[1]  # one time axis for both pictures
+    from speech_transformer.demo import model_card
+
+    assert "Whisper features" in model_card(demo.recognizer, directory)
 
 
 def test_fine_tune_an_imported_model_with_our_trainer(tmp_path, data_dir):
