@@ -18,7 +18,7 @@ def default_model_dir() -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"no embedded default model in {PRETRAINED_DIR} yet: pass a trained model directory with --model "
-            "(train one with recipes/librispeech/run.sh)")
+            "(train and ship one with recipes/default: see its README.md)")
     return path
 
 
