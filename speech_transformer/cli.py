@@ -2,6 +2,7 @@
 
     speech-transformer presets                      model presets and their sizes
     speech-transformer tokenizer --manifest M ...   train a SentencePiece tokenizer on transcripts
+    speech-transformer lm --model DIR --text T ...  train a token n-gram LM for shallow fusion (DIR/lm.json)
     speech-transformer download --sets dev-clean    fetch and prepare LibriSpeech (see recipes/librispeech)
     speech-transformer train --config C.yaml        train (also under torchrun)
     speech-transformer average --exp DIR            average the last checkpoints into a model directory
@@ -71,7 +72,37 @@ def average(argv: list[str]) -> int:
     return 0
 
 
-LOCAL = {"presets": presets, "tokenizer": tokenizer, "average": average}
+def lm(argv: list[str]) -> int:
+    from speech_transformer import checkpoint
+    from speech_transformer.data import read_manifest
+    from speech_transformer.lm import LM_FILE, NgramLM
+    from speech_transformer.text import normalize_transcript
+
+    p = argparse.ArgumentParser(prog="speech-transformer lm", description="Train a token n-gram language model "
+                                "with a model's tokenizer, for shallow fusion (beam search, lm_weight > 0).")
+    p.add_argument("--model", required=True, help="the model directory (its tokenizer; the LM goes to DIR/lm.json)")
+    p.add_argument("--manifest", nargs="*", default=[], help="TSV/JSONL manifests whose transcripts are text")
+    p.add_argument("--text", nargs="*", default=[], help="text files, one sentence a line (`id<TAB>text` ok)")
+    p.add_argument("--order", type=int, default=4)
+    p.add_argument("--min-count", type=int, default=1, help="drop n-grams (n >= 3) seen fewer times")
+    p.add_argument("--output", help="default: DIR/lm.json")
+    args = p.parse_args(argv)
+    directory = Path(args.model)
+    config = checkpoint.read_config(directory)
+    tok = checkpoint.load_tokenizer(directory, config)
+    texts = [normalize_transcript(u.text) for m in args.manifest for u in read_manifest(m)]
+    for path in args.text:
+        texts += [normalize_transcript(line.split("\t")[-1]) for line in Path(path).read_text().splitlines()]
+    sentences = [tok.encode(t) for t in texts if t.strip()]
+    model = NgramLM.train(sentences, args.order, tok.vocab_size, tok.special.prompt[-1], tok.special.eos,
+                          args.min_count)
+    out = model.save(args.output or directory / LM_FILE)
+    print(f"{out}: order {args.order}, {len(model.counts)} contexts from {len(sentences)} sentences "
+          f"({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+LOCAL = {"presets": presets, "tokenizer": tokenizer, "average": average, "lm": lm}
 
 
 def main(argv: list[str] | None = None) -> int:

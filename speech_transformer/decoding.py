@@ -28,6 +28,7 @@ class DecodingOptions:
     max_length: int = 448
     max_repeats: int = 4  # loop guard: an n-gram may repeat at most this many times in a row
     pre_beam_ratio: float = 1.5  # candidates scored by CTC per hypothesis = ratio x beam
+    lm_weight: float = 0.0  # shallow fusion: weight of an external LM's log-probability in beam search
 
     def __post_init__(self):
         if self.method not in ("attention", "ctc"):
@@ -161,7 +162,7 @@ class CTCPrefixScorer:
 
 @torch.no_grad()
 def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
-                special: SpecialTokens = SpecialTokens()) -> list[Hypothesis]:
+                special: SpecialTokens = SpecialTokens(), lm=None) -> list[Hypothesis]:
     """Batched beam search over B utterances x W hypotheses with joint CTC/attention scores."""
     B, W, V = memory.shape[0], options.beam_size, model.config.vocab_size
     N, device = B * W, memory.device
@@ -201,6 +202,8 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
             joint = (1 - lam) * att_top + lam * (psi - ctc.score[:, None])
         else:
             joint = att_top
+        if lm is not None and options.lm_weight > 0:  # shallow fusion with e.g. `lm.NgramLM`
+            joint = joint + options.lm_weight * lm.log_probs(sequences, candidates)
         total = (scores[:, None] + joint).view(B, W * K)
         done_mask = torch.tensor(done, device=device)[:, None]
         total = total.masked_fill(done_mask, NEG_INF)
@@ -233,16 +236,17 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
 
 @torch.no_grad()
 def decode(model, memory: Tensor, lengths: Tensor, options: DecodingOptions = DecodingOptions(),
-           special: SpecialTokens = SpecialTokens()) -> list[Hypothesis]:
+           special: SpecialTokens = SpecialTokens(), lm=None) -> list[Hypothesis]:
     """Search chosen by `options`: encoder states `(B, S, D)` and lengths `(B,)` -> one hypothesis each.
 
-    `special` (the tokenizer's) says how the decoder starts and ends and which tokens it never emits.
+    `special` (the tokenizer's) says how the decoder starts and ends and which tokens it never emits;
+    `lm` (with `options.lm_weight` > 0) is fused into beam search.
     A model without a CTC head (an imported Whisper model) decodes on attention scores alone.
     """
     if model.ctc_head is None and options.ctc_weight > 0 and options.method == "attention":
         options = replace(options, ctc_weight=0.0)
     if options.method == "ctc":
         return ctc_greedy_search(model.ctc_log_probs(memory), lengths, special.blank)
-    if options.beam_size == 1 and options.ctc_weight == 0.0:
+    if options.beam_size == 1 and options.ctc_weight == 0.0 and (lm is None or options.lm_weight == 0.0):
         return greedy_search(model, memory, lengths, options, special)
-    return beam_search(model, memory, lengths, options, special)
+    return beam_search(model, memory, lengths, options, special, lm)

@@ -12,6 +12,7 @@ from speech_transformer import checkpoint, pretrained
 from speech_transformer.audio import SAMPLE_RATE
 from speech_transformer.decoding import DecodingOptions, decode
 from speech_transformer.features import pad_waveforms
+from speech_transformer.lm import LM_FILE, NgramLM
 from speech_transformer.model import SpeechTransformer
 from speech_transformer.tokenizer import Tokenizer
 
@@ -25,16 +26,20 @@ class Recognition:
 
 
 class Recognizer:
-    def __init__(self, model: SpeechTransformer, tokenizer: Tokenizer, info: dict | None = None):
+    def __init__(self, model: SpeechTransformer, tokenizer: Tokenizer, info: dict | None = None,
+                 lm: NgramLM | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.info = info or {}
+        self.lm = lm  # used by beam search when DecodingOptions.lm_weight > 0
 
     @classmethod
     def from_dir(cls, name_or_dir: str | os.PathLike | None = None, device: str = "cpu") -> "Recognizer":
         """Load a model directory, a shipped model's name, or (None) the embedded default model."""
-        model, tokenizer, config = checkpoint.load_model(pretrained.resolve(name_or_dir), device)
-        return cls(model, tokenizer, config)
+        directory = pretrained.resolve(name_or_dir)
+        model, tokenizer, config = checkpoint.load_model(directory, device)
+        lm = NgramLM.load(directory / LM_FILE) if (directory / LM_FILE).is_file() else None
+        return cls(model, tokenizer, config, lm)
 
     @property
     def device(self) -> torch.device:
@@ -61,7 +66,7 @@ class Recognizer:
         feats, feat_lengths = self.model.frontend(audio.to(self.device), lengths.to(self.device))
         memory, memory_lengths = self.model.encode(feats, feat_lengths)
         out = []
-        for h in decode(self.model, memory, memory_lengths, options, self.tokenizer.special):
+        for h in decode(self.model, memory, memory_lengths, options, self.tokenizer.special, self.lm):
             n = max(1, len(h.tokens) + 1)
             out.append(Recognition(self.tokenizer.decode(h.tokens), h.tokens, h.score, h.score / n))
         return out

@@ -12,7 +12,7 @@ Adapters:
 `parse_system` turns a `--system` spec into a System:
   pocketsphinx                    PocketSphinx baseline
   cmd:NAME=COMMAND                a shell command with {audio} in it, e.g. "cmd:whisper=whisper-cli {audio}"
-  model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); options beam, ctc, method, device, name
+  model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); options beam, ctc, method, lm, device, name
   default[,beam=N,ctc=W,...]      the embedded default model
 """
 
@@ -144,13 +144,16 @@ class SpeechTransformerSystem(System):
     """Our model, loaded from a folder through `speech_transformer.recognizer.Recognizer`."""
 
     def __init__(self, model_dir: str | os.PathLike, beam_size: int | None = None, ctc_weight: float | None = None,
-                 device: str = "cpu", name: str | None = None, method: str | None = None):
+                 device: str = "cpu", name: str | None = None, method: str | None = None,
+                 lm_weight: float | None = None):
         self.model_dir = Path(model_dir)
         self.decoding: dict[str, Any] = {} if method is None else {"method": method}
         if beam_size is not None:
             self.decoding["beam_size"] = int(beam_size)
         if ctc_weight is not None:
             self.decoding["ctc_weight"] = float(ctc_weight)
+        if lm_weight is not None:
+            self.decoding["lm_weight"] = float(lm_weight)
         self.device = device
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.decoding.items()))
         self.name = name or f"speech-transformer:{self.model_dir.name}" + (f"({opts})" if opts else "")
@@ -188,7 +191,7 @@ def default_model_system(**options: Any) -> SpeechTransformerSystem:
 
 _MODEL_KEYS = {"beam": ("beam_size", int), "beam_size": ("beam_size", int), "ctc": ("ctc_weight", float),
                "ctc_weight": ("ctc_weight", float), "device": ("device", str), "name": ("name", str),
-               "method": ("method", str)}
+               "method": ("method", str), "lm": ("lm_weight", float)}
 
 
 def _model_options(parts: list[str], spec: str) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class TranscribeOptions:
     method: str = "attention"  # or "ctc" (CTC greedy: fastest)
     beam_size: int = 1
     ctc_weight: float = 0.3
+    lm_weight: float = 0.0  # shallow fusion with the model directory's lm.json, if any
     batch_seconds: float = 120.0  # padded audio per decoding batch (0: one chunk at a time)
     pool_seconds: float | None = None  # chunk audio gathered before batching (default 4 x batch_seconds)
     word_timestamps: bool = True
@@ -120,7 +121,8 @@ class TranscribeOptions:
 
     @property
     def decoding(self) -> DecodingOptions:
-        return DecodingOptions(method=self.method, beam_size=self.beam_size, ctc_weight=self.ctc_weight)
+        return DecodingOptions(method=self.method, beam_size=self.beam_size, ctc_weight=self.ctc_weight,
+                               lm_weight=self.lm_weight)
 
 
 # --- audio sources: 16 kHz blocks, never a whole long file ---------------------------------
@@ -357,7 +359,7 @@ class Transcriber:
         feats, feat_lengths = model.frontend(audio.to(model.device), lengths.to(model.device))
         memory, memory_lengths = model.encode(feats, feat_lengths)
         special = tokenizer.special
-        hyps = decode(model, memory, memory_lengths, self.decoding, special)
+        hyps = decode(model, memory, memory_lengths, self.decoding, special, self.recognizer.lm)
         # no CTC head (Whisper): no blank guard, word times shared out by length
         log_probs = model.ctc_log_probs(memory).float().cpu() if model.ctc_head is not None else None  # (B, S, V)
         not_text = {*special.prompt, special.eos, special.blank, *special.suppress}
@@ -556,6 +558,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="attention", choices=["attention", "ctc"])
     p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     p.add_argument("--ctc-weight", type=float, default=0.3)
+    p.add_argument("--lm-weight", type=float, default=0.0, help="shallow fusion with the model's lm.json (beam search)")
     p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio per batch (0: one chunk at a time)")
     p.add_argument("--pool-seconds", type=float, default=None,
                    help="chunk audio collected across files before sorting into batches (default 4 x batch)")
@@ -608,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         formats = subtitles.parse_formats(args.format)
         options = TranscribeOptions.from_kwargs(
-            method=args.method, beam_size=args.beam, ctc_weight=args.ctc_weight, batch_seconds=args.batch_seconds,
+            method=args.method, beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight,
+            batch_seconds=args.batch_seconds,
             pool_seconds=args.pool_seconds, max_chunk_seconds=args.max_chunk_seconds, threshold=args.vad_threshold)
         options.decoding  # validates
     except SystemExit as e:
