@@ -195,6 +195,8 @@ def system_spec(block: dict, dest: Path) -> str:
     decoding = config.get("decoding", {})
     options = [f"beam={decoding['beam_size']}"] if "beam_size" in decoding else []
     options += [f"ctc={decoding['ctc_weight']:g}"] if "ctc_weight" in decoding else []
+    options += [f"method={decoding['method']}"] if "method" in decoding else []
+    options += [f"lm={decoding['lm_weight']:g}"] if "lm_weight" in decoding else []
     model_dir = Path(config["model_dir"])
     head = "default" if model_dir.resolve() == dest.resolve() else f"model:{model_dir}"
     return ",".join([head, *options, f"name={block['name']}"])
