@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,21 +21,12 @@ from whisper.decoding import DecodingOptions as TheirOptions
 from whisper.decoding import decode as their_decode
 from whisper.model import ModelDimensions, Whisper
 
+from model_speed import timed  # bench/ is on sys.path when this script runs
 from speech_transformer.checkpoint import load_model
 from speech_transformer.decoding import DecodingOptions, decode
 from speech_transformer.whisper import import_whisper
 
 SIZES = {"tiny": (384, 6, 4), "base": (512, 8, 6), "small": (768, 12, 12)}
-
-
-def timed(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def random_pair(size: str, directory: Path):

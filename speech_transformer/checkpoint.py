@@ -97,7 +97,11 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 def tokenizer_file(config: dict) -> str:
-    return "tokenizer.tiktoken" if config.get("tokenizer", {}).get("type") == "whisper" else TOKENIZER_FILE
+    if config.get("tokenizer", {}).get("type") == "whisper":
+        from speech_transformer.whisper import WhisperTokenizer
+
+        return WhisperTokenizer.file_name
+    return TOKENIZER_FILE
 
 
 def load_tokenizer(directory: Path, config: dict):

@@ -276,8 +276,7 @@ def train(c: TrainConfig) -> dict:
     random.seed(c.seed + rank)
     np.random.seed(c.seed + rank)
 
-    initial = checkpoint.load_model(c.init_from)[0] if c.init_from else None
-    tokenizer = load_tokenizer(c)
+    initial, tokenizer, _ = checkpoint.load_model(c.init_from) if c.init_from else (None, load_tokenizer(c), None)
     utterances = filter_by_duration([u for m in c.train for u in read_manifest(m)], c.max_duration, c.min_duration)
     dataset = SpeechDataset(utterances, tokenizer, tuple(c.speed_perturb), c.cache_dir, c.seed)
     sampler = DurationBatchSampler([u.duration * (1.0 / min(c.speed_perturb)) for u in utterances], c.batch_seconds,
