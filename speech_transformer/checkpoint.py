@@ -20,8 +20,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from speech_transformer.files import atomic_path
 from speech_transformer.model import ModelConfig, SpeechTransformer
-from speech_transformer.tokenizer import Tokenizer
+from speech_transformer.tokenizer import TextTokenizer, tokenizer_class
+from speech_transformer.tokenizer import load_tokenizer as _load_tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
@@ -39,17 +41,10 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors, written atomically. Tensors are copied: safetensors refuses tied (shared) storage."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp))
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -59,7 +54,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read weights ({e})") from None
 
 
-def save_model(model: SpeechTransformer, tokenizer: Tokenizer, directory: str | os.PathLike,
+def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: str | os.PathLike,
                info: dict | None = None) -> Path:
     """Write a complete model directory (into a temp dir, then moved into place)."""
     directory = Path(directory)
@@ -97,26 +92,18 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 
 def tokenizer_file(config: dict) -> str:
-    if config.get("tokenizer", {}).get("type") == "whisper":
-        from speech_transformer.whisper import WhisperTokenizer
+    try:
+        return tokenizer_class(config.get("tokenizer")).file_name
+    except ValueError as e:
+        raise CheckpointError(f"{CONFIG_FILE}: {e}") from None
 
-        return WhisperTokenizer.file_name
-    return TOKENIZER_FILE
 
-
-def load_tokenizer(directory: Path, config: dict):
+def load_tokenizer(directory: Path, config: dict) -> TextTokenizer:
     """The tokenizer that config.json names: SentencePiece (ours) or Whisper's (tiktoken)."""
-    spec = config.get("tokenizer") or {"type": "sentencepiece"}
-    if spec.get("type") == "sentencepiece":
-        return Tokenizer(directory / TOKENIZER_FILE)
-    if spec.get("type") == "whisper":
-        from speech_transformer.whisper import WhisperTokenizer
-
-        return WhisperTokenizer.from_config(directory / tokenizer_file(config), spec)
-    raise CheckpointError(f"{directory / CONFIG_FILE}: unknown tokenizer type {spec.get('type')!r}")
+    return _load_tokenizer(Path(directory) / tokenizer_file(config), config.get("tokenizer"))
 
 
-def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SpeechTransformer, Tokenizer, dict]:
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SpeechTransformer, TextTokenizer, dict]:
     """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes."""
     directory = Path(directory)
     config = read_config(directory)

@@ -22,6 +22,7 @@ import torch
 import torchaudio.functional as AF
 
 from speech_transformer.audio import SAMPLE_RATE, AudioError, info, load_audio
+from speech_transformer.files import atomic_path, atomic_write
 from speech_transformer.text import normalize_transcript
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,7 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
 
 def write_manifest(utterances: list[Utterance], path: str | os.PathLike) -> None:
     """Write JSONL with absolute audio paths, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for u in utterances:
-            f.write(json.dumps(asdict(u), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(asdict(u), ensure_ascii=False) + "\n" for u in utterances))
 
 
 _LIBRISPEECH_ID = re.compile(r"^(\d+)-\d+-\d+$")
@@ -178,10 +173,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         if path.exists():
             return np.load(path, allow_pickle=False).astype(np.float32) / 32768.0
         audio = load_audio(u.audio)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, np.clip(audio * 32768.0, -32768, 32767).astype(np.int16), allow_pickle=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.clip(audio * 32768.0, -32768, 32767).astype(np.int16), allow_pickle=False)
         return audio
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[int]]:

@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import html
 import json
-import os
 import re
 import resource
 import sys
@@ -27,9 +26,20 @@ from typing import Any, Sequence
 
 from speech_transformer.audio import SAMPLE_RATE, AudioError, info, load_audio
 from speech_transformer.data import Utterance, read_manifest
-from speech_transformer.scoring import DEFAULT_NORMALIZER, NORMALIZER_DESCRIPTIONS, NORMALIZERS, score_utterances
-from speech_transformer.systems import (SpeechTransformerSystem, System, TranscriptionError, default_model_system,
-                                        parse_system)
+from speech_transformer.files import atomic_write
+from speech_transformer.scoring import (
+    DEFAULT_NORMALIZER,
+    NORMALIZER_DESCRIPTIONS,
+    NORMALIZERS,
+    score_utterances,
+)
+from speech_transformer.systems import (
+    SpeechTransformerSystem,
+    System,
+    TranscriptionError,
+    default_model_system,
+    parse_system,
+)
 
 EXIT_OK, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2
 DEFAULT_CACHE_DIR = ".evaluate_cache"
@@ -411,10 +421,7 @@ def write_reports(report: dict[str, Any], json_path: Path | None = None, markdow
     for path, text in ((json_path, lambda: json.dumps(report, indent=1, ensure_ascii=False) + "\n"),
                        (markdown_path, lambda: render_markdown(report)), (html_path, lambda: render_html(report))):
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text(), encoding="utf-8")
-            os.replace(tmp, path)
+            atomic_write(path, text())
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from speech_transformer.files import atomic_write
+
 LM_FILE = "lm.json"
 DISCOUNT = 0.75
 
@@ -70,9 +72,7 @@ class NgramLM:
         data = {"format": "ngram-1", "order": self.order, "vocab_size": self.vocab_size, "bos": self.bos,
                 "eos": self.eos, "discount": DISCOUNT,
                 "counts": [[list(h), [[w, c] for w, c in sorted(nxt.items())]] for h, nxt in self.counts.items()]}
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, separators=(",", ":")))
         return path
 
     @classmethod

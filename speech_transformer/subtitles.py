@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from speech_transformer.files import TEMP_SUFFIX, atomic_write
+
 if TYPE_CHECKING:
     from speech_transformer.transcribe import Transcript
 
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
-TEMP_SUFFIX = ".part"
 
 
 def parse_formats(spec: str) -> list[str]:
@@ -104,17 +105,7 @@ def output_path(stem: Path, fmt: str) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Readers see the old file or the whole new one, never a part: write a temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, text, fsync=True)
 
 
 def write_outputs(t: "Transcript", stem: Path, formats: list[str]) -> list[Path]:

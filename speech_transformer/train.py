@@ -36,8 +36,15 @@ import yaml
 
 from speech_transformer import checkpoint
 from speech_transformer.audio import SAMPLE_RATE, load_audio
-from speech_transformer.data import DATA_DIR_ENV, DurationBatchSampler, SpeechDataset, collate, default_data_dir, \
-    filter_by_duration, read_manifest
+from speech_transformer.data import (
+    DATA_DIR_ENV,
+    DurationBatchSampler,
+    SpeechDataset,
+    collate,
+    default_data_dir,
+    filter_by_duration,
+    read_manifest,
+)
 from speech_transformer.features import SpecAugment, SpecAugmentConfig, pad_waveforms
 from speech_transformer.model import ModelConfig, SpeechTransformer, preset
 from speech_transformer.text import normalize_transcript

@@ -36,7 +36,13 @@ import torchaudio.functional as AF
 
 from speech_transformer import audio as audio_io
 from speech_transformer import subtitles
-from speech_transformer.audio import MIN_INPUT_RATE, SAMPLE_RATE, AudioError, describe, load_audio
+from speech_transformer.audio import (
+    MIN_INPUT_RATE,
+    SAMPLE_RATE,
+    AudioError,
+    describe,
+    load_audio,
+)
 from speech_transformer.decoding import DecodingOptions, decode
 from speech_transformer.features import pad_waveforms
 from speech_transformer.recognizer import Recognizer

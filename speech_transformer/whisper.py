@@ -20,7 +20,6 @@ keeps its own copy, so it later needs only tiktoken.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import importlib.util
 import json
@@ -32,83 +31,17 @@ from pathlib import Path
 
 import torch
 
-from speech_transformer.checkpoint import CheckpointError, load_state_dict, load_weights, save_model
+from speech_transformer.checkpoint import (
+    CheckpointError,
+    load_state_dict,
+    load_weights,
+    save_model,
+)
 from speech_transformer.model import ModelConfig, SpeechTransformer
-from speech_transformer.tokenizer import SpecialTokens
+from speech_transformer.tokenizer import WhisperTokenizer
 
-# Whisper's language tokens, in vocabulary order (the first 99 in the multilingual models, 100 in large-v3)
-LANGUAGES = ("en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg "
-             "lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so "
-             "af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue").split()
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
 ENGLISH_VOCAB_SIZE = 51864  # English-only models; multilingual ones have one more token, large-v3 two
 CACHE_ENV = "SPEECH_TRANSFORMER_CACHE"
-
-
-class WhisperTokenizer:
-    """Whisper's tokenizer, in the interface of ours: encode/decode text, `special` tokens for decoding.
-
-    Decoding starts from `<|startoftranscript|>` [`<|lang|>` `<|task|>`] `<|notimestamps|>` and ends at
-    `<|endoftext|>`; every other special token (timestamps included) is suppressed.
-    """
-
-    file_name = "tokenizer.tiktoken"
-
-    def __init__(self, vocab_file: str | os.PathLike, multilingual: bool, num_languages: int = 99,
-                 language: str | None = "en", task: str = "transcribe"):
-        import tiktoken  # optional: the [whisper] extra
-
-        self.vocab_file, self.multilingual, self.num_languages = Path(vocab_file), multilingual, num_languages
-        self.language, self.task = (language or "en", task) if multilingual else (None, "transcribe")
-        if multilingual and self.language not in LANGUAGES[:num_languages]:
-            raise ValueError(f"unsupported language {language!r}; choose from {' '.join(LANGUAGES[:num_languages])}")
-        if task not in ("transcribe", "translate"):
-            raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
-        ranks = {base64.b64decode(token): int(rank)
-                 for token, rank in (line.split() for line in self.vocab_file.read_text().splitlines() if line)}
-        names = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{c}|>" for c in LANGUAGES[:num_languages]],
-                 "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
-                 "<|notimestamps|>", *[f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMPS)]]
-        self.special_ids = {name: len(ranks) + i for i, name in enumerate(names)}
-        self.encoding = tiktoken.Encoding(name=self.vocab_file.stem, explicit_n_vocab=len(ranks) + len(names),
-                                          pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=self.special_ids)
-        self.eot = self.special_ids["<|endoftext|>"]
-        prompt = [self.special_ids["<|startoftranscript|>"]]
-        if multilingual:
-            prompt += [self.special_ids[f"<|{self.language}|>"], self.special_ids[f"<|{self.task}|>"]]
-        prompt.append(self.special_ids["<|notimestamps|>"])
-        self.special = SpecialTokens(prompt=tuple(prompt), eos=self.eot, blank=self.eot,
-                                     suppress=tuple(i for i in self.special_ids.values() if i != self.eot))
-
-    @classmethod
-    def from_config(cls, vocab_file: str | os.PathLike, spec: dict) -> "WhisperTokenizer":
-        return cls(vocab_file, spec["multilingual"], spec.get("num_languages", 99), spec.get("language"),
-                   spec.get("task", "transcribe"))
-
-    def to_config(self) -> dict:
-        return {"type": "whisper", "multilingual": self.multilingual, "num_languages": self.num_languages,
-                "language": self.language, "task": self.task}
-
-    def to_bytes(self) -> bytes:
-        return self.vocab_file.read_bytes()
-
-    @property
-    def vocab_size(self) -> int:
-        return self.encoding.n_vocab
-
-    def encode(self, text: str) -> list[int]:
-        return self.encoding.encode_ordinary(text)
-
-    def decode(self, ids) -> str:
-        return self.encoding.decode([int(i) for i in ids if int(i) < self.eot])
-
-    def id_to_piece(self, i: int) -> str:
-        """A token as text, '▁' for a leading space (as SentencePiece marks a word start)."""
-        if i >= self.eot:
-            return next(name for name, j in self.special_ids.items() if j == i)
-        text = self.encoding.decode_single_token_bytes(i).decode("utf-8", errors="replace")
-        return "▁" + text[1:] if text.startswith(" ") else text
 
 
 # --- weights: names and config -------------------------------------------------------------------
