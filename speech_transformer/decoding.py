@@ -235,6 +235,28 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
 
 
 @torch.no_grad()
+def sequence_log_probs(model, memory: Tensor, lengths: Tensor, sequences: list[list[int]],
+                       special: SpecialTokens = SpecialTokens()) -> Tensor:
+    """Teacher-forced log p(tokens + <eos> | audio) of one token sequence per row of memory `(N, S, D)` -> `(N,)`.
+
+    The scores that rescoring and grammar matching compare; repeat memory rows (`repeat_interleave`) to score
+    several sequences of one utterance. Suppressed tokens are scored as the decoder gives them.
+    """
+    N, P = len(sequences), len(special.prompt)
+    L = max((len(s) for s in sequences), default=0) + 1
+    inputs = torch.full((N, P + L - 1), special.eos, dtype=torch.long, device=memory.device)
+    targets = torch.full((N, L), -1, dtype=torch.long, device=memory.device)
+    inputs[:, :P] = torch.tensor(special.prompt, device=memory.device)
+    for n, seq in enumerate(sequences):
+        inputs[n, P:P + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        targets[n, :len(seq) + 1] = torch.tensor(list(seq) + [special.eos], dtype=torch.long)
+    logits, _ = model.decoder(inputs, model.decoder.memory_kv(memory), lengths)
+    logp = logits[:, P - 1:].float().log_softmax(-1)  # (N, L, V): row i predicts target i
+    picked = logp.gather(2, targets.clamp(min=0)[..., None])[..., 0]
+    return picked.masked_fill(targets < 0, 0.0).sum(1)
+
+
+@torch.no_grad()
 def decode(model, memory: Tensor, lengths: Tensor, options: DecodingOptions = DecodingOptions(),
            special: SpecialTokens = SpecialTokens(), lm=None) -> list[Hypothesis]:
     """Search chosen by `options`: encoder states `(B, S, D)` and lengths `(B,)` -> one hypothesis each.

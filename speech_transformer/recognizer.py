@@ -18,6 +18,19 @@ from speech_transformer.tokenizer import Tokenizer
 
 
 @dataclass
+class Encoding:
+    """What the encoder made of a padded batch: everything a decoder, aligner or grammar matcher reads."""
+
+    memory: torch.Tensor  # (B, S, D) encoder states
+    lengths: torch.Tensor  # (B,) valid frames of each row
+    ctc_log_probs: torch.Tensor | None  # (B, S, V) CTC log-posteriors (blank = special.blank); None: no CTC head
+    frame_seconds: float  # one encoder frame, in seconds
+
+    def __len__(self) -> int:
+        return self.memory.shape[0]
+
+
+@dataclass
 class Recognition:
     text: str
     tokens: list[int]
@@ -61,10 +74,18 @@ class Recognizer:
             batch = [] if i is None else [i]
         return results  # type: ignore[return-value]
 
-    def _recognize_batch(self, waveforms: list[np.ndarray], options: DecodingOptions) -> list[Recognition]:
+    @torch.inference_mode()
+    def encode(self, waveforms: list[np.ndarray]) -> Encoding:
+        """One padded batch of 16 kHz waveforms `(T_i,)` -> its Encoding."""
         audio, lengths = pad_waveforms(waveforms)
         feats, feat_lengths = self.model.frontend(audio.to(self.device), lengths.to(self.device))
         memory, memory_lengths = self.model.encode(feats, feat_lengths)
+        ctc = self.model.ctc_log_probs(memory).float() if self.model.ctc_head is not None else None
+        return Encoding(memory, memory_lengths, ctc, self.model.encoder_frame_seconds)
+
+    def _recognize_batch(self, waveforms: list[np.ndarray], options: DecodingOptions) -> list[Recognition]:
+        enc = self.encode(waveforms)
+        memory, memory_lengths = enc.memory, enc.lengths
         out = []
         for h in decode(self.model, memory, memory_lengths, options, self.tokenizer.special, self.lm):
             n = max(1, len(h.tokens) + 1)
