@@ -2,7 +2,7 @@
 
 Reads top to bottom: config and presets, attention, the two kinds of block, encoder, decoder,
 and the `SpeechTransformer` that ties them together with the joint CTC/attention loss.
-Shapes: B batch, F feature frames, S encoder frames (F/4, or F/2 with the conv1d stem), L tokens,
+Shapes: B batch, F feature frames, S encoder frames (F/4 by default, F/2 with the conv1d stem), L tokens,
 D model width, V vocabulary. The same classes, configured, also hold OpenAI Whisper's weights
 (see `speech_transformer.whisper`): conv1d stem, learned position tables, unscaled embeddings,
 no key bias, no CTC head, Whisper's front end.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speech_transformer.audio import HOP_LENGTH, N_MELS, SAMPLE_RATE
+from speech_transformer.audio import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 from speech_transformer.features import FrontEnd, WhisperFrontEnd
 from speech_transformer.tokenizer import BLANK_ID, SOS_EOS_ID
 
@@ -44,14 +44,25 @@ class ModelConfig:
     scale_embeddings: bool = True  # inputs x sqrt(D) before positions are added (Whisper: no)
     key_bias: bool = True  # (Whisper: no bias on the attention keys)
     ctc: bool = True  # a CTC head on the encoder (Whisper has none)
+    # cheaper or stronger encoders (the defaults are the original model)
+    subsampling_factor: int = 4  # feature frames per encoder frame: conv2d 4, 6 or 8; stack any (conv1d: 2)
+    conformer_conv: bool = False  # a Conformer convolution module between self-attention and feed-forward
+    conv_kernel: int = 15  # its depthwise kernel (odd)
+    intermediate_ctc_layer: int = 0  # >0: the CTC head also reads this encoder layer's output (training loss only)
 
     def __post_init__(self):
         for name, value, allowed in (("frontend", self.frontend, ("log_mel", "whisper")),
-                                     ("subsampling", self.subsampling, ("conv2d", "conv1d")),
+                                     ("subsampling", self.subsampling, ("conv2d", "conv1d", "stack")),
                                      ("encoder_positions", self.encoder_positions, ("sinusoidal", "learned")),
                                      ("decoder_positions", self.decoder_positions, ("sinusoidal", "learned"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+        if self.subsampling == "conv2d" and self.subsampling_factor not in (4, 6, 8):
+            raise ValueError(f"the conv2d stem subsamples by 4, 6 or 8, not {self.subsampling_factor}")
+        if self.conformer_conv and self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd, not {self.conv_kernel}")
+        if not 0 <= self.intermediate_ctc_layer < max(1, self.encoder_layers):
+            raise ValueError(f"intermediate_ctc_layer must be in 0..{self.encoder_layers - 1}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -126,19 +137,42 @@ def feed_forward(d_model: int, d_ff: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
 
 
+class ConformerConvolution(nn.Module):
+    """Conformer's convolution module (Gulati et al., 2020): LN, pointwise conv + GLU, depthwise conv,
+    norm, Swish, pointwise conv. LayerNorm stands in for BatchNorm (small, variable-length CPU batches);
+    padded frames are zeroed before the depthwise conv so they never leak into valid ones."""
+
+    def __init__(self, d_model: int, kernel: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.depthwise_norm = nn.LayerNorm(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """x `(B, S, D)`, valid `(B, S, 1)` bool."""
+        h = F.glu(self.pointwise_in(self.norm(x)), dim=-1).masked_fill(~valid, 0.0)
+        h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)
+        return self.pointwise_out(F.silu(self.depthwise_norm(h)))
+
+
 class EncoderBlock(nn.Module):
-    """Pre-LayerNorm: x + SelfAttn(LN(x)), then x + FFN(LN(x))."""
+    """Pre-LayerNorm: x + SelfAttn(LN(x)), [x + ConformerConv(x)], then x + FFN(LN(x))."""
 
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.attn_norm = nn.LayerNorm(c.d_model)
         self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout, c.key_bias)
+        self.conv = ConformerConvolution(c.d_model, c.conv_kernel) if c.conformer_conv else None
         self.ff_norm = nn.LayerNorm(c.d_model)
         self.ff = feed_forward(c.d_model, c.d_ff, c.dropout)
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = x + self.drop(self.attn(self.attn_norm(x), mask=mask))
+        if self.conv is not None:
+            x = x + self.drop(self.conv(x, mask[:, 0, 0, :, None]))
         return x + self.drop(self.ff(self.ff_norm(x)))
 
 
@@ -167,28 +201,60 @@ class DecoderBlock(nn.Module):
 
 
 class ConvSubsampling(nn.Module):
-    """Two 3x3 stride-2 conv2d layers: `(B, F, n_mels)` -> `(B, S, D)` with S = ((F-1)//2 - 1)//2.
+    """Stride-2/3 conv2d layers without time padding, so a valid output frame never sees padded input frames.
 
-    No time padding, so a valid output frame never sees padded input frames.
+    factor 4: two 3x3 stride 2, S = ((F-1)//2 - 1)//2; factor 6: 3x3 stride 2 then 5x5 stride 3
+    (as ESPnet's Conv2dSubsampling6); factor 8: three 3x3 stride 2. `(B, F, n_mels)` -> `(B, S, D)`.
     """
 
-    factor = 4  # feature frames per encoder frame
+    LAYERS = {4: ((3, 2), (3, 2)), 6: ((3, 2), (5, 3)), 8: ((3, 2), (3, 2), (3, 2))}  # (kernel, stride) each
 
-    def __init__(self, n_mels: int, channels: int, d_model: int):
+    def __init__(self, n_mels: int, channels: int, d_model: int, factor: int = 4):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.GELU(), nn.Conv2d(channels, channels, 3, 2), nn.GELU())
-        self.proj = nn.Linear(channels * (((n_mels - 1) // 2 - 1) // 2), d_model)
+        self.factor = factor  # feature frames per encoder frame
+        layers: list[nn.Module] = []
+        for i, (kernel, stride) in enumerate(self.LAYERS[factor]):
+            layers += [nn.Conv2d(1 if i == 0 else channels, channels, kernel, stride), nn.GELU()]
+        self.conv = nn.Sequential(*layers)
+        self.proj = nn.Linear(channels * int(self._reduce(torch.tensor(n_mels))), d_model)
+        self.min_frames = next(n for n in range(1, 64) if self._reduce(torch.tensor(n)) >= 1)
 
-    @staticmethod
-    def output_lengths(lengths: Tensor) -> Tensor:
-        return (((lengths - 1) // 2 - 1) // 2).clamp(min=0)
+    def _reduce(self, lengths: Tensor) -> Tensor:
+        for kernel, stride in self.LAYERS[self.factor]:
+            lengths = (lengths - kernel) // stride + 1
+        return lengths
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return self._reduce(lengths).clamp(min=0)
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        if feats.shape[1] < 7:  # the two convolutions need at least 7 frames
-            feats = F.pad(feats, (0, 0, 0, 7 - feats.shape[1]))
+        if feats.shape[1] < self.min_frames:  # the convolutions need at least this many frames
+            feats = F.pad(feats, (0, 0, 0, self.min_frames - feats.shape[1]))
         x = self.conv(feats[:, None])  # (B, C, S, n_mels')
         x = self.proj(x.transpose(1, 2).flatten(2))
         return x, self.output_lengths(lengths)
+
+
+class StackSubsampling(nn.Module):
+    """Frame stacking: each `factor` consecutive feature frames, concatenated, through one linear layer
+    (a fraction of the conv2d stem's cost). `(B, F, n_mels)` -> `(B, S, D)`, S = F // factor; the
+    incomplete last group is dropped, so a valid output frame never sees padded input frames."""
+
+    def __init__(self, n_mels: int, d_model: int, factor: int = 4):
+        super().__init__()
+        self.factor = factor
+        self.proj = nn.Linear(n_mels * factor, d_model)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return lengths // self.factor
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        B, T, M = feats.shape
+        S = max(1, T // self.factor)
+        if T < self.factor:
+            feats = F.pad(feats, (0, 0, 0, self.factor - T))
+        x = feats[:, : S * self.factor].reshape(B, S, self.factor * M)
+        return self.proj(x), self.output_lengths(lengths)
 
 
 class Conv1dSubsampling(nn.Module):
@@ -231,7 +297,10 @@ class Encoder(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.subsampling = (Conv1dSubsampling(c.n_mels, c.d_model) if c.subsampling == "conv1d" else
-                            ConvSubsampling(c.n_mels, c.subsampling_channels or c.d_model, c.d_model))
+                            StackSubsampling(c.n_mels, c.d_model, c.subsampling_factor) if c.subsampling == "stack"
+                            else ConvSubsampling(c.n_mels, c.subsampling_channels or c.d_model, c.d_model,
+                                                 c.subsampling_factor))
+        self.intermediate_layer = c.intermediate_ctc_layer
         self.positions = Positions(c.encoder_positions, c.max_source_positions, c.d_model)
         self.scale = math.sqrt(c.d_model) if c.scale_embeddings else 1.0
         self.drop = nn.Dropout(c.dropout)
@@ -240,12 +309,20 @@ class Encoder(nn.Module):
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """feats `(B, F, n_mels)`, lengths `(B,)` -> encoder states `(B, S, D)`, lengths `(B,)`."""
+        x, lengths, _ = self.forward_with_intermediate(feats, lengths)
+        return x, lengths
+
+    def forward_with_intermediate(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """As `forward`, plus the (final-normed) output of block `intermediate_ctc_layer` (None when 0)."""
         x, lengths = self.subsampling(feats, lengths)
         x = self.drop(x * self.scale + self.positions(x.shape[1]).to(x))
         mask = padding_mask(lengths, x.shape[1])[:, None, None, :]
-        for block in self.blocks:
+        intermediate = None
+        for i, block in enumerate(self.blocks, 1):
             x = block(x, mask)
-        return self.norm(x), lengths
+            if i == self.intermediate_layer:
+                intermediate = self.norm(x)
+        return self.norm(x), lengths, intermediate
 
 
 class Decoder(nn.Module):
@@ -315,6 +392,23 @@ class SpeechTransformer(nn.Module):
     def encoder_frame_seconds(self) -> float:
         return self.encoder.subsampling.factor * HOP_LENGTH / SAMPLE_RATE
 
+    @property
+    def encoder_frame_offset(self) -> float:
+        """Start of encoder frame 0, in seconds: frame s spans [offset + s x frame, offset + (s + 1) x frame),
+        centred on the feature frames it sees, so word times follow the stem and the front end."""
+        sub = self.encoder.subsampling
+        if isinstance(sub, ConvSubsampling):  # unpadded convolutions: the receptive field's middle
+            field, stride = 1, 1
+            for kernel, s in sub.LAYERS[sub.factor]:
+                field, stride = field + (kernel - 1) * stride, stride * s
+            centre = (field - 1) / 2
+        elif isinstance(sub, StackSubsampling):
+            centre = (sub.factor - 1) / 2
+        else:  # Whisper's padded conv1d stem keeps frame centres
+            centre = 0.0
+        first = 0.0 if self.config.frontend == "whisper" else N_FFT / 2 / SAMPLE_RATE  # a non-centred STFT frame
+        return first + centre * HOP_LENGTH / SAMPLE_RATE - self.encoder_frame_seconds / 2
+
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(feats, lengths)
 
@@ -326,17 +420,21 @@ class SpeechTransformer(nn.Module):
 
     def forward(self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
                 ctc_weight: float = 0.3, label_smoothing: float = 0.1,
-                prompt: tuple[int, ...] = (SOS_EOS_ID,), eos: int = SOS_EOS_ID) -> Loss:
+                prompt: tuple[int, ...] = (SOS_EOS_ID,), eos: int = SOS_EOS_ID,
+                intermediate_ctc_weight: float = 0.0) -> Loss:
         """Joint loss. targets `(B, L)` token ids (no prompt/eos), padded with anything past target_lengths.
 
-        The decoder reads `prompt` + targets and must predict targets + eos.
+        The decoder reads `prompt` + targets and must predict targets + eos. With `intermediate_ctc_layer`
+        set, the CTC term is (1 - w) x CTC(last layer) + w x CTC(that layer), w = `intermediate_ctc_weight`.
         """
-        memory, memory_lengths = self.encode(feats, feat_lengths)
+        memory, memory_lengths, intermediate = self.encoder.forward_with_intermediate(feats, feat_lengths)
         B, L = targets.shape
         valid = padding_mask(target_lengths, L)
         if ctc_weight > 0:
-            ctc = F.ctc_loss(self.ctc_log_probs(memory).transpose(0, 1), targets.masked_fill(~valid, 0),
-                             memory_lengths, target_lengths, blank=BLANK_ID, reduction="sum", zero_infinity=True) / B
+            ctc = self._ctc_loss(memory, memory_lengths, targets.masked_fill(~valid, 0), target_lengths)
+            if intermediate is not None and intermediate_ctc_weight > 0:
+                inter = self._ctc_loss(intermediate, memory_lengths, targets.masked_fill(~valid, 0), target_lengths)
+                ctc = (1 - intermediate_ctc_weight) * ctc + intermediate_ctc_weight * inter
         else:
             ctc = memory.new_zeros(())
         start = torch.tensor(prompt, dtype=targets.dtype, device=targets.device).expand(B, len(prompt))
@@ -350,3 +448,8 @@ class SpeechTransformer(nn.Module):
                                     label_smoothing=label_smoothing, reduction="sum") / B
         return Loss(ctc_weight * ctc + (1 - ctc_weight) * attention, ctc.detach(), attention.detach(),
                     int(target_lengths.sum()) + B)
+
+    def _ctc_loss(self, memory: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """Summed CTC loss over the batch, divided by the batch size."""
+        return F.ctc_loss(self.ctc_log_probs(memory).transpose(0, 1), targets, lengths, target_lengths,
+                          blank=BLANK_ID, reduction="sum", zero_infinity=True) / targets.shape[0]
