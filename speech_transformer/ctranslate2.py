@@ -32,11 +32,14 @@ openai `.pt` files take.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
@@ -312,6 +315,34 @@ class FasterWhisperFolder:
 
     def __str__(self) -> str:
         return str(self.model_files[0] if len(self.model_files) == 1 else self.directory)
+
+    def materialize(self, root: str | os.PathLike) -> Path:
+        """A real folder with one model.bin (what ctranslate2 loads): this one, or the parts concatenated once
+        into `root`/<hash of the parts>, written to a temp folder first and then renamed into place."""
+        if len(self.model_files) == 1 and self.model_files[0].name == "model.bin":
+            return self.directory
+        key = ":".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in self.model_files)
+        target = Path(root) / hashlib.sha256(key.encode()).hexdigest()[:12]
+        if (target / "model.bin").is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            with open(tmp / "model.bin", "wb") as out:
+                for part in self.model_files:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+            for name in ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json",
+                         "preprocessor_config.json"):
+                if (self.directory / name).is_file():
+                    shutil.copyfile(self.directory / name, tmp / name)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "model.bin").is_file():
+                raise
+        return target
 
     def config(self) -> dict:
         """config.json (suppress_ids, suppress_ids_begin, lang_ids, alignment_heads), {} when absent."""

@@ -14,6 +14,8 @@ Adapters:
   cmd:NAME=COMMAND                a shell command with {audio} in it, e.g. "cmd:whisper=whisper-cli {audio}"
   model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); options beam, ctc, method, lm, device, name
   default[,beam=N,ctc=W,...]      the embedded default model
+  faster-whisper:DIR[,beam=N,compute=int8|float32,threads=N,name=S]
+                                  faster-whisper (CTranslate2) on a model folder, or an installed name (base)
 """
 
 from __future__ import annotations
@@ -226,8 +228,88 @@ def parse_system(spec: str) -> System:
         return SpeechTransformerSystem(model_dir, **_model_options(parts, spec))
     if spec == "default" or spec.startswith("default,"):
         return default_model_system(**_model_options(spec.split(",")[1:], spec))
-    raise ValueError(f"unknown system {spec!r} (expected pocketsphinx, cmd:NAME=COMMAND, model:DIR[,opts] "
-                     "or default[,opts])")
+    if spec.startswith("faster-whisper:"):
+        return _faster_whisper_system(spec)
+    raise ValueError(f"unknown system {spec!r} (expected pocketsphinx, cmd:NAME=COMMAND, model:DIR[,opts], "
+                     "default[,opts] or faster-whisper:DIR[,opts])")
+
+
+class FasterWhisperSystem(System):
+    """faster-whisper (CTranslate2) on a model folder, or on an installed copy named like `whisper:NAME` (base).
+
+    Decoding as close to ours as faster-whisper allows: English, temperature 0 only (no fallback), no
+    timestamps, no conditioning on previous text, one utterance per call; its own suppression of non-speech
+    symbols (`suppress_tokens=[-1]`) and blank-at-start are kept as faster-whisper does them.
+    """
+
+    def __init__(self, model: str, beam_size: int = 5, compute_type: str = "int8", name: str | None = None,
+                 threads: int | None = None, language: str = "en"):
+        if compute_type not in ("int8", "float32", "int8_float32", "float16", "int16", "default"):
+            raise ValueError(f"faster-whisper compute type {compute_type!r}: expected int8 or float32")
+        self.model, self.beam_size, self.compute_type = model, int(beam_size), compute_type
+        self.threads, self.language = threads, language
+        self.name = name or f"faster-whisper:{Path(model).name}(beam={beam_size},{compute_type})"
+        self._model = None
+
+    def model_dir(self) -> Path:
+        """The folder ctranslate2 loads: `model` itself, or an installed copy concatenated into the cache."""
+        from speech_transformer.ctranslate2 import FasterWhisperFolder
+        from speech_transformer.whisper import cache_dir, installed_folder
+
+        path = Path(self.model).expanduser()
+        if path.is_dir():
+            return FasterWhisperFolder.at(path).materialize(cache_dir() / "faster-whisper")
+        folder, looked = installed_folder(self.model)
+        if folder is None:
+            raise FileNotFoundError(f"faster-whisper:{self.model}: not a folder, and no installed copy "
+                                    f"(looked in: {'; '.join(looked)})")
+        return folder.materialize(cache_dir() / "faster-whisper")
+
+    def load(self) -> None:
+        if self._model is None:
+            import torch
+            from faster_whisper import WhisperModel
+
+            threads = self.threads or torch.get_num_threads()
+            self._model = WhisperModel(str(self.model_dir()), device="cpu", compute_type=self.compute_type,
+                                       cpu_threads=threads, num_workers=1)
+
+    def transcribe(self, waveforms: Sequence[np.ndarray]) -> list[str]:
+        self.load()
+        out = []
+        for wave in waveforms:
+            segments, _ = self._model.transcribe(
+                np.asarray(wave, dtype=np.float32), language=self.language, beam_size=self.beam_size,
+                temperature=0.0, without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
+            out.append("".join(s.text for s in segments).strip())
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "model": str(self.model), "beam_size": self.beam_size,
+                "compute_type": self.compute_type, "language": self.language,
+                "version": _version("faster-whisper"), "ctranslate2": _version("ctranslate2")}
+
+
+_FASTER_WHISPER_KEYS = {"beam": ("beam_size", int), "compute": ("compute_type", str), "name": ("name", str),
+                        "threads": ("threads", int), "language": ("language", str)}
+
+
+def _faster_whisper_system(spec: str) -> FasterWhisperSystem:
+    model, *parts = spec[len("faster-whisper:"):].split(",")
+    if not model:
+        raise ValueError(f"bad faster-whisper system {spec!r}: expected faster-whisper:DIR[,beam=N,compute=int8]")
+    options = {}
+    for part in parts:
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or key not in _FASTER_WHISPER_KEYS:
+            raise ValueError(f"bad faster-whisper option {part!r} in {spec!r} "
+                             f"(known: {', '.join(sorted(_FASTER_WHISPER_KEYS))})")
+        name, kind = _FASTER_WHISPER_KEYS[key]
+        try:
+            options[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"bad value for {key} in {spec!r}: {value!r}") from None
+    return FasterWhisperSystem(model, **options)
 
 
 def _version(package: str) -> str | None:
