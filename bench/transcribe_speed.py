@@ -63,7 +63,7 @@ def child(system: str, inputs: list[str], model: str | None, threads: int) -> di
     if system == "pocketsphinx":
         audio_seconds, failed = pocketsphinx_over_vad(inputs)
     else:
-        from speech_transformer import transcribe
+        from speech_transformer import transcribe_cli as transcribe
 
         with tempfile.TemporaryDirectory() as out:
             argv = [*inputs, "-o", out, "--format", "json", "--no-progress", "--device", "cpu"]
@@ -82,7 +82,8 @@ def pocketsphinx_over_vad(inputs: list[str]) -> tuple[float, int]:
     from pocketsphinx import Decoder
 
     from speech_transformer.audio import SAMPLE_RATE
-    from speech_transformer.transcribe import FileSource, cut_chunks, find_speech
+    from speech_transformer.sources import FileSource, cut_chunks
+    from speech_transformer.transcribe import find_speech
     from speech_transformer.vad import SileroVad
 
     decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
@@ -103,7 +104,7 @@ def pocketsphinx_over_vad(inputs: list[str]) -> tuple[float, int]:
 
 
 def expand(inputs: list[str]) -> list[str]:
-    from speech_transformer.transcribe import expand_inputs
+    from speech_transformer.sources import expand_inputs
 
     return [str(f.path) for f in expand_inputs(inputs)[0]]
 

@@ -23,6 +23,8 @@ N_FFT = 400  # 25 ms analysis window
 HOP_LENGTH = 160  # 10 ms between frames
 N_MELS = 80
 MIN_INPUT_RATE = 4_000  # below this there is no speech band left to recognise
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".sph", ".aif", ".aiff", ".au", ".caf",
+                    ".w64", ".m4a", ".aac", ".wma", ".webm")  # what folder inputs and corpora are searched for
 
 AudioSource = Union[str, os.PathLike, bytes, np.ndarray, torch.Tensor, tuple]
 

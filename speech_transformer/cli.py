@@ -9,7 +9,11 @@
     speech-transformer transcribe PATHS -o OUT      batch transcription: txt, json, srt, vtt, tsv
     speech-transformer evaluate --data M            WER benchmark, side by side with peer systems
     speech-transformer demo [--model DIR]           the Gradio voice demo on 127.0.0.1:7860 (= python app.py)
-    speech-transformer whisper SRC -o DIR           import OpenAI Whisper weights (.pt or Hugging Face folder)
+    speech-transformer whisper SRC -o DIR           import Whisper weights (.pt, Hugging Face or faster-whisper folder)
+
+Exit codes, the same in every subcommand (`speech_transformer.exitcodes`): 0 done; 1 some inputs failed
+(each reported with its reason, the others done and written) or the work failed; 2 usage error (bad
+arguments, or a model, manifest or config that cannot be used: nothing was done); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 # subcommands implemented by a module's own `main(argv)`
 DELEGATED = {"train": "speech_transformer.train", "evaluate": "speech_transformer.evaluate",
              "download": "speech_transformer.download", "demo": "speech_transformer.demo",
-             "transcribe": "speech_transformer.transcribe", "whisper": "speech_transformer.whisper"}
+             "transcribe": "speech_transformer.transcribe_cli", "whisper": "speech_transformer.whisper"}
 
 
 def presets(argv: list[str]) -> int:

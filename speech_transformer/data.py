@@ -21,13 +21,18 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from speech_transformer.audio import SAMPLE_RATE, AudioError, info, load_audio
+from speech_transformer.audio import (
+    AUDIO_EXTENSIONS,
+    SAMPLE_RATE,
+    AudioError,
+    info,
+    load_audio,
+)
 from speech_transformer.files import atomic_path, atomic_write
 from speech_transformer.text import normalize_transcript
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".flac", ".wav", ".opus", ".ogg", ".mp3", ".sph")
 DATA_DIR_ENV = "SPEECH_TRANSFORMER_DATA"  # where ../shared/data-style corpora live
 
 
@@ -48,15 +53,18 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def read_manifest(path: str | os.PathLike) -> list[Utterance]:
-    """Utterances of a TSV, JSONL, or LibriSpeech-layout folder, in file order."""
+def read_manifest(path: str | os.PathLike, require_text: bool = True) -> list[Utterance]:
+    """Utterances of a TSV, JSONL, or LibriSpeech-layout folder, in file order (audio paths made absolute).
+
+    Without `require_text`, a manifest of audio only (a TSV with just an `audio` column) is fine too.
+    """
     path = Path(path)
     if path.is_dir():
         return read_librispeech_dir(path)
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     if path.suffix in (".tsv", ".txt", ".csv"):
-        return _read_tsv(path)
+        return _read_tsv(path, require_text)
     raise ValueError(f"{path}: unknown manifest type (expected .tsv, .jsonl or a LibriSpeech folder)")
 
 
@@ -73,17 +81,17 @@ def speaker_from_id(utt_id: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _read_tsv(path: Path) -> list[Utterance]:
+def _read_tsv(path: Path, require_text: bool = True) -> list[Utterance]:
     out = []
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {"audio", "text"} - set(reader.fieldnames or [])
+        missing = {"audio", "text"} - set(reader.fieldnames or []) - (set() if require_text else {"text"})
         if missing:
             raise ValueError(f"{path}: TSV header lacks column(s) {sorted(missing)}")
         for row in reader:
             audio = (path.parent / row["audio"]).resolve()
             uid = Path(row["audio"]).stem
-            out.append(Utterance(uid, str(audio), float(row.get("duration_s") or 0.0), row["text"],
+            out.append(Utterance(uid, str(audio), float(row.get("duration_s") or 0.0), row.get("text") or "",
                                  row.get("speaker") or speaker_from_id(uid)))
     return out
 

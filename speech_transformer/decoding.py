@@ -1,14 +1,21 @@
-"""Decoding: encoder states -> token sequences.
+"""Decoding: encoder states -> token sequences, built from small pieces.
 
-Three searches share one set of options: CTC greedy (`method="ctc"`), batched greedy attention
-decoding (`beam_size=1`) and batched beam search whose scores join the decoder's log-probabilities
-with CTC prefix scores (Watanabe et al., 2017, as in ESPnet). Every search ends: at <eos>, at a
-maximum length tied to the input length, or when the loop guard sees an n-gram repeating.
+Searches (`DecodingOptions.method`):
+- "ctc": CTC greedy (best path of the CTC head);
+- "attention": the decoder writes the text. `beam_size=1` with no extra scorer is batched greedy decoding;
+  otherwise batched beam search, whose scores add weighted `Scorer`s to the decoder's log-probabilities:
+  the CTC prefix score (`ctc_weight`, Watanabe et al., 2017, as in ESPnet) and an external LM (`lm_weight`);
+- "lexicon": word-level CTC beam search over a lexicon with a word n-gram LM (`speech_transformer.lexicon`).
+
+Both attention searches share the pieces: `LogitFilter`s (tokens never emitted), `Limits` (a maximum length
+tied to the input length, and the loop guard that ends a hypothesis repeating an n-gram) and `<eos>` handling.
+Every search ends.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -16,27 +23,63 @@ from torch import Tensor
 from speech_transformer.tokenizer import SpecialTokens
 
 NEG_INF = float("-inf")
+METHODS = ("attention", "ctc", "lexicon")
 
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    method: str = "attention"  # "attention" (greedy or beam) or "ctc" (CTC greedy)
+    method: str = "attention"  # "attention" (greedy or beam), "ctc" (CTC greedy) or "lexicon" (words + LM)
     beam_size: int = 1
-    ctc_weight: float = 0.3  # share of the CTC prefix score in beam search; 0 = attention only
+    ctc_weight: float = 0.0  # share of the CTC prefix score in beam search; 0 = attention only
     length_penalty: float = 1.0  # hypotheses are ranked by score / length**length_penalty
-    max_tokens_per_frame: float = 0.5  # max output length = this x encoder frames (40 ms each)
+    max_tokens_per_frame: float = 0.5  # max output length = this x encoder frames
     max_length: int = 448
     max_repeats: int = 4  # loop guard: an n-gram may repeat at most this many times in a row
     pre_beam_ratio: float = 1.5  # candidates scored by CTC per hypothesis = ratio x beam
-    lm_weight: float = 0.0  # shallow fusion: weight of an external LM's log-probability in beam search
+    lm_weight: float = 0.0  # weight of an external LM: token LM in beam search, word LM in "lexicon"
+    word_score: float = 0.0  # "lexicon": bonus per word
+    rescore_weight: float = 0.0  # "lexicon": weight of the attention decoder when re-ranking the n-best list
 
     def __post_init__(self):
-        if self.method not in ("attention", "ctc"):
-            raise ValueError(f"unknown decoding method {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown decoding method {self.method!r} (known: {', '.join(METHODS)})")
         if self.beam_size < 1:
             raise ValueError("beam_size must be >= 1")
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError("ctc_weight must be in [0, 1]")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.method == "attention" and self.beam_size == 1 and self.ctc_weight == 0.0 and self.lm_weight == 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the fields that differ from the defaults (what a model directory stores)."""
+        default = DecodingOptions()
+        return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "DecodingOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d or {}) - known
+        if unknown:
+            raise ValueError(f"unknown decoding option(s) {sorted(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**(d or {}))
+
+    def override(self, **changes: Any) -> "DecodingOptions":
+        """These options with the fields given (not None) changed: a flag overrides one field, not all."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> str:
+        if self.method == "ctc":
+            return "CTC greedy"
+        if self.method == "lexicon":
+            return (f"lexicon beam {self.beam_size}, LM weight {self.lm_weight:g}, word score {self.word_score:g}"
+                    + (f", rescored by attention x{self.rescore_weight:g}" if self.rescore_weight else ""))
+        if self.is_greedy:
+            return "greedy"
+        extra = "".join(f", {name} {w:g}" for name, w in (("CTC weight", self.ctc_weight), ("LM weight", self.lm_weight))
+                        if w)
+        return f"beam {self.beam_size}{extra}"
 
 
 @dataclass
@@ -48,8 +91,21 @@ class Hypothesis:
         return self.score / max(1, len(self.tokens) + 1) ** length_penalty
 
 
-def max_lengths(memory_lengths: Tensor, options: DecodingOptions) -> list[int]:
-    return [min(options.max_length, max(1, int(n * options.max_tokens_per_frame))) for n in memory_lengths.tolist()]
+# --- pieces every attention search shares ----------------------------------------------------------------
+
+class LogitFilter(Protocol):
+    def apply(self, log_probs: Tensor, sequences: Sequence[list[int]]) -> None:
+        """Change next-token log-probabilities `(N, V)` of N hypotheses in place."""
+
+
+class SuppressTokens:
+    """Tokens the decoder never emits (the CTC blank; Whisper's special and timestamp tokens)."""
+
+    def __init__(self, ids: Sequence[int], device: torch.device):
+        self.ids = torch.tensor(list(ids), dtype=torch.long, device=device)
+
+    def apply(self, log_probs: Tensor, sequences: Sequence[list[int]]) -> None:
+        log_probs.index_fill_(1, self.ids, NEG_INF)
 
 
 def repeats_too_often(tokens: list[int], max_repeats: int, max_ngram: int = 8) -> bool:
@@ -64,51 +120,63 @@ def repeats_too_often(tokens: list[int], max_repeats: int, max_ngram: int = 8) -
     return False
 
 
-def ctc_greedy_search(ctc_log_probs: Tensor, lengths: Tensor, blank: int = SpecialTokens.blank) -> list[Hypothesis]:
-    """Best path: argmax per frame, merge repeats, drop blanks. ctc_log_probs `(B, S, V)`."""
-    best, ids = ctc_log_probs.max(-1)
-    out = []
-    for b, n in enumerate(lengths.tolist()):
-        path = torch.unique_consecutive(ids[b, :n]).tolist()
-        out.append(Hypothesis([t for t in path if t != blank], float(best[b, :n].sum())))
-    return out
+def max_lengths(memory_lengths: Tensor, options: DecodingOptions) -> list[int]:
+    return [min(options.max_length, max(1, int(n * options.max_tokens_per_frame))) for n in memory_lengths.tolist()]
 
 
-@torch.no_grad()
-def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
-                  special: SpecialTokens = SpecialTokens()) -> list[Hypothesis]:
-    """Batched greedy attention decoding with a KV cache. memory `(B, S, D)`."""
-    B = memory.shape[0]
-    limits = max_lengths(lengths, options)
-    memory_kv = model.decoder.memory_kv(memory)
-    hyps = [Hypothesis([], 0.0) for _ in range(B)]
-    done = [False] * B
-    tokens = torch.tensor(special.prompt, device=memory.device).expand(B, len(special.prompt))
-    suppress = torch.tensor(special.suppress, dtype=torch.long, device=memory.device)
-    cache = None
-    for step in range(max(limits) + 1):
-        logits, cache = model.decoder(tokens, memory_kv, lengths, cache)
+@dataclass
+class Limits:
+    """When a hypothesis must end: its utterance's length limit, or a loop."""
+
+    lengths: list[int]  # per utterance
+    max_repeats: int
+
+    def out_of_length(self, utterance: int, step: int) -> bool:
+        return step >= self.lengths[utterance]
+
+    def loops(self, tokens: list[int]) -> bool:
+        return repeats_too_often(tokens, self.max_repeats)
+
+
+class AttentionStep:
+    """The decoder as a step function over N running hypotheses: tokens in, filtered log-probabilities out."""
+
+    def __init__(self, model, memory: Tensor, lengths: Tensor, special: SpecialTokens, filters: list[LogitFilter]):
+        self.model, self.lengths, self.filters = model, lengths, filters
+        self.memory_kv = model.decoder.memory_kv(memory)
+        self.cache = None
+        self.tokens = torch.tensor(special.prompt, device=memory.device).expand(memory.shape[0], len(special.prompt))
+
+    def log_probs(self, sequences: Sequence[list[int]]) -> Tensor:
+        logits, self.cache = self.model.decoder(self.tokens, self.memory_kv, self.lengths, self.cache)
         logp = logits[:, -1].float().log_softmax(-1)
-        logp.index_fill_(1, suppress, NEG_INF)
-        best, next_tokens = logp.max(-1)
-        for b in range(B):
-            if done[b]:
-                continue
-            token = int(next_tokens[b])
-            if step >= limits[b]:
-                done[b] = True
-                continue
-            hyps[b].score += float(best[b])
-            if token == special.eos:
-                done[b] = True
-                continue
-            hyps[b].tokens.append(token)
-            if repeats_too_often(hyps[b].tokens, options.max_repeats):
-                done[b] = True
-        if all(done):
-            break
-        tokens = next_tokens[:, None]
-    return hyps
+        for f in self.filters:
+            f.apply(logp, sequences)
+        return logp
+
+    def advance(self, next_tokens: Tensor, rows: Tensor | None = None) -> None:
+        """Feed `next_tokens` `(N,)`; `rows` `(N,)` says which hypothesis each new one extends (beam search)."""
+        if rows is not None:
+            self.cache = [(k[rows], v[rows]) for k, v in self.cache]
+        self.tokens = next_tokens[:, None]
+
+
+def default_filters(special: SpecialTokens, device: torch.device) -> list[LogitFilter]:
+    return [SuppressTokens(special.suppress, device)]
+
+
+# --- scorers that beam search adds to the decoder's log-probabilities ------------------------------------
+
+class Scorer(Protocol):
+    """A weighted score of extending each of N hypotheses by K candidate tokens (ESPnet's partial scorer)."""
+
+    weight: float
+
+    def score(self, sequences: Sequence[list[int]], candidates: Tensor) -> Tensor:
+        """candidates `(N, K)` -> the score each extension adds `(N, K)`."""
+
+    def select(self, rows: Tensor, columns: Tensor) -> None:
+        """Keep, for new hypothesis i, the extension (rows[i], columns[i]) of the last `score` call."""
 
 
 class CTCPrefixScorer:
@@ -160,78 +228,190 @@ class CTCPrefixScorer:
         self.last = candidates[rows, columns]
 
 
-@torch.no_grad()
-def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
-                special: SpecialTokens = SpecialTokens(), lm=None) -> list[Hypothesis]:
-    """Batched beam search over B utterances x W hypotheses with joint CTC/attention scores."""
-    B, W, V = memory.shape[0], options.beam_size, model.config.vocab_size
-    N, device = B * W, memory.device
-    limits = max_lengths(lengths, options)
-    memory_lengths = lengths.repeat_interleave(W)
-    memory_kv = model.decoder.memory_kv(memory.repeat_interleave(W, dim=0))
-    lam = options.ctc_weight
-    ctc = CTCPrefixScorer(model.ctc_log_probs(memory).repeat_interleave(W, dim=0), memory_lengths, special.blank,
-                          special.eos) if lam > 0 else None
-    # pre-beam: the CTC prefix score is computed only for the decoder's top K tokens (all tokens when
-    # the decoder's scores do not count, as in ESPnet)
-    K = W if ctc is None else V - 1 if lam == 1.0 else min(V - 1, max(W, int(options.pre_beam_ratio * W)))
+class CTCScorer:
+    """The CTC prefix score as a beam-search Scorer: log p_ctc(h + c) - log p_ctc(h)."""
 
-    scores = torch.full((B, W), NEG_INF, device=device)
-    scores[:, 0] = 0.0  # one live hypothesis per utterance to start with
-    scores = scores.flatten()
-    sequences: list[list[int]] = [[] for _ in range(N)]
-    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    def __init__(self, weight: float, log_probs: Tensor, lengths: Tensor, special: SpecialTokens):
+        self.weight = weight
+        self.prefix = CTCPrefixScorer(log_probs, lengths, special.blank, special.eos)
+        self._last: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def score(self, sequences: Sequence[list[int]], candidates: Tensor) -> Tensor:
+        psi, r = self.prefix.extend(candidates)
+        self._last = (candidates, psi, r)
+        return psi - self.prefix.score[:, None]
+
+    def select(self, rows: Tensor, columns: Tensor) -> None:
+        candidates, psi, r = self._last
+        self.prefix.select(rows, columns, candidates, psi, r)
+
+
+class LMScorer:
+    """Shallow fusion with a token LM that has `log_probs(sequences, candidates) -> (N, K)` (`lm.NgramLM`)."""
+
+    def __init__(self, weight: float, lm):
+        self.weight, self.lm = weight, lm
+
+    def score(self, sequences: Sequence[list[int]], candidates: Tensor) -> Tensor:
+        return self.lm.log_probs(sequences, candidates)
+
+    def select(self, rows: Tensor, columns: Tensor) -> None:
+        pass  # stateless: the sequences carry the history
+
+
+# --- the searches ---------------------------------------------------------------------------------------
+
+def ctc_greedy_search(ctc_log_probs: Tensor, lengths: Tensor, blank: int = SpecialTokens.blank) -> list[Hypothesis]:
+    """Best path: argmax per frame, merge repeats, drop blanks. ctc_log_probs `(B, S, V)`."""
+    best, ids = ctc_log_probs.max(-1)
+    out = []
+    for b, n in enumerate(lengths.tolist()):
+        path = torch.unique_consecutive(ids[b, :n]).tolist()
+        out.append(Hypothesis([t for t in path if t != blank], float(best[b, :n].sum())))
+    return out
+
+
+@torch.no_grad()
+def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
+                  special: SpecialTokens = SpecialTokens(), filters: list[LogitFilter] | None = None
+                  ) -> list[Hypothesis]:
+    """Batched greedy attention decoding with a KV cache. memory `(B, S, D)`."""
+    B = memory.shape[0]
+    limits = Limits(max_lengths(lengths, options), options.max_repeats)
+    step_fn = AttentionStep(model, memory, lengths, special,
+                            default_filters(special, memory.device) if filters is None else filters)
+    hyps = [Hypothesis([], 0.0) for _ in range(B)]
     done = [False] * B
-    tokens = torch.tensor(special.prompt, device=device).expand(N, len(special.prompt))
-    suppress = torch.tensor(special.suppress, dtype=torch.long, device=memory.device)
-    cache = None
-    for step in range(max(limits) + 1):
+    for step in range(max(limits.lengths) + 1):
+        best, next_tokens = step_fn.log_probs([h.tokens for h in hyps]).max(-1)
         for b in range(B):
-            if not done[b] and step >= limits[b]:  # out of length: running hypotheses end here
-                finished[b] += [Hypothesis(sequences[b * W + w], float(scores[b * W + w]))
-                                for w in range(W) if scores[b * W + w] > NEG_INF]
+            if done[b]:
+                continue
+            if limits.out_of_length(b, step):
                 done[b] = True
+                continue
+            hyps[b].score += float(best[b])
+            token = int(next_tokens[b])
+            if token == special.eos:
+                done[b] = True
+                continue
+            hyps[b].tokens.append(token)
+            done[b] = limits.loops(hyps[b].tokens)
         if all(done):
             break
-        logits, cache = model.decoder(tokens, memory_kv, memory_lengths, cache)
-        att = logits[:, -1].float().log_softmax(-1)
-        att.index_fill_(1, suppress, NEG_INF)
-        att_top, candidates = att.topk(K, dim=-1)  # (N, K)
-        if ctc is not None:
-            psi, r = ctc.extend(candidates)
-            joint = (1 - lam) * att_top + lam * (psi - ctc.score[:, None])
-        else:
-            joint = att_top
-        if lm is not None and options.lm_weight > 0:  # shallow fusion with e.g. `lm.NgramLM`
-            joint = joint + options.lm_weight * lm.log_probs(sequences, candidates)
-        total = (scores[:, None] + joint).view(B, W * K)
-        done_mask = torch.tensor(done, device=device)[:, None]
-        total = total.masked_fill(done_mask, NEG_INF)
-        best, flat = total.topk(W, dim=-1)  # (B, W)
-        rows = (torch.arange(B, device=device)[:, None] * W + flat // K).flatten()
-        columns = (flat % K).flatten()
-        new_tokens = candidates[rows, columns]
-        scores = best.flatten().clone()
-        new_sequences = []
-        for i, (row, token) in enumerate(zip(rows.tolist(), new_tokens.tolist())):
-            b = i // W
-            seq = sequences[row] if token == special.eos else sequences[row] + [token]
-            new_sequences.append(seq)
-            if scores[i] == NEG_INF or done[b]:
-                continue
-            if token == special.eos or repeats_too_often(seq, options.max_repeats):
-                finished[b].append(Hypothesis(seq, float(scores[i])))
-                scores[i] = NEG_INF
-        sequences = new_sequences
+        step_fn.advance(next_tokens)
+    return hyps
+
+
+def pre_beam_size(options: DecodingOptions, vocab_size: int, scorers: list[Scorer]) -> int:
+    """Candidates per hypothesis that the scorers see: the decoder's top K (all tokens when only CTC counts)."""
+    if not any(isinstance(s, CTCScorer) for s in scorers):
+        return options.beam_size
+    if options.ctc_weight == 1.0:
+        return vocab_size - 1
+    return min(vocab_size - 1, max(options.beam_size, int(options.pre_beam_ratio * options.beam_size)))
+
+
+@dataclass
+class Beams:
+    """B utterances x W hypotheses, flattened to N = B*W rows."""
+
+    W: int
+    scores: Tensor  # (N,) running joint scores; -inf: no live hypothesis in that row
+    sequences: list[list[int]]
+    finished: list[list[Hypothesis]]
+    done: list[bool]
+
+    @classmethod
+    def start(cls, B: int, W: int, device: torch.device) -> "Beams":
+        scores = torch.full((B, W), NEG_INF, device=device)
+        scores[:, 0] = 0.0  # one live hypothesis per utterance to start with
+        return cls(W, scores.flatten(), [[] for _ in range(B * W)], [[] for _ in range(B)], [False] * B)
+
+    def end_running(self, b: int) -> None:
+        """Utterance b is out of length: its running hypotheses end here."""
+        W = self.W
+        self.finished[b] += [Hypothesis(self.sequences[b * W + w], float(self.scores[b * W + w]))
+                             for w in range(W) if self.scores[b * W + w] > NEG_INF]
+        self.done[b] = True
+
+    def best(self, length_penalty: float) -> list[Hypothesis]:
+        return [max(f, key=lambda h: h.normalized(length_penalty)) if f else Hypothesis([], NEG_INF)
+                for f in self.finished]
+
+
+def _keep_best(beams: Beams, total: Tensor, candidates: Tensor, special: SpecialTokens,
+               limits: Limits) -> tuple[Tensor, Tensor, Tensor]:
+    """Choose W extensions per utterance out of total `(N, K)`; move ended ones to `finished`.
+
+    Returns rows, columns (which hypothesis and candidate each new one extends) and the new tokens `(N,)`.
+    """
+    B, W, K = len(beams.done), beams.W, candidates.shape[1]
+    total = total.view(B, W * K).masked_fill(torch.tensor(beams.done, device=total.device)[:, None], NEG_INF)
+    best, flat = total.topk(W, dim=-1)  # (B, W)
+    rows = (torch.arange(B, device=total.device)[:, None] * W + flat // K).flatten()
+    columns = (flat % K).flatten()
+    new_tokens = candidates[rows, columns]
+    beams.scores = best.flatten().clone()
+    sequences = []
+    for i, (row, token) in enumerate(zip(rows.tolist(), new_tokens.tolist())):
+        b = i // W
+        seq = beams.sequences[row] if token == special.eos else beams.sequences[row] + [token]
+        sequences.append(seq)
+        if beams.scores[i] == NEG_INF or beams.done[b]:
+            continue
+        if token == special.eos or limits.loops(seq):
+            beams.finished[b].append(Hypothesis(seq, float(beams.scores[i])))
+            beams.scores[i] = NEG_INF
+    beams.sequences = sequences
+    for b in range(B):
+        live = (beams.scores[b * W:(b + 1) * W] > NEG_INF).any()
+        beams.done[b] = beams.done[b] or len(beams.finished[b]) >= W or not bool(live)
+    return rows, columns, new_tokens
+
+
+def beam_scorers(model, memory: Tensor, lengths: Tensor, options: DecodingOptions, special: SpecialTokens,
+                 lm=None) -> list[Scorer]:
+    """The weighted scorers that `options` asks for, for B utterances `(B, S, D)` x beam_size hypotheses."""
+    scorers: list[Scorer] = []
+    W = options.beam_size
+    if options.ctc_weight > 0 and model.ctc_head is not None:
+        log_probs = model.ctc_log_probs(memory).repeat_interleave(W, dim=0)
+        scorers.append(CTCScorer(options.ctc_weight, log_probs, lengths.repeat_interleave(W), special))
+    if lm is not None and options.lm_weight > 0:
+        scorers.append(LMScorer(options.lm_weight, lm))
+    return scorers
+
+
+@torch.no_grad()
+def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
+                special: SpecialTokens = SpecialTokens(), lm=None, filters: list[LogitFilter] | None = None
+                ) -> list[Hypothesis]:
+    """Batched beam search over B utterances x W hypotheses: (1 - ctc_weight) x attention + the scorers."""
+    B, W = memory.shape[0], options.beam_size
+    limits = Limits(max_lengths(lengths, options), options.max_repeats)
+    scorers = beam_scorers(model, memory, lengths, options, special, lm)
+    memory, lengths = memory.repeat_interleave(W, dim=0), lengths.repeat_interleave(W)
+    step_fn = AttentionStep(model, memory, lengths, special,
+                            default_filters(special, memory.device) if filters is None else filters)
+    attention_weight = 1.0 - sum(s.weight for s in scorers if isinstance(s, CTCScorer))
+    K = pre_beam_size(options, model.config.vocab_size, scorers)
+    beams = Beams.start(B, W, memory.device)
+    for step in range(max(limits.lengths) + 1):
         for b in range(B):
-            if not done[b] and (len(finished[b]) >= W or not (scores[b * W:(b + 1) * W] > NEG_INF).any()):
-                done[b] = True
-        cache = [(k[rows], v[rows]) for k, v in cache]
-        if ctc is not None:
-            ctc.select(rows, columns, candidates, psi, r)
-        tokens = new_tokens[:, None]
-    return [max(f, key=lambda h: h.normalized(options.length_penalty)) if f else Hypothesis([], NEG_INF)
-            for f in finished]
+            if not beams.done[b] and limits.out_of_length(b, step):
+                beams.end_running(b)
+        if all(beams.done):
+            break
+        att_top, candidates = step_fn.log_probs(beams.sequences).topk(K, dim=-1)  # (N, K)
+        joint = attention_weight * att_top
+        for s in scorers:
+            joint = joint + s.weight * s.score(beams.sequences, candidates)
+        rows, columns, new_tokens = _keep_best(beams, beams.scores[:, None] + joint, candidates, special, limits)
+        for s in scorers:
+            s.select(rows, columns)
+        step_fn.advance(new_tokens, rows)
+    return beams.best(options.length_penalty)
 
 
 @torch.no_grad()
@@ -256,19 +436,33 @@ def sequence_log_probs(model, memory: Tensor, lengths: Tensor, sequences: list[l
     return picked.masked_fill(targets < 0, 0.0).sum(1)
 
 
+class WordSearch(Protocol):
+    """The "lexicon" method's search (`speech_transformer.lexicon`): words from a lexicon, ranked by a word LM."""
+
+    def search(self, model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
+               special: SpecialTokens) -> list[Hypothesis]: ...
+
+
 @torch.no_grad()
 def decode(model, memory: Tensor, lengths: Tensor, options: DecodingOptions = DecodingOptions(),
-           special: SpecialTokens = SpecialTokens(), lm=None) -> list[Hypothesis]:
+           special: SpecialTokens = SpecialTokens(), lm=None, words: WordSearch | None = None) -> list[Hypothesis]:
     """Search chosen by `options`: encoder states `(B, S, D)` and lengths `(B,)` -> one hypothesis each.
 
     `special` (the tokenizer's) says how the decoder starts and ends and which tokens it never emits;
-    `lm` (with `options.lm_weight` > 0) is fused into beam search.
+    `lm` is a token LM that beam search fuses with `options.lm_weight`; `words` the word search of "lexicon".
     A model without a CTC head (an imported Whisper model) decodes on attention scores alone.
     """
-    if model.ctc_head is None and options.ctc_weight > 0 and options.method == "attention":
-        options = replace(options, ctc_weight=0.0)
+    if model.ctc_head is None and options.method in ("ctc", "lexicon"):
+        raise ValueError(f"this model has no CTC head: decoding method {options.method!r} needs one")
     if options.method == "ctc":
         return ctc_greedy_search(model.ctc_log_probs(memory), lengths, special.blank)
-    if options.beam_size == 1 and options.ctc_weight == 0.0 and (lm is None or options.lm_weight == 0.0):
+    if options.method == "lexicon":
+        if words is None:
+            raise ValueError('decoding method "lexicon" needs a lexicon and a word LM (see docs/lexicon.md)')
+        return words.search(model, memory, lengths, options, special)
+    if model.ctc_head is None:
+        options = replace(options, ctc_weight=0.0)
+    scored = options.ctc_weight > 0 or (lm is not None and options.lm_weight > 0)
+    if options.beam_size == 1 and not scored:
         return greedy_search(model, memory, lengths, options, special)
-    return beam_search(model, memory, lengths, options, special, lm)
+    return beam_search(model, memory, lengths, options, special, lm)  # beam 1 with scorers: joint one-best

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from speech_transformer import exitcodes
 from speech_transformer.audio import SAMPLE_RATE, AudioError, info, load_audio
 from speech_transformer.data import Utterance, read_manifest
 from speech_transformer.files import atomic_write
@@ -41,7 +42,7 @@ from speech_transformer.systems import (
     parse_system,
 )
 
-EXIT_OK, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = exitcodes.OK, exitcodes.INPUTS_FAILED, exitcodes.USAGE_ERROR
 DEFAULT_CACHE_DIR = ".evaluate_cache"
 
 
@@ -451,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 outputs: --output report.json also writes report.md and report.html beside it (override with
 --markdown/--html). Transcripts are cached per (system, manifest) in --cache-dir, so a rerun
 continues an interrupted run. RTF = processing seconds / audio seconds.
-exit status: 0 complete, 2 some utterances failed (error rows, excluded from WER), 1 usage error.""")
+exit status: 0 complete, 1 some utterances failed (error rows, excluded from WER), 2 usage error.""")
     p.add_argument("--data", required=True, help="manifest: .tsv (audio, duration_s, text), .jsonl, or a "
                                                  "LibriSpeech-layout folder")
     p.add_argument("--model", action="append", default=[], metavar="DIR",

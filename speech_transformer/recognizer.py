@@ -1,20 +1,35 @@
-"""The recogniser: a loaded model + tokenizer that turns waveforms into text, in batches."""
+"""The recogniser: the one way from waveforms to hypotheses.
+
+A loaded model, its tokenizer and its preferred decoding turn 16 kHz waveforms into `Recognition`s in
+length-sorted padded batches: pad -> front end -> encoder -> decoding (`decoding.decode`), and on request
+what callers need beside the text (token and word times from the one aligner, cross-attention weights),
+so that nobody runs the encoder a second time. `transcribe`, `evaluate`'s systems, the demo and the
+trainer's validation all call it.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from speech_transformer import checkpoint, pretrained
+from speech_transformer.align import (
+    TokenSpan,
+    Word,
+    align_tokens,
+    token_times,
+    words_from_tokens,
+)
 from speech_transformer.audio import SAMPLE_RATE
-from speech_transformer.decoding import DecodingOptions, decode
+from speech_transformer.decoding import DecodingOptions, Hypothesis, decode
 from speech_transformer.features import pad_waveforms
 from speech_transformer.lm import LM_FILE, NgramLM
 from speech_transformer.model import SpeechTransformer
-from speech_transformer.tokenizer import Tokenizer
+from speech_transformer.tokenizer import TextTokenizer
 
 
 @dataclass
@@ -35,33 +50,55 @@ class Recognition:
     text: str
     tokens: list[int]
     score: float  # log-probability (joint score for beam search)
-    avg_logprob: float
+    avg_logprob: float  # per token (+ <eos>) for the decoder's searches, per frame for CTC greedy
+    frames: int = 0  # valid encoder frames
+    spans: list[TokenSpan] | None = None  # with align=True: CTC forced alignment (None: could not align)
+    words: list[Word] = field(default_factory=list)  # with align=True: times in seconds from the waveform's start
+    cross_attention: torch.Tensor | None = None  # with attention=True: `(layers, heads, L + 1, S)`
+
+
+def avg_logprob(h: Hypothesis, frames: int, options: DecodingOptions) -> float:
+    per = max(1, frames) if options.method == "ctc" else len(h.tokens) + 1
+    return h.score / per if math.isfinite(h.score) else h.score
 
 
 class Recognizer:
-    def __init__(self, model: SpeechTransformer, tokenizer: Tokenizer, info: dict | None = None,
-                 lm: NgramLM | None = None):
+    def __init__(self, model: SpeechTransformer, tokenizer: TextTokenizer, info: dict | None = None,
+                 lm: NgramLM | None = None, options: DecodingOptions | None = None, words=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.info = info or {}
-        self.lm = lm  # used by beam search when DecodingOptions.lm_weight > 0
+        self.info = info or {}  # the model directory's config.json
+        self.lm = lm  # token LM fused by beam search when options.lm_weight > 0
+        self.words = words  # the word search of method "lexicon" (speech_transformer.lexicon)
+        self.options = options or DecodingOptions()  # the model's preferred decoding
 
     @classmethod
     def from_dir(cls, name_or_dir: str | os.PathLike | None = None, device: str = "cpu") -> "Recognizer":
-        """Load a model directory, a shipped model's name, or (None) the embedded default model."""
+        """Load a model directory, a shipped model's name, or (None) the embedded default model.
+
+        The preferred decoding is config.json's "decoding" entry (DecodingOptions fields); greedy without one.
+        """
         directory = pretrained.resolve(name_or_dir)
         model, tokenizer, config = checkpoint.load_model(directory, device)
         lm = NgramLM.load(directory / LM_FILE) if (directory / LM_FILE).is_file() else None
-        return cls(model, tokenizer, config, lm)
+        try:
+            options = DecodingOptions.from_dict(config.get("decoding"))
+        except (TypeError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"{directory / checkpoint.CONFIG_FILE}: bad decoding entry ({e})") from None
+        return cls(model, tokenizer, config, lm, options)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    @torch.inference_mode()
-    def recognize(self, waveforms: list[np.ndarray], options: DecodingOptions = DecodingOptions(),
-                  batch_seconds: float = 120.0) -> list[Recognition]:
-        """16 kHz mono waveforms -> one Recognition each, decoded in length-sorted batches."""
+    def recognize(self, waveforms: list[np.ndarray], options: DecodingOptions | None = None,
+                  batch_seconds: float = 120.0, align: bool = False, attention: bool = False) -> list[Recognition]:
+        """16 kHz mono waveforms `(T_i,)` -> one Recognition each, decoded in length-sorted padded batches.
+
+        `options` default to the model's preferred decoding. `align` adds token spans and word times,
+        `attention` the decoder's cross-attention weights over the encoder frames.
+        """
+        options = options or self.options
         order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
         results: list[Recognition | None] = [None] * len(waveforms)
         batch: list[int] = []
@@ -69,7 +106,8 @@ class Recognizer:
             if i is not None and (not batch or (len(batch) + 1) * len(waveforms[i]) <= batch_seconds * SAMPLE_RATE):
                 batch.append(i)
                 continue
-            for j, r in zip(batch, self._recognize_batch([waveforms[j] for j in batch], options)):
+            recognized = self._recognize_batch([waveforms[j] for j in batch], options, align, attention)
+            for j, r in zip(batch, recognized):
                 results[j] = r
             batch = [] if i is None else [i]
         return results  # type: ignore[return-value]
@@ -83,11 +121,36 @@ class Recognizer:
         ctc = self.model.ctc_log_probs(memory).float() if self.model.ctc_head is not None else None
         return Encoding(memory, memory_lengths, ctc, self.model.encoder_frame_seconds)
 
-    def _recognize_batch(self, waveforms: list[np.ndarray], options: DecodingOptions) -> list[Recognition]:
+    @torch.inference_mode()
+    def _recognize_batch(self, waveforms: list[np.ndarray], options: DecodingOptions, align: bool,
+                         attention: bool) -> list[Recognition]:
+        if not waveforms:
+            return []
         enc = self.encode(waveforms)
-        memory, memory_lengths = enc.memory, enc.lengths
+        hyps = decode(self.model, enc.memory, enc.lengths, options, self.tokenizer.special, self.lm, self.words)
         out = []
-        for h in decode(self.model, memory, memory_lengths, options, self.tokenizer.special, self.lm):
-            n = max(1, len(h.tokens) + 1)
-            out.append(Recognition(self.tokenizer.decode(h.tokens), h.tokens, h.score, h.score / n))
+        for b, h in enumerate(hyps):
+            frames = int(enc.lengths[b])
+            r = Recognition(self.tokenizer.decode(h.tokens).strip(), h.tokens, h.score,
+                            avg_logprob(h, frames, options), frames)
+            if align:
+                self._align(r, enc, b, len(waveforms[b]) / SAMPLE_RATE)
+            out.append(r)
+        if attention:
+            self._add_cross_attention(out, enc)
         return out
+
+    def _align(self, r: Recognition, enc: Encoding, b: int, seconds: float) -> None:
+        blank = self.tokenizer.special.blank
+        r.spans = None if enc.ctc_log_probs is None else align_tokens(enc.ctc_log_probs[b, :r.frames], r.tokens, blank)
+        times = token_times(r.spans, r.tokens, self.tokenizer, 0.0, seconds, self.model.encoder_frame_seconds,
+                            self.model.encoder_frame_offset)
+        r.words = words_from_tokens(r.tokens, times, self.tokenizer, 0.0, seconds)
+
+    def _add_cross_attention(self, results: list[Recognition], enc: Encoding) -> None:
+        from speech_transformer.attention import cross_attention
+
+        weights = cross_attention(self.model, enc.memory, enc.lengths, [r.tokens for r in results],
+                                  self.tokenizer.special.prompt)
+        for b, r in enumerate(results):
+            r.cross_attention = weights[b, :, :, :len(r.tokens) + 1, :r.frames].cpu()

@@ -1,23 +1,59 @@
-"""Transcript outputs: txt, json, srt, vtt, tsv, each written atomically (temp file + fsync + rename).
+"""Transcripts and their outputs: txt, json, srt, vtt, tsv, each written atomically (temp file + fsync + rename).
 
-Works on any object shaped like `speech_transformer.transcribe.Transcript` (segments with
-start/end/text/confidence and optional words). Subtitle cues come from word times when the
-segment has them (CTC forced alignment), else one cue per segment.
+A `Transcript` is what transcription gives for one input: `Segment`s (VAD chunks) with text, confidence
+and `Word`s. Subtitle cues come from word times when the segment has them (CTC forced alignment), else
+one cue per segment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from speech_transformer.align import Word
 from speech_transformer.files import TEMP_SUFFIX, atomic_write
 
-if TYPE_CHECKING:
-    from speech_transformer.transcribe import Transcript
+__all__ = ["Word", "Segment", "Transcript", "FORMATS", "parse_formats", "write_outputs", "is_complete"]
+
+
+@dataclass
+class Segment:
+    start: float  # seconds from the start of the input (VAD chunk bounds)
+    end: float
+    text: str
+    confidence: float  # exp(avg_logprob)
+    avg_logprob: float
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass
+class Transcript:
+    source: str
+    duration: float = 0.0
+    segments: list[Segment] = field(default_factory=list)
+    error: str | None = None  # why the input failed; None when it did not
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d = {"audio": d.pop("source"), "duration": round(self.duration, 3), "text": self.text, **d}
+        if self.error is None:
+            d.pop("error")
+        return d
+
+
 
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 

@@ -145,7 +145,7 @@ def test_missing_and_unreadable_audio_are_error_rows(tmp_path, capsys):
     out = tmp_path / "r.json"
     rc = evaluate.main(["--data", str(manifest), "--system", "cmd:cat=echo zero {audio}", "--output", str(out),
                         "--no-progress"])
-    assert rc == evaluate.EXIT_INCOMPLETE == 2
+    assert rc == evaluate.EXIT_INCOMPLETE == 1
     printed = capsys.readouterr().out
     assert "2 utterance(s) failed and were excluded from WER" in printed
     assert "failed, excluded from WER: 2" in out.with_suffix(".md").read_text()
@@ -279,7 +279,7 @@ def test_default_model_missing_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "speech_transformer.pretrained",
                         types.SimpleNamespace(default_model_dir=missing))
     rc = evaluate.main(["--data", str(DATA / "librispeech" / "samples" / "samples.tsv"), "--no-cache"])
-    assert rc == 1
+    assert rc == 2
     err = capsys.readouterr().err
     assert "no pretrained model ships with this build yet" in err and "Traceback" not in err
 
@@ -291,8 +291,8 @@ def test_default_model_missing_is_a_clear_error(monkeypatch, capsys):
     (["--data", "x.tsv", "--system", "pocketsphinx", "--batch-size", "0"], "batch-size"),
     (["--data", "x.tsv", "--system", "cmd:a=x {audio}", "--system", "cmd:a=y {audio}"], "distinct names"),
 ])
-def test_usage_errors_exit_1(argv, message, capsys):
-    assert evaluate.main(argv) == 1
+def test_usage_errors_exit_2(argv, message, capsys):
+    assert evaluate.main(argv) == 2
     assert message in capsys.readouterr().err
 
 

@@ -24,8 +24,10 @@ import torchaudio.functional as AF
 
 from speech_transformer import subtitles
 from speech_transformer.audio import SAMPLE_RATE, AudioError, load_audio
-from speech_transformer.transcribe import (FileSource, Transcriber, Transcript, cut_chunks, expand_inputs, main,
-                                           output_stems, transcribe)
+from speech_transformer.sources import FileSource, cut_chunks, expand_inputs, output_stems
+from speech_transformer.subtitles import Transcript
+from speech_transformer.transcribe import Transcriber, transcribe
+from speech_transformer.transcribe_cli import main
 from speech_transformer.vad import SpeechChunk
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -196,7 +198,7 @@ def _make_inputs(folder: Path, clips, n: int) -> None:
 def test_sigkill_then_resume(tmp_path, model_dir, clips):
     src, out = tmp_path / "in", tmp_path / "out"
     _make_inputs(src, clips, 16)
-    cmd = [sys.executable, "-m", "speech_transformer.transcribe", str(src), "-o", str(out), "--model", str(model_dir),
+    cmd = [sys.executable, "-m", "speech_transformer.transcribe_cli", str(src), "-o", str(out), "--model", str(model_dir),
            "--batch-seconds", "0", "--no-progress"]
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -313,7 +315,7 @@ def test_torchrun_shards_inputs(tmp_path, model_dir, clips):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={port}", "-m", "speech_transformer.transcribe", str(src), "-o", str(out),
+           f"--master-port={port}", "-m", "speech_transformer.transcribe_cli", str(src), "-o", str(out),
            "--model", str(model_dir), "--format", "json,srt", "--resume", "--no-progress"]
     (out).mkdir()
     stems = sorted(f.stem for f in src.iterdir())  # the order both ranks shard by: broken, f00..f06

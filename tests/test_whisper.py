@@ -214,7 +214,7 @@ def test_recognizer_and_beam_search_run_on_an_imported_model(root, speech):
 
 
 def test_transcribe_cli_runs_a_whisper_model_with_vad_chunking(root, data_dir, tmp_path):
-    from speech_transformer import transcribe
+    from speech_transformer import transcribe_cli as transcribe
 
     _, checkpoint, _ = converted("tiny", "en", root)
     sample = data_dir / "samples" / "jfk.flac"
