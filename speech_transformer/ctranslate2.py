@@ -425,3 +425,16 @@ def write_model_bin(path: str | os.PathLike, spec: str, revision: int, variables
         out.write(string(alias) + string(target))
     Path(path).write_bytes(out.getvalue())
     return Path(path)
+
+
+def openai_whisper_model(folder: FasterWhisperFolder | str | os.PathLike):
+    """openai-whisper's own `Whisper` model holding a faster-whisper folder's weights (float32, eval mode):
+    the reference that our converted model is compared with. Needs the openai-whisper package."""
+    from dataclasses import asdict
+
+    from whisper.model import ModelDimensions, Whisper
+
+    dims, state = read_faster_whisper(folder)
+    model = Whisper(ModelDimensions(**asdict(dims)))
+    model.load_state_dict(state)
+    return model.eval()
