@@ -1,10 +1,10 @@
-"""What the model looks at: the decoder's cross-attention and the CTC alignment of a decoded hypothesis.
+"""What the model looks at: the decoder's cross-attention over the encoder frames for a decoded hypothesis.
 
 `scaled_dot_product_attention` never exposes its weights, so `cross_attention` re-runs the decoder with
 teacher forcing on the hypothesis (`<sos>` + tokens), captures each block's normalised cross-attention
 input with a forward hook on `cross_norm`, and computes softmax(Q K^T / sqrt(d)) from the block's own
 query and key projections: the same weights the model used, without touching model.py.
-`ctc_alignment` is the Viterbi path of the hypothesis through the CTC head's frame posteriors.
+(Token times come from the one aligner, `speech_transformer.align`.)
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from speech_transformer.model import SpeechTransformer, padding_mask
-from speech_transformer.tokenizer import BLANK_ID, SOS_EOS_ID
+from speech_transformer.tokenizer import SOS_EOS_ID
 
 
 @torch.no_grad()
@@ -57,42 +56,3 @@ def cross_attention(model: SpeechTransformer, memory: Tensor, memory_lengths: Te
         weights.append(scores.masked_fill(~frames, float("-inf")).softmax(-1).nan_to_num(0.0))
     rows = padding_mask(torch.tensor([len(t) + 1 for t in tokens], device=memory.device), L)
     return torch.stack(weights, 1) * rows[:, None, None, :, None]
-
-
-def ctc_alignment(log_probs: Tensor | np.ndarray, tokens: Sequence[int]) -> np.ndarray | None:
-    """Viterbi (forced) alignment of `tokens` to the CTC head's frames.
-
-    log_probs `(S, V)`: log-posteriors of the valid frames (blank = 0). Returns the best path `(S,)`:
-    for each frame the index into `tokens` it emits, or -1 for blank; None when the tokens cannot fit
-    (fewer frames than tokens plus repeated neighbours).
-    """
-    lp = np.asarray(log_probs, dtype=np.float64)
-    labels = np.full(2 * len(tokens) + 1, BLANK_ID)  # blank, t1, blank, t2, ..., blank
-    labels[1::2] = tokens
-    n, S = len(labels), lp.shape[0]
-    skip = np.zeros(n, dtype=bool)  # a token may follow the previous token directly unless they are equal
-    skip[3::2] = labels[3::2] != labels[1:-2:2]
-    score = np.full(n, -np.inf)
-    score[:2] = lp[0, labels[:2]] if S else -np.inf
-    back = np.zeros((S, n), dtype=np.int64)
-    for t in range(1, S):
-        moves = np.full((3, n), -np.inf)  # from the same state, the one before, or two before
-        moves[0], moves[1, 1:] = score, score[:-1]
-        moves[2, 2:] = np.where(skip[2:], score[:-2], -np.inf)
-        back[t] = moves.argmax(0)
-        score = moves.max(0) + lp[t, labels]
-    ends = [n - 1] if not tokens else [n - 1, n - 2]
-    state = max(ends, key=lambda s: score[s])
-    if S == 0 or not np.isfinite(score[state]):
-        return None
-    path = np.empty(S, dtype=np.int64)
-    for t in range(S - 1, -1, -1):
-        path[t] = state
-        state -= back[t, state]
-    return np.where(path % 2 == 1, path // 2, -1)
-
-
-def token_spans(path: np.ndarray, num_tokens: int) -> list[tuple[int, int]]:
-    """A CTC path -> for each token its (first frame, end frame), the end running up to the next token."""
-    starts = [int(np.flatnonzero(path == i)[0]) for i in range(num_tokens)]
-    return [(s, e) for s, e in zip(starts, starts[1:] + [len(path)])]

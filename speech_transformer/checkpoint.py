@@ -2,7 +2,7 @@
 
 A model directory holds:
 - `config.json`: {"format": 1, "model": ModelConfig fields, "tokenizer": {"type": ...}, "weights_sha256": ...,
-  "tokenizer_sha256": ..., "info": {...}}
+  "tokenizer_sha256": ..., "info": {...}, "decoding": {...} (optional: the preferred DecodingOptions fields)}
 - `model.safetensors`: the weights (front-end feature statistics included)
 - `tokenizer.model`: the SentencePiece model, or `tokenizer.tiktoken` for an imported Whisper model
 """
@@ -55,8 +55,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: str | os.PathLike,
-               info: dict | None = None) -> Path:
-    """Write a complete model directory (into a temp dir, then moved into place)."""
+               info: dict | None = None, decoding: dict | None = None) -> Path:
+    """Write a complete model directory (into a temp dir, then moved into place).
+
+    `decoding` is the model's preferred decoding (DecodingOptions fields), used when a caller gives none.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -64,7 +67,7 @@ def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: st
     (tmp / tokenizer.file_name).write_bytes(tokenizer.to_bytes())
     config = {"format": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": tokenizer.to_config(),
               "weights_sha256": sha256(tmp / WEIGHTS_FILE), "tokenizer_sha256": sha256(tmp / tokenizer.file_name),
-              "info": info or {}}
+              "info": info or {}, **({"decoding": decoding} if decoding else {})}
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # mkdtemp/safetensors make them private
         os.chmod(tmp / name, 0o644)

@@ -25,13 +25,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from speech_transformer import pretrained
-from speech_transformer.attention import cross_attention, ctc_alignment, token_spans
 from speech_transformer.audio import SAMPLE_RATE, AudioError, info, load_audio
 from speech_transformer.checkpoint import CheckpointError
 from speech_transformer.data import default_data_dir, read_manifest
-from speech_transformer.decoding import DecodingOptions
 from speech_transformer.model import PRESETS
-from speech_transformer.recognizer import Recognizer
+from speech_transformer.recognizer import Recognition, Recognizer
 
 # gradio is imported where it is used (so `--help` is quick); it reads this when first imported
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
 
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
-ENCODER_FRAME_S = 0.04  # one encoder frame: 4 feature frames of 10 ms
 MEAN = "mean"  # the cross-attention picture averaged over all decoder layers
 
 
@@ -70,25 +67,28 @@ class Demo:
         self.recognizer = recognizer
         self.limits = limits
 
-    def transcribe(self, recording: str | tuple | None, beam_size: float = 4, ctc_weight: float = 0.3,
-                   layer: str = MEAN) -> tuple[str, str, np.ndarray | None, np.ndarray | None]:
+    def transcribe(self, recording: str | tuple | None, beam_size: float | None = None,
+                   ctc_weight: float | None = None, layer: str = MEAN
+                   ) -> tuple[str, str, np.ndarray | None, np.ndarray | None]:
         """A file path (or a `(rate, array)` recording) -> transcript, details (Markdown), two pictures `(H, W, 3)`.
 
-        Inputs the demo cannot use give an empty transcript, a friendly message and no pictures.
+        Beam size and CTC weight left out keep the model's preferred decoding. Inputs the demo cannot use
+        give an empty transcript, a friendly message and no pictures.
         """
         try:
             wave, source = self.load(recording)
         except Rejected as e:
             return "", f"⚠️ {e}", None, None
-        options = DecodingOptions(beam_size=int(beam_size), ctc_weight=float(ctc_weight))
+        options = self.recognizer.options.override(beam_size=None if beam_size is None else int(beam_size),
+                                                   ctc_weight=None if ctc_weight is None else float(ctc_weight))
         start = time.perf_counter()
-        result = self.recognizer.recognize([wave], options)[0]
+        result = self.recognizer.recognize([wave], options, align=True, attention=True)[0]
         elapsed = time.perf_counter() - start
-        spectrogram, attention = self.pictures(wave, result.tokens, layer)
+        spectrogram, attention = self.pictures(wave, result, layer)
         seconds = len(wave) / SAMPLE_RATE
-        details = (f"**{seconds:.2f} s** of audio ({source}) · processed in **{elapsed:.2f} s** · real-time factor "
-                   f"**{elapsed / seconds:.2f}** · {len(result.tokens)} tokens, mean log-prob {result.avg_logprob:.2f}"
-                   f" · beam {options.beam_size}, CTC weight {options.ctc_weight:g}")
+        details = (f"**{seconds:.2f} s** of audio ({source}) · processed in **{elapsed:.2f} s** (with alignment and "
+                   f"attention) · real-time factor **{elapsed / seconds:.2f}** · {len(result.tokens)} tokens, mean "
+                   f"log-prob {result.avg_logprob:.2f} · {options.describe()}")
         if not result.text.strip():
             details = f"⚠️ The model heard sound but recognised no words: try speaking closer.\n\n{details}"
         return result.text, details, spectrogram, attention
@@ -143,23 +143,20 @@ class Demo:
         return f"This audio could not be read: {e.reason}. WAV, FLAC, OGG/Opus and MP3 files work."
 
     @torch.inference_mode()
-    def pictures(self, wave: np.ndarray, tokens: list[int], layer: str = MEAN) -> tuple[np.ndarray, np.ndarray]:
-        """The spectrogram with the CTC alignment under it, and the cross-attention picture `(H, W, 3)` uint8."""
+    def pictures(self, wave: np.ndarray, result: Recognition, layer: str = MEAN) -> tuple[np.ndarray, np.ndarray]:
+        """The spectrogram with the CTC alignment under it, and the cross-attention picture `(H, W, 3)` uint8.
+
+        `result` is the Recognizer's, with `align=True, attention=True`: the encoder is not run again.
+        """
         model, tokenizer = self.recognizer.model, self.recognizer.tokenizer
         audio = torch.from_numpy(wave)[None].to(model.device)
-        lengths = torch.tensor([len(wave)], device=model.device)
-        log_mel, mel_frames = model.frontend.log_mel(audio, lengths)
-        memory, memory_lengths = model.encode(*model.frontend(audio, lengths))
-        S = int(memory_lengths[0])
-        weights = cross_attention(model, memory, memory_lengths, [tokens], tokenizer.special.prompt)[0, ..., :S].mean(1)
-        # (layers, L+1, S)
+        log_mel, mel_frames = model.frontend.log_mel(audio, torch.tensor([len(wave)], device=model.device))
+        weights = result.cross_attention.mean(1)  # (layers, L+1, S), heads averaged
         weights = weights.mean(0) if layer == MEAN else weights[int(layer) - 1]
-        path = ctc_alignment(model.ctc_log_probs(memory)[0, :S].cpu(), tokens) if model.ctc_head is not None else None
-        pieces = [tokenizer.id_to_piece(t).replace("▁", "_") for t in tokens]
+        pieces = [tokenizer.id_to_piece(t).replace("▁", "_") for t in result.tokens]
         seconds = len(wave) / SAMPLE_RATE
-        frame_s = model.encoder_frame_seconds
-        spans = [] if path is None else [(s * frame_s, e * frame_s)
-                                         for s, e in token_spans(path, len(tokens))]
+        frame_s, offset = model.encoder_frame_seconds, model.encoder_frame_offset
+        spans = [(offset + s.start * frame_s, offset + s.end * frame_s) for s in result.spans or []]
         which = f"mean of {len(model.decoder.blocks)} layers" if layer == MEAN else f"layer {layer}"
         return (spectrogram_image(log_mel[0, : int(mel_frames[0])].cpu().numpy(), seconds, pieces, spans),
                 attention_image(weights.cpu().numpy(), seconds, pieces + ["<eos>"], which, frame_s))
@@ -225,7 +222,7 @@ def spectrogram_image(log_mel: np.ndarray, seconds: float, pieces: list[str],
 
 
 def attention_image(weights: np.ndarray, seconds: float, labels: list[str], which: str,
-                    frame_seconds: float = ENCODER_FRAME_S) -> np.ndarray:
+                    frame_seconds: float) -> np.ndarray:
     """Cross-attention `(L + 1, S)`, a row per output token (labels), a column per encoder frame
     -> RGB `(H, W, 3)`, each row scaled to its own maximum, on the same time axis as the spectrogram."""
     rows, frames = weights.shape
@@ -305,8 +302,10 @@ def build(recognizer: Recognizer, limits: Limits = Limits(), model_dir: Path | N
                 recording = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech",
                                      buttons=["download"], elem_id="audio")
                 with gr.Row():
-                    beam = gr.Slider(1, 8, value=4, step=1, label="Beam size")
-                    ctc = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="CTC weight")
+                    preferred = recognizer.options  # the model's preferred decoding
+                    beam = gr.Slider(1, 8, value=preferred.beam_size, step=1, label="Beam size")
+                    ctc = gr.Slider(0.0, 1.0, value=preferred.ctc_weight, step=0.05, label="CTC weight",
+                                    interactive=recognizer.model.ctc_head is not None)
                 layer = gr.Dropdown(layers, value=MEAN, label="Cross-attention layer (mean: all layers)")
                 button = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
                 if examples:

@@ -168,16 +168,20 @@ class SpeechTransformerSystem(System):
             self._recognizer = Recognizer.from_dir(self.model_dir, device=self.device)
 
     def transcribe(self, waveforms: Sequence[np.ndarray]) -> list[str]:
-        from speech_transformer.decoding import DecodingOptions
-
         self.load()
-        results = self._recognizer.recognize(list(waveforms), DecodingOptions(**self.decoding))
+        results = self._recognizer.recognize(list(waveforms), self.options)
         return [r.text for r in results]
+
+    @property
+    def options(self):
+        """The model's preferred decoding with the fields this system's spec sets."""
+        self.load()
+        return self._recognizer.options.override(**self.decoding)
 
     def config(self) -> dict[str, Any]:
         files = sorted(self.model_dir.glob("*")) if self.model_dir.is_dir() else []
         stamp = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()]
-        return {**super().config(), "model_dir": str(self.model_dir.resolve()), "decoding": self.decoding,
+        return {**super().config(), "model_dir": str(self.model_dir.resolve()), "decoding": self.options.to_dict(),
                 "device": self.device, "files": stamp}
 
 

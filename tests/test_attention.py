@@ -1,12 +1,10 @@
 """Cross-attention weights recomputed outside the model, and CTC forced alignment."""
 
-import itertools
 
-import numpy as np
 import pytest
 import torch
 
-from speech_transformer.attention import cross_attention, ctc_alignment, token_spans
+from speech_transformer.attention import cross_attention
 from speech_transformer.audio import load_audio
 from speech_transformer.features import pad_waveforms
 from speech_transformer.model import SpeechTransformer, preset
@@ -61,33 +59,3 @@ def test_rows_are_distributions_over_valid_frames_and_batching_changes_nothing(e
     torch.testing.assert_close(alone[0], weights[b, :, :, :len(tokens[b]) + 1, :short], atol=1e-5, rtol=1e-4)
     empty = cross_attention(model, memory[:1], lengths[:1], [[]])
     assert empty.shape[3] == 1 and torch.allclose(empty.sum(-1), torch.ones(1, 3, 4, 1), atol=1e-5)
-
-
-def _brute_force_best(log_probs: np.ndarray, tokens: list[int]) -> float:
-    best = -np.inf
-    for path in itertools.product(range(log_probs.shape[1]), repeat=log_probs.shape[0]):
-        collapsed = [k for k, _ in itertools.groupby(path) if k != 0]
-        if collapsed == tokens:
-            best = max(best, sum(log_probs[t, k] for t, k in enumerate(path)))
-    return best
-
-
-@pytest.mark.parametrize("tokens", [[1, 2], [2, 2], [1], [], [2, 1, 2]])
-def test_ctc_alignment_is_the_most_probable_path(tokens):
-    rng = np.random.default_rng(len(tokens))
-    log_probs = np.log(rng.dirichlet(np.ones(3), size=6))  # (S=6, V=3), blank = 0
-    path = ctc_alignment(torch.from_numpy(log_probs), tokens)
-    labels = np.where(path >= 0, np.array(tokens + [0])[path], 0)
-    assert [k for k, _ in itertools.groupby(labels) if k != 0] == tokens  # the path spells the tokens
-    assert np.isclose(log_probs[np.arange(6), labels].sum(), _brute_force_best(log_probs, tokens))
-    if tokens:
-        spans = token_spans(path, len(tokens))
-        assert [s for s, _ in spans] == sorted(s for s, _ in spans) and spans[-1][1] == 6
-        assert all(path[s] == i for i, (s, _) in enumerate(spans))
-
-
-def test_ctc_alignment_reports_tokens_that_cannot_fit():
-    log_probs = np.log(np.full((2, 3), 1 / 3))
-    assert ctc_alignment(log_probs, [2, 2]) is None  # needs a blank between the repeats: 3 frames
-    assert ctc_alignment(log_probs, [1, 2, 1]) is None
-    assert ctc_alignment(log_probs, [1, 2]).tolist() == [0, 1]

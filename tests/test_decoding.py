@@ -60,3 +60,33 @@ def test_pure_ctc_beam_agrees_with_ctc_greedy_on_a_peaked_ctc():
     beam = beam_search(model, memory, lengths, DecodingOptions(beam_size=3, ctc_weight=1.0, max_tokens_per_frame=1.0))[0]
     assert ctc.tokens == [5, 7, 9, 5] * 3
     assert beam.tokens == ctc.tokens
+
+
+def test_greedy_means_greedy_and_ctc_weight_makes_a_joint_search(monkeypatch):
+    from speech_transformer import decoding
+
+    torch.manual_seed(0)
+    model = SpeechTransformer(preset("tiny", vocab_size=30, encoder_layers=1, decoder_layers=1)).eval()
+    with torch.no_grad():
+        memory, lengths = model.encode(torch.randn(2, 200, 80), torch.tensor([200, 150]))
+    called = []
+    monkeypatch.setattr(decoding, "beam_search", lambda *a, **k: called.append("beam") or [])
+    monkeypatch.setattr(decoding, "greedy_search", lambda *a, **k: called.append("greedy") or [])
+    decoding.decode(model, memory, lengths, DecodingOptions(beam_size=1))
+    decoding.decode(model, memory, lengths, DecodingOptions(beam_size=1, ctc_weight=0.3))
+    assert called == ["greedy", "beam"]
+    assert DecodingOptions(beam_size=1).is_greedy and DecodingOptions().describe() == "greedy"
+    assert DecodingOptions(beam_size=4, ctc_weight=0.3).describe() == "beam 4, CTC weight 0.3"
+
+
+def test_options_round_trip_through_a_model_directory_entry():
+    o = DecodingOptions(beam_size=4, ctc_weight=0.3)
+    assert o.to_dict() == {"beam_size": 4, "ctc_weight": 0.3}
+    assert DecodingOptions.from_dict(o.to_dict()) == o and DecodingOptions.from_dict(None) == DecodingOptions()
+    assert o.override(beam_size=None, ctc_weight=0.5) == DecodingOptions(beam_size=4, ctc_weight=0.5)
+    try:
+        DecodingOptions.from_dict({"beam": 4})
+    except ValueError as e:
+        assert "beam" in str(e)
+    else:
+        raise AssertionError("an unknown field must be refused")

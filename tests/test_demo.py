@@ -260,8 +260,8 @@ def test_levels_pictures_and_examples(data_dir):
     assert abs(peak_level_dbfs(0.5 * np.sin(2 * np.pi * 440 * t)) - 20 * np.log10(0.5 / np.sqrt(2))) < 0.1
     assert peak_level_dbfs(np.zeros(16_000)) < -150
     assert colormap(np.array([0.0, 1.0])).tolist() == [[68, 1, 84], [253, 231, 37]]
-    few, many = attention_image(np.eye(3, 40), 1.7, list("abc"), "mean"), attention_image(np.eye(30, 40), 1.7,
-                                                                                           list("a" * 30), "mean")
+    few = attention_image(np.eye(3, 40), 1.7, list("abc"), "mean", 0.04)
+    many = attention_image(np.eye(30, 40), 1.7, list("a" * 30), "mean", 0.04)
     assert few.shape[1] == many.shape[1] and many.shape[0] > few.shape[0]
     examples = find_examples(max_seconds=12)
     assert examples and all(Path(path).is_file() for path, _ in examples)

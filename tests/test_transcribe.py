@@ -331,3 +331,31 @@ def test_torchrun_shards_inputs(tmp_path, model_dir, clips):
         assert json.loads((out / f"f{i:02d}.json").read_text())["text"] == clips[i % len(clips)][1]
         parse_srt((out / f"f{i:02d}.srt").read_text())
     assert stems[0] == "broken" and not list(out.glob("broken*"))
+
+
+def test_no_speech_is_dropped_on_jfk(data_dir):
+    """The shipped model's preferred decoding gives words for the first VAD chunk (0.15-2.44 s): they are kept."""
+    from speech_transformer.recognizer import Recognizer
+
+    recognizer = Recognizer.from_dir(None)
+    t = transcribe(recognizer, str(data_dir / "samples" / "jfk.flac"))
+    assert len(t.segments) == 3 and all(s.text for s in t.segments)
+    assert t.segments[0].start < 0.5 and t.segments[0].words and t.segments[0].words[0].start < 0.5
+    single = recognizer.recognize([load_audio(str(data_dir / "samples" / "jfk.flac"))[:int(2.44 * SAMPLE_RATE)]])
+    assert single[0].text  # the same decoding of that stretch alone also hears words
+
+
+def test_decoding_flags_change_one_field_of_the_models_preferred_decoding():
+    from speech_transformer.decoding import DecodingOptions
+    from speech_transformer.transcribe import TranscribeOptions
+    from speech_transformer.transcribe_cli import _parser
+
+    preferred = DecodingOptions(beam_size=4, ctc_weight=0.3)
+    assert TranscribeOptions().decoding(preferred) == preferred
+    assert TranscribeOptions(beam_size=2).decoding(preferred) == DecodingOptions(beam_size=2, ctc_weight=0.3)
+    assert TranscribeOptions(method="ctc").decoding(preferred).method == "ctc"
+    text = " ".join(_parser().format_help().split())
+    assert "preferred decoding" in text and "beam 4, CTC weight 0.3" in text
+    for flag in ("--batch-seconds", "--max-chunk-seconds", "--vad-threshold", "--format", "--model", "--device"):
+        assert flag in text
+    assert text.count("(default:") >= 8

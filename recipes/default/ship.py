@@ -60,17 +60,55 @@ class ShipError(Exception):
 
 # --- the model files ---------------------------------------------------------------------------
 
-def stage_model(source: Path, stage: Path, dtype: str) -> Path:
-    """Write `source` into `stage` through `checkpoint.save_model`, parameters cast to `dtype`."""
+def stage_model(source: Path, stage: Path, dtype: str, decoding: dict) -> Path:
+    """Write `source` into `stage` through `checkpoint.save_model`, parameters cast to `dtype`, with its
+    preferred decoding; paths of the training machine become names relative to the data folder or the repo."""
     model, tokenizer, config = checkpoint.load_model(source)
     if dtype == "float16":
         for name, p in model.named_parameters():
             if p.is_floating_point() and p.detach().abs().max() > FLOAT16_MAX:
                 raise ShipError(f"{source}: parameter {name} exceeds the float16 range; ship with --dtype float32")
             p.data = p.data.to(torch.float16)
-    info = {**config.get("info", {}), "shipped": {"source": str(source.resolve()), "dtype": dtype,
-                                                  "source_weights_sha256": config.get("weights_sha256")}}
-    return checkpoint.save_model(model, tokenizer, stage, info)
+    info = portable_info(config.get("info", {}))
+    info["shipped"] = {"source": repo_name(source), "dtype": dtype, "source_weights_sha256": config.get("weights_sha256")}
+    return checkpoint.save_model(model, tokenizer, stage, info, decoding)
+
+
+def repo_name(path: Path) -> str:
+    """A path relative to the repository where it lies inside it, else its last two parts."""
+    try:
+        return str(path.resolve().relative_to(HERE.parents[1].resolve()))
+    except ValueError:
+        return str(Path(*path.resolve().parts[-2:]))
+
+
+def portable_info(info: dict) -> dict:
+    """A model's info without the absolute paths of the machine it was trained on."""
+    out = dict(info)
+    for key in ("train", "valid"):
+        if isinstance(out.get(key), list):
+            out[key] = [data_name(p) for p in out[key]]
+        elif isinstance(out.get(key), str):
+            out[key] = data_name(out[key])
+    if isinstance(out.get("shipped"), dict) and "source" in out["shipped"]:
+        out["shipped"] = {**out["shipped"], "source": repo_name(Path(out["shipped"]["source"]))}
+    return out
+
+
+def preferred_decoding(spec: str, reports: list[dict]) -> dict:
+    """`--decoding`: a JSON object of DecodingOptions fields, or `best:NAME[:SPEED]`, the decoding of our row
+    with the lowest WER in report NAME among those at least SPEED (default 10) times faster than real time."""
+    if not spec.startswith("best:"):
+        try:
+            return DecodingOptions.from_dict(json.loads(spec)).to_dict()
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise ShipError(f"--decoding {spec!r}: not DecodingOptions fields as JSON ({e})") from None
+    name, _, speed = spec[5:].partition(":")
+    rows = [r for rep in reports if rep["name"] == name for r in rep["rows"] if r["ours"] and r["wer"] is not None]
+    fast = [r for r in rows if r["rtf"] is not None and r["rtf"] <= 1.0 / float(speed or 10)]
+    if not fast:
+        raise ShipError(f"--decoding {spec!r}: no system of ours in report {name!r} is fast enough")
+    return min(fast, key=lambda r: r["wer"])["decoding"]
 
 
 def folder_bytes(directory: Path) -> int:
@@ -182,6 +220,7 @@ def report_row(block: dict, dest: Path, source: Path) -> dict:
         scored = ("shipped copy" if model_dir == dest.resolve() else "source" if model_dir == source.resolve()
                   else str(model_dir))
     return {"label": label, "ours": ours, "scored": scored, "spec": system_spec(block, dest),
+            "decoding": block["config"].get("decoding", {}) if ours else None,
             **{k: block.get(k) for k in ("wer", "cer", "rtf", "rtf_cpu", "n_utts", "n_errors")}}
 
 
@@ -391,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limitation", action="append", default=[], help="an extra line for the card's limitations")
     p.add_argument("--regression", action="store_true", help="measure and store the regression WERs")
     p.add_argument("--margin", type=float, default=regression.DEFAULT_MARGIN, help="regression bound - measured WER")
+    p.add_argument("--decoding", default='{"beam_size": 4, "ctc_weight": 0.3}',
+                   help="the preferred decoding stored in config.json: DecodingOptions fields as JSON, or best:NAME[:SPEED] "
+                        "= our fastest-enough lowest-WER system of report NAME (tune on dev; default: %(default)s)")
     p.add_argument("--max-mb", type=float, default=40.0, help="refuse a shipped folder larger than this (10^6 bytes)")
     return p
 
@@ -409,7 +451,7 @@ def ship(args: argparse.Namespace, argv: list[str]) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".ship-", dir=dest.parent))
     try:
-        stage = stage_model(source, work / "model", args.dtype)
+        stage = stage_model(source, work / "model", args.dtype, preferred_decoding(args.decoding, reports))
         check_size(stage, args.max_mb)
         keep_model = same_model(stage, dest)
         model, tokenizer, config = checkpoint.load_model(stage)  # what users will load: float32 parameters
