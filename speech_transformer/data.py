@@ -257,9 +257,6 @@ class DurationBatchSampler:
             rng.shuffle(steps)
         return steps
 
-    def steps_per_epoch(self) -> int:
-        return len(self.plan(self.epoch))
-
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Start `epoch` at step `start_step` (resuming skips the steps already taken)."""
         self.epoch, self.start_step = epoch, start_step

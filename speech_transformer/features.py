@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
 import torch
 import torchaudio
@@ -114,6 +113,8 @@ class WhisperFrontEnd(nn.Module):
 
     def __init__(self, n_mels: int = N_MELS):
         super().__init__()
+        import librosa  # only Whisper's front end needs it
+
         filters = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels)  # the filters Whisper ships
         self.register_buffer("filters", torch.from_numpy(filters).float(), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)

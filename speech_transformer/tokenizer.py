@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
 
-import sentencepiece as spm
 
 BLANK_ID = 0
 SOS_EOS_ID = 1
@@ -54,6 +53,8 @@ class Tokenizer:
     """SentencePiece (unigram or BPE) after our two special ids."""
 
     def __init__(self, model_file: str | os.PathLike):
+        import sentencepiece as spm  # imported here: the model itself needs only the ids above
+
         self.model_file = Path(model_file)
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
@@ -86,6 +87,8 @@ class Tokenizer:
 def train_tokenizer(texts: Iterable[str], output: str | os.PathLike, vocab_size: int = 256,
                     model_type: str = "unigram") -> Tokenizer:
     """Train SentencePiece on normalised transcripts and write `output` (a .model file)."""
+    import sentencepiece as spm
+
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -82,7 +82,7 @@ def _load_torchscript():
         from silero_vad import load_silero_vad
     except ImportError as e:
         raise ImportError("voice-activity detection needs silero-vad "
-                          f"(pip install 'speech_transformer[vad]'): {e}") from None
+                          f"(it is a dependency of speech_transformer: pip install -e .): {e}") from None
 
     model = load_silero_vad(onnx=False)
     torch.set_num_threads(threads)

@@ -93,3 +93,13 @@ def test_whisper_style_switches_build_one_configurable_model():
         model(feats, torch.tensor([101, 80]), targets, torch.tensor([5, 3]), ctc_weight=0.3)
     with pytest.raises(ValueError, match="only 60"):
         model.encode(torch.randn(1, 200, 80), torch.tensor([200]))  # 100 frames > the 60-row table
+
+
+def test_importing_the_model_pulls_in_no_demo_or_feature_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys, speech_transformer.model, speech_transformer.decoding; "
+            "print(sorted(m for m in ('gradio', 'librosa', 'sentencepiece', 'tiktoken', 'jiwer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
