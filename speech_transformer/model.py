@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -207,7 +208,7 @@ class ConvSubsampling(nn.Module):
     (as ESPnet's Conv2dSubsampling6); factor 8: three 3x3 stride 2. `(B, F, n_mels)` -> `(B, S, D)`.
     """
 
-    LAYERS = {4: ((3, 2), (3, 2)), 6: ((3, 2), (5, 3)), 8: ((3, 2), (3, 2), (3, 2))}  # (kernel, stride) each
+    LAYERS: ClassVar[dict[int, tuple[tuple[int, int], ...]]] = {4: ((3, 2), (3, 2)), 6: ((3, 2), (5, 3)), 8: ((3, 2), (3, 2), (3, 2))}  # (kernel, stride) each
 
     def __init__(self, n_mels: int, channels: int, d_model: int, factor: int = 4):
         super().__init__()

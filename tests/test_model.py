@@ -103,3 +103,46 @@ def test_importing_the_model_pulls_in_no_demo_or_feature_libraries():
             "print(sorted(m for m in ('gradio', 'librosa', 'sentencepiece', 'tiktoken', 'jiwer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def encoder_variant(seed: int = 0, **overrides) -> SpeechTransformer:
+    torch.manual_seed(seed)
+    c = preset("tiny", vocab_size=64, encoder_layers=2, decoder_layers=1, dropout=0.0, **overrides)
+    return SpeechTransformer(c).eval()
+
+
+def test_cheaper_stems_and_conformer_blocks_never_see_padding():
+    """Stacking (x4, x6), conv2d x6/x8 and the Conformer convolution: a padded batch row equals the row alone."""
+    import pytest
+
+    feats = torch.randn(2, 203, 80)
+    lengths = torch.tensor([203, 117])
+    for overrides, factor in (({"subsampling": "stack"}, 4), ({"subsampling": "stack", "subsampling_factor": 6}, 6),
+                              ({"subsampling_factor": 6}, 6), ({"subsampling_factor": 8}, 8),
+                              ({"conformer_conv": True, "conv_kernel": 7}, 4)):
+        model = encoder_variant(**overrides)
+        assert model.encoder_frame_seconds == pytest.approx(factor * 0.01)
+        with torch.no_grad():
+            memory, out_lengths = model.encode(feats, lengths)
+            alone, alone_lengths = model.encode(feats[1:, :117], lengths[1:])
+        assert memory.shape[1] == int(out_lengths[0]) and abs(int(out_lengths[0]) - 203 // factor) <= 1
+        assert out_lengths[1] == alone_lengths[0]
+        torch.testing.assert_close(memory[1, : int(alone_lengths[0])], alone[0], atol=1e-4, rtol=1e-4)
+    assert encoder_variant(subsampling="stack").num_parameters() < encoder_variant().num_parameters()
+    with pytest.raises(ValueError, match="4, 6 or 8"):
+        preset("tiny", subsampling_factor=5)
+
+
+def test_intermediate_ctc_is_a_training_loss_only():
+    """Same weights with and without the intermediate layer: identical encoder output, a different CTC loss."""
+    plain, inter = encoder_variant(), encoder_variant(intermediate_ctc_layer=1)
+    inter.load_state_dict(plain.state_dict())  # no extra parameters
+    feats, lengths = torch.randn(2, 150, 80), torch.tensor([150, 120])
+    targets, target_lengths = torch.randint(2, 64, (2, 6)), torch.tensor([6, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(inter.encode(feats, lengths)[0], plain.encode(feats, lengths)[0])
+        a = plain(feats, lengths, targets, target_lengths, intermediate_ctc_weight=0.5)
+        b = inter(feats, lengths, targets, target_lengths, intermediate_ctc_weight=0.5)
+        c = inter(feats, lengths, targets, target_lengths, intermediate_ctc_weight=0.0)
+    assert float(a.ctc) == float(c.ctc) and float(b.ctc) != float(a.ctc)
+    assert float(a.attention) == float(b.attention)
