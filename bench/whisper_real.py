@@ -120,12 +120,22 @@ def worker(key: str, args: argparse.Namespace) -> None:
     system = make_system(key, args.threads)
     for name, manifest in SETS.items():
         path = args.data / manifest if manifest else samples_manifest(args.data, args.out_dir)
-        utterances = read_manifest(path)[: args.limit or None]
+        utterances = read_manifest(path)[: limits(args).get(name)]
         report = evaluate(utterances, [system], batch_size=args.batch_size, cache_dir=args.out_dir / "cache",
                           manifest_key=str(path), data=str(path), progress=False)
         (args.out_dir / name).mkdir(parents=True, exist_ok=True)
         write_reports(report, args.out_dir / name / f"{key}.json")
         print(format_summary(report), flush=True)
+
+
+def limits(args: argparse.Namespace) -> dict[str, int]:
+    out = {}
+    for item in args.limit:
+        name, _, n = item.partition("=")
+        if name not in SETS or not n.isdigit():
+            raise SystemExit(f"--limit {item!r}: expected SET=N with SET one of {', '.join(SETS)}")
+        out[name] = int(n)
+    return out
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -193,14 +203,14 @@ def tables(args: argparse.Namespace) -> str:
     """WER / RTF / peak memory per set and system, from the reports the workers wrote."""
     out = []
     for name in SETS:
-        out += [f"### {name}", "", "| system | WER % | CER % | sub/del/ins | RTF (wall) | RTF (CPU) | peak RSS MB |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+        out += [f"### {name}", "", "| system | utts | words | WER % | CER % | sub/del/ins | RTF (wall) | RTF (CPU) | peak RSS MB |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for key in SYSTEMS:
             path = args.out_dir / name / f"{key}.json"
             if not path.is_file():
                 continue
             b = json.loads(path.read_text())["systems"][0]
-            out.append(f"| {b['name']} | {100 * b['wer']:.2f} | {100 * b['cer']:.2f} | {b['substitutions']}/"
+            out.append(f"| {b['name']} | {b['n_utts']} | {b['n_words']} | {100 * b['wer']:.2f} | {100 * b['cer']:.2f} | {b['substitutions']}/"
                        f"{b['deletions']}/{b['insertions']} | {b['rtf']:.3f} | {b['rtf_cpu']:.3f} | "
                        f"{b['peak_rss_mb']:.0f} |")
         out.append("")
@@ -229,7 +239,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=None, help="the shared data folder (default: as the tests find it)")
     p.add_argument("--systems", nargs="*", default=DEFAULT_SYSTEMS, choices=list(SYSTEMS))
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, default=0, help="first N utterances of each set (0: all)")
+    p.add_argument("--limit", action="append", default=[], metavar="SET=N",
+                   help="score only the first N utterances of SET (repeatable; a busy machine's budget)")
     p.add_argument("--worker", choices=list(SYSTEMS) + ["profile"], help=argparse.SUPPRESS)
     p.add_argument("--no-profile", action="store_true")
     args = p.parse_args()
@@ -243,7 +254,7 @@ def main() -> None:
     if args.worker:
         return worker(args.worker, args)
     base = [sys.executable, __file__, "--threads", str(args.threads), "--out-dir", str(args.out_dir), "--data",
-            str(args.data), "--batch-size", str(args.batch_size), "--limit", str(args.limit)]
+            str(args.data), "--batch-size", str(args.batch_size), *(f"--limit={x}" for x in args.limit)]
     for key in args.systems + ([] if args.no_profile else ["profile"]):
         t = time.time()
         subprocess.run([*base, "--worker", key], check=True)

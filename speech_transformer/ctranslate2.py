@@ -275,6 +275,17 @@ class WhisperDims:
     n_text_layer: int
 
 
+WHISPER_FLAGS = {"decoder/pre_norm": 1, "decoder/activation": 3, "decoder/scale_embeddings": 0, "decoder/alibi": 0}
+# pre-LayerNorm blocks, exact (erf) GELU, unscaled token embeddings, learned positions: what whisper_config sets
+
+
+def check_flags(variables: dict[str, torch.Tensor], source: str) -> None:
+    """The scalar switches that WhisperSpec stores must be the ones our Whisper configuration implements."""
+    for name, expected in WHISPER_FLAGS.items():
+        if name in variables and int(variables[name]) != expected:
+            raise CTranslate2Error(f"{source}: {name} is {int(variables[name])}, a Whisper model has {expected}")
+
+
 def whisper_dims(variables: dict[str, torch.Tensor], source: str) -> WhisperDims:
     """Model dimensions of a WhisperSpec model: widths from the weights, heads from `*/num_heads`."""
     try:
@@ -373,6 +384,7 @@ def read_faster_whisper(folder: FasterWhisperFolder | str | os.PathLike
     if model.spec != "WhisperSpec":
         raise CTranslate2Error(f"{folder}: a {model.spec or 'unnamed'} model, not WhisperSpec")
     variables = model.dequantized()
+    check_flags(variables, str(folder))
     return whisper_dims(variables, str(folder)), to_openai_state_dict(variables, str(folder))
 
 
