@@ -7,15 +7,17 @@ Searches (`DecodingOptions.method`):
   the CTC prefix score (`ctc_weight`, Watanabe et al., 2017, as in ESPnet) and an external LM (`lm_weight`);
 - "lexicon": word-level CTC beam search over a lexicon with a word n-gram LM (`speech_transformer.lexicon`).
 
-Both attention searches share the pieces: `LogitFilter`s (tokens never emitted), `Limits` (a maximum length
-tied to the input length, and the loop guard that ends a hypothesis repeating an n-gram) and `<eos>` handling.
-Every search ends.
+Both attention searches share the pieces: `LogitFilter`s (tokens never emitted, tokens that may not start
+the text), `Limits` (a maximum length tied to the input length, and the loop guard that ends a hypothesis
+repeating an n-gram) and `<eos>` handling. Every search ends. `decode_with_fallback` adds Whisper's
+temperature fallback (sampling again where a result loops or is unsure) and its no-speech decision.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Protocol, Sequence
+import zlib
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -39,6 +41,14 @@ class DecodingOptions:
     lm_weight: float = 0.0  # weight of an external LM: token LM in beam search, word LM in "lexicon"
     word_score: float = 0.0  # "lexicon": bonus per word
     rescore_weight: float = 0.0  # "lexicon": weight of the attention decoder when re-ranking the n-best list
+    # Whisper-style fallback: a result that looks like a loop (gzip compression ratio above the threshold) or
+    # is unsure (avg log-prob below the threshold) is decoded again, sampling at the next temperature
+    temperatures: tuple[float, ...] = (0.0,)
+    best_of: int = 5  # samples per temperature > 0; the most probable one is kept
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6  # models with a no-speech token: above it (and unsure) the result is silence
+    seed: int = 0  # of the sampling at temperatures > 0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -47,6 +57,9 @@ class DecodingOptions:
             raise ValueError("beam_size must be >= 1")
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError("ctc_weight must be in [0, 1]")
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))  # JSON gives lists
+        if not self.temperatures or min(self.temperatures) < 0:
+            raise ValueError("temperatures must be one or more values >= 0")
 
     @property
     def is_greedy(self) -> bool:
@@ -55,7 +68,7 @@ class DecodingOptions:
     def to_dict(self) -> dict[str, Any]:
         """Only the fields that differ from the defaults (what a model directory stores)."""
         default = DecodingOptions()
-        return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v != getattr(default, k)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "DecodingOptions":
@@ -86,6 +99,7 @@ class DecodingOptions:
 class Hypothesis:
     tokens: list[int]
     score: float  # sum of log-probabilities (joint score for beam search)
+    no_speech_prob: float | None = None  # models with a no-speech token (Whisper)
 
     def normalized(self, length_penalty: float) -> float:
         return self.score / max(1, len(self.tokens) + 1) ** length_penalty
@@ -94,18 +108,26 @@ class Hypothesis:
 # --- pieces every attention search shares ----------------------------------------------------------------
 
 class LogitFilter(Protocol):
-    def apply(self, log_probs: Tensor, sequences: Sequence[list[int]]) -> None:
-        """Change next-token log-probabilities `(N, V)` of N hypotheses in place."""
+    def apply(self, logits: Tensor, sequences: Sequence[list[int]]) -> None:
+        """Change next-token logits `(N, V)` of N hypotheses in place (before the softmax, as whisper does)."""
 
 
 class SuppressTokens:
-    """Tokens the decoder never emits (the CTC blank; Whisper's special and timestamp tokens)."""
+    """Tokens the decoder never emits (the CTC blank; Whisper's special, timestamp and non-speech tokens)."""
 
     def __init__(self, ids: Sequence[int], device: torch.device):
         self.ids = torch.tensor(list(ids), dtype=torch.long, device=device)
 
-    def apply(self, log_probs: Tensor, sequences: Sequence[list[int]]) -> None:
-        log_probs.index_fill_(1, self.ids, NEG_INF)
+    def apply(self, logits: Tensor, sequences: Sequence[list[int]]) -> None:
+        logits.index_fill_(1, self.ids, NEG_INF)
+
+
+class SuppressAtStart(SuppressTokens):
+    """Tokens that may not start the text (Whisper: a bare space and <|endoftext|>)."""
+
+    def apply(self, logits: Tensor, sequences: Sequence[list[int]]) -> None:
+        if not any(sequences):
+            super().apply(logits, sequences)
 
 
 def repeats_too_often(tokens: list[int], max_repeats: int, max_ngram: int = 8) -> bool:
@@ -142,17 +164,24 @@ class AttentionStep:
     """The decoder as a step function over N running hypotheses: tokens in, filtered log-probabilities out."""
 
     def __init__(self, model, memory: Tensor, lengths: Tensor, special: SpecialTokens, filters: list[LogitFilter]):
-        self.model, self.lengths, self.filters = model, lengths, filters
+        self.model, self.lengths, self.filters, self.special = model, lengths, filters, special
         self.memory_kv = model.decoder.memory_kv(memory)
         self.cache = None
         self.tokens = torch.tensor(special.prompt, device=memory.device).expand(memory.shape[0], len(special.prompt))
+        self.no_speech_probs: list[float] | None = None  # after the first step, for a model with a no-speech token
+
+    def logits(self, sequences: Sequence[list[int]]) -> Tensor:
+        """Filtered next-token logits `(N, V)`."""
+        logits, self.cache = self.model.decoder(self.tokens, self.memory_kv, self.lengths, self.cache)
+        if self.special.no_speech is not None and self.no_speech_probs is None:  # at the prompt's first token
+            self.no_speech_probs = logits[:, 0].float().softmax(-1)[:, self.special.no_speech].tolist()
+        logits = logits[:, -1].float()
+        for f in self.filters:
+            f.apply(logits, sequences)
+        return logits
 
     def log_probs(self, sequences: Sequence[list[int]]) -> Tensor:
-        logits, self.cache = self.model.decoder(self.tokens, self.memory_kv, self.lengths, self.cache)
-        logp = logits[:, -1].float().log_softmax(-1)
-        for f in self.filters:
-            f.apply(logp, sequences)
-        return logp
+        return self.logits(sequences).log_softmax(-1)
 
     def advance(self, next_tokens: Tensor, rows: Tensor | None = None) -> None:
         """Feed `next_tokens` `(N,)`; `rows` `(N,)` says which hypothesis each new one extends (beam search)."""
@@ -162,7 +191,10 @@ class AttentionStep:
 
 
 def default_filters(special: SpecialTokens, device: torch.device) -> list[LogitFilter]:
-    return [SuppressTokens(special.suppress, device)]
+    filters: list[LogitFilter] = [SuppressTokens(special.suppress, device)]
+    if special.suppress_at_start:
+        filters.append(SuppressAtStart(special.suppress_at_start, device))
+    return filters
 
 
 # --- scorers that beam search adds to the decoder's log-probabilities ------------------------------------
@@ -271,11 +303,20 @@ def ctc_greedy_search(ctc_log_probs: Tensor, lengths: Tensor, blank: int = Speci
     return out
 
 
+def next_tokens(logits: Tensor, temperature: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """The most probable token of each row `(N, V)` at temperature 0, else a sample; with its log-probability."""
+    logp = logits.log_softmax(-1)
+    if temperature == 0:
+        return logp.max(-1)
+    tokens = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)[:, 0]
+    return logp.gather(1, tokens[:, None])[:, 0], tokens
+
+
 @torch.no_grad()
 def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
-                  special: SpecialTokens = SpecialTokens(), filters: list[LogitFilter] | None = None
-                  ) -> list[Hypothesis]:
-    """Batched greedy attention decoding with a KV cache. memory `(B, S, D)`."""
+                  special: SpecialTokens = SpecialTokens(), filters: list[LogitFilter] | None = None,
+                  temperature: float = 0.0, generator: torch.Generator | None = None) -> list[Hypothesis]:
+    """Batched greedy attention decoding with a KV cache (sampling at `temperature` > 0). memory `(B, S, D)`."""
     B = memory.shape[0]
     limits = Limits(max_lengths(lengths, options), options.max_repeats)
     step_fn = AttentionStep(model, memory, lengths, special,
@@ -283,7 +324,10 @@ def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptio
     hyps = [Hypothesis([], 0.0) for _ in range(B)]
     done = [False] * B
     for step in range(max(limits.lengths) + 1):
-        best, next_tokens = step_fn.log_probs([h.tokens for h in hyps]).max(-1)
+        best, next_tokens_ = next_tokens(step_fn.logits([h.tokens for h in hyps]), temperature, generator)
+        if step == 0 and step_fn.no_speech_probs is not None:
+            for h, p in zip(hyps, step_fn.no_speech_probs):
+                h.no_speech_prob = p
         for b in range(B):
             if done[b]:
                 continue
@@ -291,7 +335,7 @@ def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptio
                 done[b] = True
                 continue
             hyps[b].score += float(best[b])
-            token = int(next_tokens[b])
+            token = int(next_tokens_[b])
             if token == special.eos:
                 done[b] = True
                 continue
@@ -299,7 +343,7 @@ def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptio
             done[b] = limits.loops(hyps[b].tokens)
         if all(done):
             break
-        step_fn.advance(next_tokens)
+        step_fn.advance(next_tokens_)
     return hyps
 
 
@@ -411,7 +455,11 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
         for s in scorers:
             s.select(rows, columns)
         step_fn.advance(new_tokens, rows)
-    return beams.best(options.length_penalty)
+    best = beams.best(options.length_penalty)
+    if step_fn.no_speech_probs is not None:  # every row of an utterance starts from the same prompt
+        for b, h in enumerate(best):
+            h.no_speech_prob = step_fn.no_speech_probs[b * W]
+    return best
 
 
 @torch.no_grad()
@@ -434,6 +482,56 @@ def sequence_log_probs(model, memory: Tensor, lengths: Tensor, sequences: list[l
     logp = logits[:, P - 1:].float().log_softmax(-1)  # (N, L, V): row i predicts target i
     picked = logp.gather(2, targets.clamp(min=0)[..., None])[..., 0]
     return picked.masked_fill(targets < 0, 0.0).sum(1)
+
+
+def sample_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions, special: SpecialTokens,
+                  temperature: float, generator: torch.Generator) -> list[Hypothesis]:
+    """`options.best_of` samples per utterance at `temperature`; the most probable (length-normalised) is kept."""
+    n = options.best_of
+    samples = greedy_search(model, memory.repeat_interleave(n, dim=0), lengths.repeat_interleave(n), options,
+                            special, temperature=temperature, generator=generator)
+    return [max(samples[b * n:(b + 1) * n], key=lambda h: h.normalized(options.length_penalty))
+            for b in range(memory.shape[0])]
+
+
+def compression_ratio(text: str) -> float:
+    """gzip's ratio of a text: high for a decoder stuck repeating itself."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def needs_fallback(h: Hypothesis, text: str, options: DecodingOptions) -> bool:
+    """Whisper's test for decoding again at a higher temperature: a loop, or an unsure result that is not silence."""
+    if h.no_speech_prob is not None and h.no_speech_prob > options.no_speech_threshold:
+        return False
+    avg = h.score / (len(h.tokens) + 1)
+    return compression_ratio(text) > options.compression_ratio_threshold or avg < options.logprob_threshold
+
+
+def is_silence(h: Hypothesis, options: DecodingOptions) -> bool:
+    """Whisper's no-speech decision: the no-speech token is likely and the text unsure."""
+    return (h.no_speech_prob is not None and h.no_speech_prob > options.no_speech_threshold
+            and h.score / (len(h.tokens) + 1) < options.logprob_threshold)
+
+
+@torch.no_grad()
+def decode_with_fallback(model, memory: Tensor, lengths: Tensor, options: DecodingOptions, special: SpecialTokens,
+                         text: Callable[[list[int]], str], lm=None, words=None) -> list[Hypothesis]:
+    """`decode`, then Whisper's temperature fallback for the results `needs_fallback` picks (method "attention"),
+    then its no-speech decision (an empty hypothesis where `is_silence`)."""
+    hyps = decode(model, memory, lengths, options, special, lm, words)
+    if options.method == "attention" and len(options.temperatures) > 1:
+        generator = torch.Generator(device=memory.device).manual_seed(options.seed)
+        for temperature in options.temperatures[1:]:
+            redo = [b for b, h in enumerate(hyps) if needs_fallback(h, text(h.tokens), options)]
+            if not redo:
+                break
+            rows = torch.tensor(redo, device=memory.device)
+            again = sample_search(model, memory[rows], lengths[rows], options, special, temperature, generator)
+            for b, h in zip(redo, again):
+                h.no_speech_prob = hyps[b].no_speech_prob
+                hyps[b] = h
+    return [Hypothesis([], h.score, h.no_speech_prob) if is_silence(h, options) else h for h in hyps]
 
 
 class WordSearch(Protocol):

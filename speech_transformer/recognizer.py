@@ -25,7 +25,7 @@ from speech_transformer.align import (
     words_from_tokens,
 )
 from speech_transformer.audio import SAMPLE_RATE
-from speech_transformer.decoding import DecodingOptions, Hypothesis, decode
+from speech_transformer.decoding import DecodingOptions, Hypothesis, decode_with_fallback
 from speech_transformer.features import pad_waveforms
 from speech_transformer.lm import LM_FILE, NgramLM
 from speech_transformer.model import SpeechTransformer
@@ -52,6 +52,7 @@ class Recognition:
     score: float  # log-probability (joint score for beam search)
     avg_logprob: float  # per token (+ <eos>) for the decoder's searches, per frame for CTC greedy
     frames: int = 0  # valid encoder frames
+    no_speech_prob: float | None = None  # models with a no-speech token (Whisper)
     spans: list[TokenSpan] | None = None  # with align=True: CTC forced alignment (None: could not align)
     words: list[Word] = field(default_factory=list)  # with align=True: times in seconds from the waveform's start
     cross_attention: torch.Tensor | None = None  # with attention=True: `(layers, heads, L + 1, S)`
@@ -127,12 +128,13 @@ class Recognizer:
         if not waveforms:
             return []
         enc = self.encode(waveforms)
-        hyps = decode(self.model, enc.memory, enc.lengths, options, self.tokenizer.special, self.lm, self.words)
+        hyps = decode_with_fallback(self.model, enc.memory, enc.lengths, options, self.tokenizer.special,
+                                    self.tokenizer.decode, self.lm, self.words)
         out = []
         for b, h in enumerate(hyps):
             frames = int(enc.lengths[b])
             r = Recognition(self.tokenizer.decode(h.tokens).strip(), h.tokens, h.score,
-                            avg_logprob(h, frames, options), frames)
+                            avg_logprob(h, frames, options), frames, h.no_speech_prob)
             if align:
                 self._align(r, enc, b, len(waveforms[b]) / SAMPLE_RATE)
             out.append(r)

@@ -32,6 +32,8 @@ class SpecialTokens:
     eos: int = SOS_EOS_ID
     suppress: tuple[int, ...] = (BLANK_ID,)  # never emitted by attention decoding
     blank: int = BLANK_ID  # the CTC blank
+    suppress_at_start: tuple[int, ...] = ()  # not emitted as the first token (Whisper: " " and <|endoftext|>)
+    no_speech: int | None = None  # Whisper's <|nospeech|>: its probability after the prompt's first token
 
 
 class TextTokenizer(Protocol):
@@ -145,8 +147,24 @@ class WhisperTokenizer:
         if multilingual:
             prompt += [self.special_ids[f"<|{self.language}|>"], self.special_ids[f"<|{self.task}|>"]]
         prompt.append(self.special_ids["<|notimestamps|>"])
+        specials = [i for i in self.special_ids.values() if i != self.eot]
         self.special = SpecialTokens(prompt=tuple(prompt), eos=self.eot, blank=self.eot,
-                                     suppress=tuple(i for i in self.special_ids.values() if i != self.eot))
+                                     suppress=tuple(sorted({*specials, *self.non_speech_tokens()})),
+                                     suppress_at_start=(*self.encoding.encode(" "), self.eot),
+                                     no_speech=self.special_ids["<|nospeech|>"])
+
+    def non_speech_tokens(self) -> tuple[int, ...]:
+        """Tokens of speaker tags and non-speech annotations ("♪♪♪", "[DAVID]", "( LAUGHS )"), suppressed as
+        openai-whisper's `suppress_tokens="-1"` does; basic punctuation, and "-" or "'" inside words, stay."""
+        encode = self.encoding.encode
+        symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』') + "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+        miscellaneous = list("♩♪♫♬♭♮♯")  # U+2640..267F: a multi-token symbol's first token is safe to drop
+        result = {encode(" -")[0], encode(" '")[0]}
+        for symbol in symbols + miscellaneous:
+            for tokens in (encode(symbol), encode(" " + symbol)):
+                if len(tokens) == 1 or symbol in miscellaneous:
+                    result.add(tokens[0])
+        return tuple(sorted(result))
 
     @classmethod
     def from_config(cls, vocab_file: str | os.PathLike, spec: dict) -> "WhisperTokenizer":

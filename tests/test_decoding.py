@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -90,3 +92,53 @@ def test_options_round_trip_through_a_model_directory_entry():
         assert "beam" in str(e)
     else:
         raise AssertionError("an unknown field must be refused")
+
+
+# --- Whisper's decoding pieces, on the real Whisper base weights that the test extra installs -------------
+
+@pytest.fixture(scope="module")
+def whisper_base(tmp_path_factory):
+    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.whisper import resolve
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECH_TRANSFORMER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return Recognizer.from_dir(resolve("base"))
+
+
+def test_whisper_suppresses_non_speech_tokens_and_a_blank_start_as_openai_whisper_does(whisper_base):
+    import whisper.tokenizer
+
+    theirs = whisper.tokenizer.get_tokenizer(True, num_languages=99, language="en", task="transcribe")
+    special = whisper_base.tokenizer.special
+    assert set(theirs.non_speech_tokens) <= set(special.suppress)
+    assert special.suppress_at_start == (*theirs.encode(" "), theirs.eot) and special.no_speech == theirs.no_speech
+
+
+def test_whisper_noise_gives_no_text_and_speech_gives_text(whisper_base, data_dir):
+    from speech_transformer.audio import load_audio
+
+    noise = (np.random.default_rng(0).standard_normal(3 * 16_000) * 0.01).astype(np.float32)
+    jfk = load_audio(data_dir / "samples" / "jfk.flac")
+    speech, hiss = whisper_base.recognize([jfk, noise], DecodingOptions())
+    assert speech.text.startswith("And so my fellow Americans") and speech.no_speech_prob < 0.1
+    assert hiss.no_speech_prob > 0.6 and hiss.text == "" and hiss.tokens == []
+
+
+def test_temperature_fallback_samples_again_only_where_needed(whisper_base, data_dir):
+    from speech_transformer.audio import load_audio
+    from speech_transformer.decoding import compression_ratio, decode_with_fallback, needs_fallback, sample_search
+
+    assert compression_ratio("the cat " * 20) > 2.4 > compression_ratio("And so my fellow Americans, ask not")
+    model, special, text = whisper_base.model, whisper_base.tokenizer.special, whisper_base.tokenizer.decode
+    enc = whisper_base.encode([load_audio(data_dir / "samples" / "jfk.flac")])
+    plain = DecodingOptions(max_length=12)
+    fallback = DecodingOptions(max_length=12, temperatures=(0.0, 1.0), best_of=2)
+    first = decode_with_fallback(model, enc.memory, enc.lengths, plain, special, text)
+    assert not needs_fallback(first[0], text(first[0].tokens), fallback)  # a sure result is kept as it is
+    assert decode_with_fallback(model, enc.memory, enc.lengths, fallback, special, text)[0].tokens == first[0].tokens
+    unsure = DecodingOptions(max_length=12, temperatures=(0.0, 1.0), best_of=2, logprob_threshold=0.0)  # all unsure
+    again = decode_with_fallback(model, enc.memory, enc.lengths, unsure, special, text)
+    sampled = sample_search(model, enc.memory, enc.lengths, unsure, special, 1.0,
+                            torch.Generator().manual_seed(unsure.seed))
+    assert again[0].tokens == sampled[0].tokens  # the temperature-1 samples, seeded, replaced the greedy result

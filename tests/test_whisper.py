@@ -75,13 +75,14 @@ def speech(data_dir) -> list[np.ndarray]:
 
 
 def their_greedy(model: Whisper, mel: torch.Tensor, n: int, suppress: str = "") -> list[list[int]]:
-    options = TheirOptions(language="en", without_timestamps=True, suppress_tokens=suppress, suppress_blank=False,
-                           sample_len=n, fp16=False)
+    options = TheirOptions(language="en", without_timestamps=True, suppress_tokens=suppress,
+                           suppress_blank=bool(suppress), sample_len=n, fp16=False)
     return [r.tokens for r in their_decode(model, mel, options)]
 
 
 def our_greedy(model, tokenizer, waves: list[np.ndarray], n: int, suppress: bool) -> list[list[int]]:
-    special = tokenizer.special if suppress else dataclasses.replace(tokenizer.special, suppress=())
+    special = tokenizer.special if suppress else dataclasses.replace(tokenizer.special, suppress=(),
+                                                                     suppress_at_start=())
     audio = torch.zeros(len(waves), max(len(w) for w in waves))
     for i, w in enumerate(waves):
         audio[i, : len(w)] = torch.from_numpy(w)
@@ -121,7 +122,8 @@ def test_batched_greedy_and_suppression_match(root, speech):
     ours, tokenizer, _ = load_model(directory)
     mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w))) for w in speech])
     assert our_greedy(ours, tokenizer, speech, 20, suppress=False) == their_greedy(theirs, mels, 20)
-    # our default: every special token but <|endoftext|> is suppressed; the same list given to openai-whisper
+    # our default: every special token but <|endoftext|> and the non-speech symbols are suppressed, and a blank
+    # start (openai-whisper's suppress_blank); the same list given to openai-whisper
     suppress = ",".join(str(t) for t in tokenizer.special.suppress)
     assert our_greedy(ours, tokenizer, speech, 20, suppress=True) == their_greedy(theirs, mels, 20, suppress)
 
