@@ -33,7 +33,6 @@ openai `.pt` files take.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -416,27 +415,6 @@ def vocabulary_mismatch(tokenizer, tokens: Iterable[str]) -> str | None:
         if ours != SPECIAL_SPELLINGS.get(token, token):
             return f"id {i} is {token!r} there, {ours!r} in the tokenizer"
     return None
-
-
-def write_model_bin(path: str | os.PathLike, spec: str, revision: int, variables: dict[str, np.ndarray],
-                    aliases: dict[str, str] | None = None) -> Path:
-    """Write a version-6 model.bin (CTranslate2's `_serialize` layout): for tests and small fixtures."""
-    def string(s: str) -> bytes:
-        raw = s.encode("utf-8") + b"\0"
-        return struct.pack("<H", len(raw)) + raw
-
-    out = io.BytesIO()
-    out.write(struct.pack("<I", MAX_BINARY_VERSION) + string(spec) + struct.pack("<II", revision, len(variables)))
-    for name, value in variables.items():
-        value = np.ascontiguousarray(value)
-        out.write(string(name) + struct.pack(f"<B{value.ndim}I", value.ndim, *value.shape))
-        out.write(struct.pack("<BI", DTYPES.index(value.dtype.name), value.nbytes) + value.astype(
-            value.dtype.newbyteorder("<")).tobytes())
-    out.write(struct.pack("<I", len(aliases or {})))
-    for alias, target in (aliases or {}).items():
-        out.write(string(alias) + string(target))
-    Path(path).write_bytes(out.getvalue())
-    return Path(path)
 
 
 def openai_whisper_model(folder: FasterWhisperFolder | str | os.PathLike):

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from speech_transformer.audio import load_audio
-from speech_transformer.checkpoint import CheckpointError, load_model
+from speech_transformer.checkpoint import load_model
 from speech_transformer.ctranslate2 import (
     CTranslate2Error,
     FasterWhisperFolder,
@@ -113,6 +113,14 @@ def test_reader_takes_old_versions(tmp_path):
     assert (v3.spec, v3.revision) == ("WhisperSpec", 2) and torch.equal(v3.variables["x/bias"], torch.tensor(w))
     v1 = read_model_bin_bytes(tmp_path / "v1.bin", struct.pack("<II", 1, 1) + body)
     assert (v1.spec, v1.revision, v1.aliases) == ("", 1, {})
+
+
+def test_whisper_switches_we_do_not_implement_are_refused(tmp_path):
+    flag = variable("decoder/scale_embeddings", np.array(1, dtype="<i1"), 1)
+    (tmp_path / "model.bin").write_bytes(struct.pack("<I", 6) + string("WhisperSpec") + struct.pack("<II", 3, 1)
+                                         + flag + struct.pack("<I", 0))
+    with pytest.raises(CTranslate2Error, match="scale_embeddings is 1"):
+        read_faster_whisper(tmp_path)
 
 
 def read_model_bin_bytes(path: Path, data: bytes):
@@ -249,7 +257,7 @@ def test_cli_converts_a_faster_whisper_folder(folder, converted, tmp_path, monke
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
     monkeypatch.setenv(whisper.WHISPER_DIR_ENV, str(tmp_path))
     (tmp_path / "faster-whisper-small").symlink_to(real)
-    found, looked = whisper.installed_folder("small")  # a user's folder wins, under NAME or faster-whisper-NAME
+    found, _ = whisper.installed_folder("small")  # a user's folder wins, under NAME or faster-whisper-NAME
     assert found.model_files == (tmp_path / "faster-whisper-small" / "model.bin",)
     with pytest.raises(FileNotFoundError, match=r"whisper:no-such-model.*faster-whisper-no-such-model"):
         whisper.resolve("no-such-model")
