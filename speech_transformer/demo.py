@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -63,28 +63,40 @@ def peak_level_dbfs(wave: np.ndarray, frame: int = 480) -> float:
 class Demo:
     """What happens when someone presses Transcribe."""
 
-    def __init__(self, recognizer: Recognizer, limits: Limits = Limits()):
-        self.recognizer = recognizer
+    def __init__(self, recognizer: Recognizer, limits: Limits = Limits(),
+                 more_models: dict[str, Callable[[], Recognizer]] | None = None):
+        self.recognizer = recognizer  # the first model
         self.limits = limits
+        self.more_models = dict(more_models or {})  # name -> loader, called the first time it is chosen
+        self._loaded: dict[str, Recognizer] = {}
+
+    def model(self, name: str | None) -> Recognizer:
+        if not name or name not in self.more_models:
+            return self.recognizer
+        if name not in self._loaded:
+            self._loaded[name] = self.more_models[name]()
+        return self._loaded[name]
 
     def transcribe(self, recording: str | tuple | None, beam_size: float | None = None,
-                   ctc_weight: float | None = None, layer: str = MEAN
+                   ctc_weight: float | None = None, layer: str = MEAN, model: str | None = None
                    ) -> tuple[str, str, np.ndarray | None, np.ndarray | None]:
         """A file path (or a `(rate, array)` recording) -> transcript, details (Markdown), two pictures `(H, W, 3)`.
 
-        Beam size and CTC weight left out keep the model's preferred decoding. Inputs the demo cannot use
-        give an empty transcript, a friendly message and no pictures.
+        Beam size and CTC weight left out keep the model's preferred decoding; `model` names one of
+        `more_models` (default: the first model). Inputs the demo cannot use give an empty transcript, a
+        friendly message and no pictures.
         """
         try:
             wave, source = self.load(recording)
         except Rejected as e:
             return "", f"⚠️ {e}", None, None
-        options = self.recognizer.options.override(beam_size=None if beam_size is None else int(beam_size),
-                                                   ctc_weight=None if ctc_weight is None else float(ctc_weight))
+        recognizer = self.model(model)
+        options = recognizer.options.override(beam_size=None if beam_size is None else int(beam_size),
+                                              ctc_weight=None if ctc_weight is None else float(ctc_weight))
         start = time.perf_counter()
-        result = self.recognizer.recognize([wave], options, align=True, attention=True)[0]
+        result = recognizer.recognize([wave], options, align=True, attention=True)[0]
         elapsed = time.perf_counter() - start
-        spectrogram, attention = self.pictures(wave, result, layer)
+        spectrogram, attention = self.pictures(wave, result, layer, recognizer)
         seconds = len(wave) / SAMPLE_RATE
         details = (f"**{seconds:.2f} s** of audio ({source}) · processed in **{elapsed:.2f} s** (with alignment and "
                    f"attention) · real-time factor **{elapsed / seconds:.2f}** · {len(result.tokens)} tokens, mean "
@@ -143,16 +155,18 @@ class Demo:
         return f"This audio could not be read: {e.reason}. WAV, FLAC, OGG/Opus and MP3 files work."
 
     @torch.inference_mode()
-    def pictures(self, wave: np.ndarray, result: Recognition, layer: str = MEAN) -> tuple[np.ndarray, np.ndarray]:
+    def pictures(self, wave: np.ndarray, result: Recognition, layer: str = MEAN,
+                 recognizer: Recognizer | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The spectrogram with the CTC alignment under it, and the cross-attention picture `(H, W, 3)` uint8.
 
         `result` is the Recognizer's, with `align=True, attention=True`: the encoder is not run again.
         """
-        model, tokenizer = self.recognizer.model, self.recognizer.tokenizer
+        recognizer = recognizer or self.recognizer
+        model, tokenizer = recognizer.model, recognizer.tokenizer
         audio = torch.from_numpy(wave)[None].to(model.device)
         log_mel, mel_frames = model.frontend.log_mel(audio, torch.tensor([len(wave)], device=model.device))
         weights = result.cross_attention.mean(1)  # (layers, L+1, S), heads averaged
-        weights = weights.mean(0) if layer == MEAN else weights[int(layer) - 1]
+        weights = weights.mean(0) if layer == MEAN else weights[min(int(layer), len(weights)) - 1]
         pieces = [tokenizer.id_to_piece(t).replace("▁", "_") for t in result.tokens]
         seconds = len(wave) / SAMPLE_RATE
         frame_s, offset = model.encoder_frame_seconds, model.encoder_frame_offset
@@ -284,11 +298,15 @@ def find_examples(data_dir: Path | None = None, max_seconds: float = 30.0) -> li
 
 
 def build(recognizer: Recognizer, limits: Limits = Limits(), model_dir: Path | None = None,
-          examples: list[tuple[str, str]] = ()) -> gr.Blocks:
-    """The Gradio page around `Demo(recognizer, limits).transcribe` (API name `transcribe`)."""
+          examples: list[tuple[str, str]] = (), more_models: dict[str, Callable[[], Recognizer]] | None = None
+          ) -> gr.Blocks:
+    """The Gradio page around `Demo(recognizer, limits, more_models).transcribe` (API name `transcribe`).
+
+    With `more_models` (name -> loader, e.g. the installed Whisper base), a model choice appears.
+    """
     import gradio as gr
 
-    demo = Demo(recognizer, limits)
+    demo = Demo(recognizer, limits, more_models)
     layers = [MEAN] + [str(i) for i in range(1, len(recognizer.model.decoder.blocks) + 1)]
     with gr.Blocks(title="speech_transformer: talk to the transformer", analytics_enabled=False) as blocks:
         gr.Markdown(
@@ -307,6 +325,10 @@ def build(recognizer: Recognizer, limits: Limits = Limits(), model_dir: Path | N
                     ctc = gr.Slider(0.0, 1.0, value=preferred.ctc_weight, step=0.05, label="CTC weight",
                                     interactive=recognizer.model.ctc_head is not None)
                 layer = gr.Dropdown(layers, value=MEAN, label="Cross-attention layer (mean: all layers)")
+                first = f"{(model_dir or Path('model')).name} (this demo's model)"
+                choice = gr.Dropdown([first, *demo.more_models], value=first, label="Model", elem_id="model",
+                                     visible=bool(demo.more_models),
+                                     info="Whisper base runs in this project's own transformer code, offline")
                 button = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
                 if examples:
                     gr.Examples([[path] for path, _ in examples], inputs=[recording], label="Example clips",
@@ -320,8 +342,8 @@ def build(recognizer: Recognizer, limits: Limits = Limits(), model_dir: Path | N
                                      buttons=["download", "fullscreen"], elem_id="attention")
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card(recognizer, model_dir), elem_id="model-card")
-        button.click(demo.transcribe, [recording, beam, ctc, layer], [transcript, details, spectrogram, attention],
-                     api_name="transcribe")
+        inputs = [recording, beam, ctc, layer] + ([choice] if demo.more_models else [])
+        button.click(demo.transcribe, inputs, [transcript, details, spectrogram, attention], api_name="transcribe")
     return blocks
 
 
@@ -338,6 +360,16 @@ def launch(blocks: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, 
                          allowed_paths=allowed_paths, show_error=True)
 
 
+def installed_whisper(device: str, name: str = "base") -> dict[str, Callable[[], Recognizer]]:
+    """`whisper:NAME` as a second model when an installed copy exists (converted on first use, no download)."""
+    from speech_transformer import whisper
+
+    folder, _ = whisper.installed_folder(name)
+    if folder is None:
+        return {}
+    return {f"whisper:{name}": lambda: Recognizer.from_dir(whisper.resolve(name), device)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="speech-transformer demo",
                                 description="Serve the voice demo: microphone or file in, transcript and pictures out.")
@@ -351,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=1, help="requests decoded at once; others wait in the queue")
     p.add_argument("--queue-size", type=int, default=32, help="requests that may wait; more are turned away")
     p.add_argument("--no-examples", action="store_true", help="do not offer the shared data folder's sample clips")
+    p.add_argument("--no-whisper", action="store_true", help="do not offer the installed Whisper base as a second model")
     args = p.parse_args(argv)
     try:
         model_dir = pretrained.resolve(args.model)
@@ -360,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limits = Limits(max_seconds=args.max_seconds, max_file_mb=args.max_file_mb)
     examples = [] if args.no_examples else find_examples(max_seconds=limits.max_seconds)
-    blocks = build(recognizer, limits, model_dir, examples)
+    blocks = build(recognizer, limits, model_dir, examples, {} if args.no_whisper else installed_whisper(args.device))
     launch(blocks, args.host, args.port, args.share, limits, args.concurrency, args.queue_size,
            allowed_paths=sorted({str(Path(path).parent) for path, _ in examples}))
     return 0

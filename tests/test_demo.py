@@ -276,3 +276,17 @@ def test_model_card_and_missing_model(demo, model, capsys):
         assert "Tiny test model" in card
     assert main(["--model", str(Path(model[0]).parent / "no-such-model")]) == 2
     assert "no such model directory" in capsys.readouterr().err
+
+
+def test_the_installed_whisper_base_is_a_second_model_with_the_same_pictures(demo, data_dir, tmp_path, monkeypatch):
+    from speech_transformer.demo import installed_whisper
+
+    monkeypatch.setenv("SPEECH_TRANSFORMER_CACHE", str(tmp_path / "cache"))
+    more = installed_whisper("cpu")
+    assert list(more) == ["whisper:base"]  # the test extra installs the packaged faster-whisper base folder
+    two = Demo(demo.recognizer, more_models=more)
+    jfk = str(data_dir / "samples" / "jfk.flac")
+    text, details, spectrogram, attention = two.transcribe(jfk, 1, 0.0, "mean", "whisper:base")
+    assert text.startswith("And so my fellow Americans") and "greedy" in details
+    assert spectrogram.shape[1] == attention.shape[1] and attention.shape[0] > 100  # one time axis, 30 rows
+    assert two.transcribe(jfk, 1, 0.0, "mean")[0] != text  # the first model is still the default
