@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ class Encoding:
     lengths: torch.Tensor  # (B,) valid frames of each row
     ctc_log_probs: torch.Tensor | None  # (B, S, V) CTC log-posteriors (blank = special.blank); None: no CTC head
     frame_seconds: float  # one encoder frame, in seconds
+    seconds: list[float] = field(default_factory=list)  # each waveform's length
 
     def __len__(self) -> int:
         return self.memory.shape[0]
@@ -56,6 +58,7 @@ class Recognition:
     spans: list[TokenSpan] | None = None  # with align=True: CTC forced alignment (None: could not align)
     words: list[Word] = field(default_factory=list)  # with align=True: times in seconds from the waveform's start
     cross_attention: torch.Tensor | None = None  # with attention=True: `(layers, heads, L + 1, S)`
+    ctc_log_probs: torch.Tensor | None = None  # with posteriors=True: `(S, V)` of the valid frames
 
 
 def avg_logprob(h: Hypothesis, frames: int, options: DecodingOptions) -> float:
@@ -93,25 +96,30 @@ class Recognizer:
         return self.model.device
 
     def recognize(self, waveforms: list[np.ndarray], options: DecodingOptions | None = None,
-                  batch_seconds: float = 120.0, align: bool = False, attention: bool = False) -> list[Recognition]:
+                  batch_seconds: float = 120.0, align: bool = False, attention: bool = False,
+                  posteriors: bool = False) -> list[Recognition]:
         """16 kHz mono waveforms `(T_i,)` -> one Recognition each, decoded in length-sorted padded batches.
 
         `options` default to the model's preferred decoding. `align` adds token spans and word times,
-        `attention` the decoder's cross-attention weights over the encoder frames.
+        `attention` the decoder's cross-attention weights over the encoder frames, `posteriors` the CTC head's.
         """
-        options = options or self.options
-        order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
         results: list[Recognition | None] = [None] * len(waveforms)
+        for rows, enc in self.batches(waveforms, batch_seconds):
+            for i, r in zip(rows, self.decode(enc, options, align, attention, posteriors)):
+                results[i] = r
+        return results  # type: ignore[return-value]
+
+    def batches(self, waveforms: list[np.ndarray], batch_seconds: float = 120.0) -> Iterator[tuple[list[int], Encoding]]:
+        """Length-sorted padded batches of at most `batch_seconds` padded audio: (indices, their Encoding)."""
+        order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
         batch: list[int] = []
         for i in order + [None]:
             if i is not None and (not batch or (len(batch) + 1) * len(waveforms[i]) <= batch_seconds * SAMPLE_RATE):
                 batch.append(i)
                 continue
-            recognized = self._recognize_batch([waveforms[j] for j in batch], options, align, attention)
-            for j, r in zip(batch, recognized):
-                results[j] = r
+            if batch:
+                yield batch, self.encode([waveforms[j] for j in batch])
             batch = [] if i is None else [i]
-        return results  # type: ignore[return-value]
 
     @torch.inference_mode()
     def encode(self, waveforms: list[np.ndarray]) -> Encoding:
@@ -120,14 +128,14 @@ class Recognizer:
         feats, feat_lengths = self.model.frontend(audio.to(self.device), lengths.to(self.device))
         memory, memory_lengths = self.model.encode(feats, feat_lengths)
         ctc = self.model.ctc_log_probs(memory).float() if self.model.ctc_head is not None else None
-        return Encoding(memory, memory_lengths, ctc, self.model.encoder_frame_seconds)
+        return Encoding(memory, memory_lengths, ctc, self.model.encoder_frame_seconds,
+                        [len(w) / SAMPLE_RATE for w in waveforms])
 
     @torch.inference_mode()
-    def _recognize_batch(self, waveforms: list[np.ndarray], options: DecodingOptions, align: bool,
-                         attention: bool) -> list[Recognition]:
-        if not waveforms:
-            return []
-        enc = self.encode(waveforms)
+    def decode(self, enc: Encoding, options: DecodingOptions | None = None, align: bool = False,
+               attention: bool = False, posteriors: bool = False) -> list[Recognition]:
+        """An Encoding -> one Recognition per row (decode one encoding several ways without encoding again)."""
+        options = options or self.options
         hyps = decode_with_fallback(self.model, enc.memory, enc.lengths, options, self.tokenizer.special,
                                     self.tokenizer.decode, self.lm, self.words)
         out = []
@@ -136,7 +144,9 @@ class Recognizer:
             r = Recognition(self.tokenizer.decode(h.tokens).strip(), h.tokens, h.score,
                             avg_logprob(h, frames, options), frames, h.no_speech_prob)
             if align:
-                self._align(r, enc, b, len(waveforms[b]) / SAMPLE_RATE)
+                self._align(r, enc, b, enc.seconds[b])
+            if posteriors and enc.ctc_log_probs is not None:
+                r.ctc_log_probs = enc.ctc_log_probs[b, :frames].cpu()
             out.append(r)
         if attention:
             self._add_cross_attention(out, enc)

@@ -17,3 +17,28 @@ def test_saved_model_transcribes_what_it_learned(overfit_model_dir, overfit_clip
     results = recognizer.recognize(waves, options, batch_seconds=4.0)  # several batches, padded
     assert [r.text for r in results] == [u.text for u in overfit_clips]
     assert all(r.avg_logprob <= 0 and r.tokens for r in results)
+
+
+def test_one_call_gives_text_times_attention_and_posteriors(overfit_model_dir, overfit_clips):
+    recognizer = Recognizer.from_dir(overfit_model_dir)
+    waves = [load_audio(u.audio) for u in overfit_clips[:3]]
+    plain = recognizer.recognize(waves)  # the model's preferred decoding (greedy: it stores none)
+    full = recognizer.recognize(waves, align=True, attention=True, posteriors=True)
+    for wave, p, r, u in zip(waves, plain, full, overfit_clips):
+        assert p.text == r.text == u.text and p.tokens == r.tokens
+        assert [w.word for w in r.words] == u.text.split()
+        assert all(0 <= w.start <= w.end <= len(wave) / 16_000 for w in r.words)
+        assert r.spans is not None and len(r.spans) == len(r.tokens)
+        layers, heads = len(recognizer.model.decoder.blocks), recognizer.model.config.n_heads
+        assert r.cross_attention.shape == (layers, heads, len(r.tokens) + 1, r.frames)
+        assert r.ctc_log_probs.shape == (r.frames, recognizer.model.config.vocab_size)
+
+
+def test_an_encoding_decodes_several_ways_without_encoding_again(overfit_model_dir, overfit_clips):
+    recognizer = Recognizer.from_dir(overfit_model_dir)
+    waves = [load_audio(u.audio) for u in overfit_clips]
+    [(rows, enc)] = list(recognizer.batches(waves, batch_seconds=1e9))
+    assert sorted(rows) == list(range(len(waves))) and len(enc) == len(waves)
+    for options in (DecodingOptions(), DecodingOptions(method="ctc")):
+        texts = [r.text for r in recognizer.decode(enc, options)]
+        assert texts == [r.text for r in recognizer.recognize([waves[i] for i in rows], options)]
