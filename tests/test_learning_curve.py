@@ -39,7 +39,7 @@ def write_spec(tmp_path: Path, data_dir: Path, marks: list[float]) -> Path:
 def bench(spec: Path, out: Path) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, str(BENCH), "--spec", str(spec), "--out", str(out)], env=env,
-                            capture_output=True, text=True, timeout=240)
+                            capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
 
