@@ -38,6 +38,10 @@ OUT_DIR = ROOT / "bench" / "results" / "lexicon"
 
 
 def rss_mb() -> float:
+    """Resident memory now (VmRSS), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -152,8 +156,13 @@ def load(args):
 
 
 def get_decoder(recognizer, name: str, path, n_spellings: int = 1) -> tuple[lexicon.LexiconDecoder, float, float]:
+    """The decoder of one LM, its build time and the memory it added; "none": the generic LM's words, no LM."""
     before, t = rss_mb(), time.perf_counter()
-    d = lexicon.get_decoder(recognizer.tokenizer, path, n_spellings=n_spellings)
+    if path is None:
+        words = lexicon.arpa_vocab(arpa.packaged_arpa())
+        d = lexicon.LexiconDecoder(lexicon.build_lexicon(words, recognizer.tokenizer, n_spellings), recognizer.tokenizer)
+    else:
+        d = lexicon.get_decoder(recognizer.tokenizer, path, n_spellings=n_spellings)
     return d, time.perf_counter() - t, rss_mb() - before
 
 
@@ -161,12 +170,17 @@ def cmd_tune(args) -> None:
     rec = load(args)
     enc = encode_set(rec, args.manifest, args.limit)
     print(f"{args.manifest}[:{args.limit}]: {len(enc.refs)} utts, {enc.audio_seconds:.0f} s audio", flush=True)
+    for method in args.baselines:
+        r = run_token_level(rec, enc, method)
+        print(f"token: {method:12s} WER {r['wer']:.2%} CER {r['cer']:.2%} RTF {r['rtf']:.3f}", flush=True)
     for name in args.lms:
-        d, secs, mb = get_decoder(rec, name, lm_paths(Path(args.out_dir))[name])
-        print(f"LM {name}: decoder built in {secs:.1f} s (+{mb:.0f} MB peak RSS), lexicon {len(d.lexicon)} words", flush=True)
+        d, secs, mb = get_decoder(rec, name, lm_paths(Path(args.out_dir))[name], args.spellings)
+        print(f"LM {name}: decoder built in {secs:.1f} s (+{mb:.0f} MB RSS), lexicon {len(d.lexicon)} words", flush=True)
         weights = [0.0] if name == "none" else args.lm_weights
         for lw, ws, beam in itertools.product(weights, args.word_scores, args.beams):
-            cfg = lexicon.LexiconConfig(beam_size=beam, lm_weight=lw, word_score=ws, nbest=args.nbest)
+            cfg = lexicon.LexiconConfig(beam_size=beam, lm_weight=lw, word_score=ws, nbest=args.nbest,
+                                        beam_size_token=args.beam_token, beam_threshold=args.beam_threshold,
+                                        log_add=args.log_add)
             r = run_lexicon(rec, enc, d, cfg)
             line = f"{name:9s} lm_weight {lw:4.2f} word_score {ws:5.2f} beam {beam:3d}: WER {r['wer']:.2%} CER {r['cer']:.2%} RTF {r['rtf']:.3f}"
             for rw in args.rescore_weights:
@@ -187,11 +201,12 @@ def cmd_run(args) -> None:
         print(f"{rows[-1][0]:40s} WER {r['wer']:.2%} CER {r['cer']:.2%} RTF {r['rtf']:.3f}", flush=True)
     paths = lm_paths(Path(args.out_dir))
     for name in args.lms:
-        d, secs, mb = get_decoder(rec, name, paths[name])
-        print(f"LM {name}: decoder built in {secs:.1f} s (+{mb:.0f} MB peak RSS), lexicon {len(d.lexicon)} words",
+        d, secs, mb = get_decoder(rec, name, paths[name], args.spellings)
+        print(f"LM {name}: decoder built in {secs:.1f} s (+{mb:.0f} MB RSS), lexicon {len(d.lexicon)} words",
               flush=True)
         cfg = lexicon.LexiconConfig(beam_size=args.beam, lm_weight=args.lm_weight if name != "none" else 0.0,
-                                    word_score=args.word_score, nbest=args.nbest)
+                                    word_score=args.word_score, nbest=args.nbest, beam_size_token=args.beam_token,
+                                    beam_threshold=args.beam_threshold, log_add=args.log_add)
         for rw in sorted({0.0, args.rescore_weight}):
             r = run_lexicon(rec, enc, d, cfg, rw)
             rows.append((f"lexicon+{name}" + (f" rescore {rw}" if rw else ""), r))
@@ -211,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default=str(OUT_DIR))
     p.add_argument("--lms", nargs="*", default=["generic", "mixed"])
+    p.add_argument("--baselines", nargs="*", default=[])
     p.add_argument("--lm-weights", type=float, nargs="*", default=[0.3, 0.6, 1.0, 1.5])
     p.add_argument("--word-scores", type=float, nargs="*", default=[-1.0, 0.0, 1.0, 2.0])
     p.add_argument("--beams", type=int, nargs="*", default=[50])
@@ -219,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--word-score", type=float, default=0.0)
     p.add_argument("--beam", type=int, default=50)
     p.add_argument("--nbest", type=int, default=10)
+    p.add_argument("--spellings", type=int, default=1, help="SentencePiece segmentations per word")
+    p.add_argument("--log-add", action="store_true")
+    p.add_argument("--beam-token", type=int, default=16, help="tokens tried per frame")
+    p.add_argument("--beam-threshold", type=float, default=25.0)
     p.add_argument("--rescore-weight", type=float, default=0.5)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speech_transformer.arpa import BOS, EOS, UNK, packaged_arpa, text_words
-from speech_transformer.tokenizer import SpecialTokens
+from speech_transformer.tokenizer import NUM_SPECIAL, SpecialTokens
 
 WORD_RE = re.compile(r"[a-z][a-z']*")
 NEG_INF = float("-inf")
@@ -44,7 +44,7 @@ class LexiconConfig:
     """Search settings; all but `nbest` are flashlight's LexiconDecoderOptions."""
 
     beam_size: int = 50
-    beam_size_token: int | None = None  # tokens tried per frame (best by CTC); None = all
+    beam_size_token: int | None = 16  # tokens tried per frame (best by CTC); None = all
     beam_threshold: float = 25.0  # drop hypotheses this far below the best
     lm_weight: float = 0.5  # times the LM's log10 probability
     word_score: float = 0.0  # added per word
@@ -86,21 +86,21 @@ def _upper_case_pieces(tokenizer) -> bool:
     return sum(c.isupper() for c in pieces) > sum(c.islower() for c in pieces)
 
 
-def spell(tokenizer, word: str, n: int = 1) -> list[tuple[int, ...]]:
+def spell(tokenizer, word: str, n: int = 1, upper: bool | None = None) -> list[tuple[int, ...]]:
     """The tokenizer's segmentations of one word, best first (SentencePiece n-best when n > 1); [] when
-    every segmentation needs <unk>. Spelled in the tokenizer's case (ours is upper case)."""
-    text = word.upper() if _upper_case_pieces(tokenizer) else word
+    every segmentation needs <unk>. Spelled in the tokenizer's case (`upper`; found from its pieces if None)."""
+    upper = _upper_case_pieces(tokenizer) if upper is None else upper
+    text = word.upper() if upper else word
     spellings = [tuple(tokenizer.encode(text))]
     sp = getattr(tokenizer, "sp", None)
     if n > 1 and sp is not None:
         try:
-            spellings += [tuple(i + 2 for i in ids) for ids in sp.nbest_encode_as_ids(text, n)]
+            spellings += [tuple(i + NUM_SPECIAL for i in ids) for ids in sp.nbest_encode_as_ids(text, n)]
         except RuntimeError:  # BPE models have no n-best
             pass
-    unk = getattr(sp, "unk_id", lambda: -3)() + 2 if sp is not None else -1
     out = []
     for s in spellings:
-        if s and unk not in s and s not in out:
+        if s and not any(tokenizer.id_to_piece(i) == "<unk>" for i in s) and s not in out:
             out.append(s)
     return out[:n]
 
@@ -109,21 +109,17 @@ def build_lexicon(words: Sequence[str], tokenizer, n_spellings: int = 1,
                   boosts: dict[str, float] | None = None) -> Lexicon:
     """Spell every word (lower case, [a-z'] only; other entries such as <s> or 'a.' are skipped)."""
     upper = _upper_case_pieces(tokenizer)
-    cache: dict[str, list[tuple[int, ...]]] = {}
+    spellings: dict[str, list[tuple[int, ...]]] = {}
     unspellable = []
     for w in words:
-        if w in cache or not WORD_RE.fullmatch(w):
+        if w in spellings or not WORD_RE.fullmatch(w):
             continue
-        text = w.upper() if upper else w
-        ids = tuple(tokenizer.encode(text))
-        s = [ids] if n_spellings == 1 else spell(tokenizer, w, n_spellings)
-        if n_spellings == 1 and (not ids or any(tokenizer.id_to_piece(i) == "<unk>" for i in ids)):
-            s = []
+        s = spell(tokenizer, w, n_spellings, upper)
         if s:
-            cache[w] = s
+            spellings[w] = s
         else:
             unspellable.append(w)
-    return Lexicon(cache, dict(boosts or {}), unspellable)
+    return Lexicon(spellings, dict(boosts or {}), unspellable)
 
 
 def read_user_words(path: str | os.PathLike, default_boost: float = 2.0) -> dict[str, float]:
