@@ -203,6 +203,10 @@ def test_vocabulary_is_multilingual_tiktoken_id_for_id(folder, converted):
     assert len(by_id) == tokenizer.special_ids["<|0.00|>"]  # tokenizer.json stops before the timestamps
     assert [by_id[i] for i in range(len(by_id))] == tokens[: len(by_id)]
     assert SPECIAL_SPELLINGS.get(tokens[tokenizer.special_ids["<|nospeech|>"]]) == "<|nospeech|>"
+    # the folder's config.json carries openai-whisper's suppress_tokens="-1" list: ours covers all of it
+    config = folder.config()
+    assert len(config["suppress_ids"]) == 88 and set(config["suppress_ids"]) <= set(tokenizer.special.suppress)
+    assert config["suppress_ids_begin"] == [*tokenizer.encode(" "), tokenizer.eot]
     text = " And so, my fellow Americans: ask not what your country can do for you — 1,961 ¿qué?"
     assert tokenizer.encode(text) == HFTokenizer.from_file(str(folder.directory / "tokenizer.json")).encode(
         text, add_special_tokens=False).ids
@@ -216,9 +220,8 @@ def test_converted_model_matches_openai_whisper_on_real_speech(folder, converted
     import whisper
 
     from speech_transformer.ctranslate2 import openai_whisper_model
-    from speech_transformer.decoding import DecodingOptions
+    from speech_transformer.decoding import DecodingOptions, decode
     from speech_transformer.features import pad_waveforms
-    from speech_transformer.recognizer import Recognizer
 
     torch.set_num_threads(1)
     theirs = openai_whisper_model(folder)
@@ -234,13 +237,16 @@ def test_converted_model_matches_openai_whisper_on_real_speech(folder, converted
         their_logits = theirs.decoder(prompt, their_memory)
         logits, _ = ours.decoder(prompt, ours.decoder.memory_kv(memory), memory_lengths)
         assert (logits - their_logits).abs().max() <= TOLERANCE and their_logits.std() > 1.0
-    suppress = ",".join(map(str, tokenizer.special.suppress))  # ours: every special token but <|endoftext|>
-    options = whisper.DecodingOptions(language="en", without_timestamps=True, suppress_tokens=suppress,
-                                      suppress_blank=False, fp16=False)
+    special = tokenizer.special  # ours: every special token but <|endoftext|>, and the non-speech symbols
+    assert special.suppress_at_start in ((), (*tokenizer.encode(" "), tokenizer.eot))  # = openai's suppress_blank
+    options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False,
+                                      suppress_tokens=",".join(map(str, special.suppress)),
+                                      suppress_blank=bool(special.suppress_at_start))
     their_ids = [r.tokens for r in whisper.decode(theirs, their_memory, options)]
-    ours_out = Recognizer(ours, tokenizer).recognize(clips, DecodingOptions(beam_size=1, ctc_weight=0.0))
-    assert [r.tokens for r in ours_out] == their_ids
-    assert normalize_english(ours_out[0].text) == normalize_english(
+    ours_ids = [h.tokens for h in decode(ours, memory, memory_lengths, DecodingOptions(beam_size=1, ctc_weight=0.0),
+                                         special)]
+    assert ours_ids == their_ids
+    assert normalize_english(tokenizer.decode(ours_ids[0])) == normalize_english(
         "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country.")
 
 
