@@ -364,7 +364,7 @@ def get_decoder(tokenizer, lm: str | os.PathLike | None = GENERIC, words_file: s
     The lexicon is the LM's vocabulary plus the user's words (boosted).
     """
     path = resolve_lm(lm)
-    key = (id(tokenizer), str(path), str(words_file), n_spellings)
+    key = (str(getattr(tokenizer, "model_file", id(tokenizer))), str(path), str(words_file), n_spellings)
     if key not in _DECODERS:
         boosts = read_user_words(words_file) if words_file else {}
         vocab = [w for w in arpa_vocab(path) if w not in (BOS, EOS, UNK)] if path else []
