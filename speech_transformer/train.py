@@ -99,6 +99,7 @@ class TrainConfig:
     average_last: int = 5
     progress: bool = True
     malloc_trim_every: int = 0  # >0: return freed heap to the OS (glibc malloc_trim) every this many steps
+    onednn_primitive_cache: int = 16  # oneDNN primitives kept (one per conv input shape); -1: oneDNN's 1,024
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, overrides: list[str] = ()) -> "TrainConfig":
@@ -244,6 +245,17 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def limit_onednn_cache(capacity: int) -> None:
+    """Cap oneDNN's primitive cache before the first convolution runs (an explicit environment variable wins).
+
+    On CPU, oneDNN keeps one compiled primitive per convolution input shape, up to 1,024; variable-length
+    batches make nearly every shape new, and the cache grew the trainer by GBs (bench/learning_curve.py logs
+    RSS). The cache rarely hits with such batches, so a small one costs no speed.
+    """
+    if capacity >= 0:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+
+
 def malloc_trim() -> None:
     """Give freed heap memory back to the OS (glibc only; a no-op elsewhere)."""
     import ctypes
@@ -364,6 +376,7 @@ class Callback:
 
 def setup_run(c: TrainConfig) -> tuple[int, int, torch.device, Path]:
     """Processes, the output folder (with the resolved config) and the seeds."""
+    limit_onednn_cache(c.onednn_primitive_cache)
     rank, world, device = setup_distributed()
     out_dir = Path(c.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
