@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speech_transformer import arpa, lexicon  # noqa: E402
-from speech_transformer.data import default_data_dir, read_manifest  # noqa: E402
+from speech_transformer import arpa, lexicon
+from speech_transformer.data import default_data_dir, read_manifest
 
 TRAIN_TEXT = ("librispeech/train.tsv", "an4/train.tsv", "fsdd/train.tsv", "text/ljspeech-sentences.txt")
 OUT_DIR = ROOT / "bench" / "results" / "lexicon"

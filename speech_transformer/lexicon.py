@@ -24,9 +24,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -321,7 +321,7 @@ def rescore(model, memory: Tensor, lengths: Tensor, ctc_log_probs: Tensor, nbest
 
     total = (1 - rescore_weight) * ctc_sum + rescore_weight * attention + lm_weight * lm + word_score * |W|.
     """
-    from speech_transformer.decoding import sequence_log_probs  # decoding's scorer; imported late: no cycle
+    from speech_transformer.decoding import sequence_log_probs  # imported late: decoding may import us
 
     rows = [b for b, hyps in enumerate(nbest) for _ in hyps]
     flat = [h for hyps in nbest for h in hyps]
