@@ -65,6 +65,16 @@ def test_known_word_sequence_wins_and_out_of_lexicon_spelling_does_not(tok):
     assert "sat" not in words and set(words) <= {"the", "cat", "cap", "at", "as"}
 
 
+def test_unknown_words_only_with_a_finite_unk_score(tok):
+    lexicon = lx.build_lexicon(["the", "satin", "at"], tok)  # SATIN = ▁S A T IN: "sat" ends inside the trie
+    decoder = lx.LexiconDecoder(lexicon, tok, None)
+    x = posterior(tok, spelled(lexicon, ["the"]) + list(tok.encode("SAT")))
+    n = torch.tensor([x.shape[1]])
+    closed = decoder.decode(x, n, lx.LexiconConfig(beam_size=20))[0][0].words
+    assert "sat" not in closed and set(closed) <= {"the", "satin", "at"}
+    assert decoder.decode(x, n, lx.LexiconConfig(beam_size=20, unk_score=0.0))[0][0].words == ["the", "sat"]
+
+
 def test_padding_frames_are_ignored(tok):
     lexicon = lx.build_lexicon(["the", "cat", "sat"], tok)
     decoder = lx.LexiconDecoder(lexicon, tok, None)
