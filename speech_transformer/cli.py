@@ -3,6 +3,7 @@
     speech-transformer presets                      model presets and their sizes
     speech-transformer tokenizer --manifest M ...   train a SentencePiece tokenizer on transcripts
     speech-transformer lm --model DIR --text T ...  train a token n-gram LM for shallow fusion (DIR/lm.json)
+    speech-transformer lm-words ...                 word n-gram LMs (ARPA) for lexicon decoding: build, convert, mix
     speech-transformer download --sets dev-clean    fetch and prepare LibriSpeech (see recipes/librispeech)
     speech-transformer train --config C.yaml        train (also under torchrun)
     speech-transformer average --exp DIR            average the last checkpoints into a model directory
@@ -26,7 +27,8 @@ from pathlib import Path
 # subcommands implemented by a module's own `main(argv)`
 DELEGATED = {"train": "speech_transformer.train", "evaluate": "speech_transformer.evaluate",
              "download": "speech_transformer.download", "demo": "speech_transformer.demo",
-             "transcribe": "speech_transformer.transcribe_cli", "whisper": "speech_transformer.whisper"}
+             "transcribe": "speech_transformer.transcribe_cli", "whisper": "speech_transformer.whisper",
+             "lm-words": "speech_transformer.arpa"}
 
 
 def presets(argv: list[str]) -> int:

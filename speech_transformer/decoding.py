@@ -41,6 +41,9 @@ class DecodingOptions:
     lm_weight: float = 0.0  # weight of an external LM: token LM in beam search, word LM in "lexicon"
     word_score: float = 0.0  # "lexicon": bonus per word
     rescore_weight: float = 0.0  # "lexicon": weight of the attention decoder when re-ranking the n-best list
+    nbest: int = 10  # "lexicon": candidates kept for rescoring
+    word_lm: str | None = "generic"  # "lexicon": "generic" (pocketsphinx's English 3-gram), an ARPA file, "none"
+    words_file: str | None = None  # "lexicon": the user's own words (one a line, optional boost), added boosted
     # Whisper-style fallback: a result that looks like a loop (gzip compression ratio above the threshold) or
     # is unsure (avg log-prob below the threshold) is decoded again, sampling at the next temperature
     temperatures: tuple[float, ...] = (0.0,)

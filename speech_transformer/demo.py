@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 MEAN = "mean"  # the cross-attention picture averaged over all decoder layers
+LEXICON_BEAM, LEXICON_WEIGHTS = 50, {"lm_weight": 0.4, "word_score": 1.0, "rescore_weight": 0.3}  # tuned on dev
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,12 @@ class Demo:
         return self._loaded[name]
 
     def transcribe(self, recording: str | tuple | None, beam_size: float | None = None,
-                   ctc_weight: float | None = None, layer: str = MEAN, model: str | None = None
-                   ) -> tuple[str, str, np.ndarray | None, np.ndarray | None]:
+                   ctc_weight: float | None = None, layer: str = MEAN, method: str | None = None,
+                   model: str | None = None) -> tuple[str, str, np.ndarray | None, np.ndarray | None]:
         """A file path (or a `(rate, array)` recording) -> transcript, details (Markdown), two pictures `(H, W, 3)`.
 
-        Beam size and CTC weight left out keep the model's preferred decoding; `model` names one of
+        Beam size, CTC weight and method ("attention", "ctc" or "lexicon": words from pocketsphinx's English
+        vocabulary and 3-gram LM) left out keep the model's preferred decoding; `model` names one of
         `more_models` (default: the first model). Inputs the demo cannot use give an empty transcript, a
         friendly message and no pictures.
         """
@@ -92,7 +94,12 @@ class Demo:
             return "", f"⚠️ {e}", None, None
         recognizer = self.model(model)
         options = recognizer.options.override(beam_size=None if beam_size is None else int(beam_size),
-                                              ctc_weight=None if ctc_weight is None else float(ctc_weight))
+                                              ctc_weight=None if ctc_weight is None else float(ctc_weight),
+                                              method=method or None)
+        if options.method == "lexicon":
+            options = options.override(beam_size=max(options.beam_size, LEXICON_BEAM), **LEXICON_WEIGHTS)
+        if recognizer.model.ctc_head is None and options.method != "attention":
+            return "", f"⚠️ This model has no CTC head: decoding method {options.method!r} needs one.", None, None
         start = time.perf_counter()
         result = recognizer.recognize([wave], options, align=True, attention=True)[0]
         elapsed = time.perf_counter() - start
@@ -324,6 +331,9 @@ def build(recognizer: Recognizer, limits: Limits = Limits(), model_dir: Path | N
                     beam = gr.Slider(1, 8, value=preferred.beam_size, step=1, label="Beam size")
                     ctc = gr.Slider(0.0, 1.0, value=preferred.ctc_weight, step=0.05, label="CTC weight",
                                     interactive=recognizer.model.ctc_head is not None)
+                method = gr.Dropdown(["attention", "ctc", "lexicon"], value=preferred.method, label="Decoding",
+                                     info="attention: the decoder writes; ctc: CTC greedy; lexicon: English words "
+                                          "and a 3-gram LM over the CTC head")
                 layer = gr.Dropdown(layers, value=MEAN, label="Cross-attention layer (mean: all layers)")
                 first = f"{(model_dir or Path('model')).name} (this demo's model)"
                 choice = gr.Dropdown([first, *demo.more_models], value=first, label="Model", elem_id="model",
@@ -342,7 +352,7 @@ def build(recognizer: Recognizer, limits: Limits = Limits(), model_dir: Path | N
                                      buttons=["download", "fullscreen"], elem_id="attention")
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card(recognizer, model_dir), elem_id="model-card")
-        inputs = [recording, beam, ctc, layer] + ([choice] if demo.more_models else [])
+        inputs = [recording, beam, ctc, layer, method] + ([choice] if demo.more_models else [])
         button.click(demo.transcribe, inputs, [transcript, details, spectrogram, attention], api_name="transcribe")
     return blocks
 

@@ -445,9 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
   pocketsphinx                    PocketSphinx 5.1.1 with its shipped en-us model (the baseline)
   cmd:NAME=COMMAND                a shell command printing a transcript; {audio} is replaced by the
                                   audio path, e.g. "cmd:mine=python my_asr.py {audio}"
-  model:DIR[,beam=N,ctc=W,device=D,name=S]
-                                  our model from DIR with decoding options
-  default[,beam=N,ctc=W]          the embedded default model (used when no --model/--system is given)
+  model:DIR[,beam=N,ctc=W,method=M,lm=W,device=D,name=S]
+                                  our model from DIR (or whisper:NAME|PATH); options change single fields
+                                  of the model's preferred decoding; method=lexicon also takes ws=WORD_SCORE,
+                                  rescore=W, nbest=N, word_lm=generic|ARPA, words=FILE
+  default[,OPTIONS]               the embedded default model, its preferred decoding (used when no
+                                  --model/--system is given)
+  faster-whisper:DIR|NAME[,beam=N,compute=int8|float32,threads=N,name=S]
+                                  faster-whisper (CTranslate2) itself, as a peer; NAME: an installed folder
 
 outputs: --output report.json also writes report.md and report.html beside it (override with
 --markdown/--html). Transcripts are cached per (system, manifest) in --cache-dir, so a rerun

@@ -270,6 +270,7 @@ class LexiconDecoder:
         for r in results:
             tokens = self._tokens(r.tokens)
             words = self._words([w for w in r.words if w >= 0], tokens)
+            tokens = self._spelled(words, tokens)
             key = tuple(words)
             if key in seen:
                 continue
@@ -286,6 +287,14 @@ class LexiconDecoder:
                 out.append(int(t))
             last = t
         return out
+
+    def _spelled(self, words: list[str], tokens: list[int]) -> list[int]:
+        """The tokens of `words`: the path's own where they spell the words, else each word's first spelling
+        (the path can merge a word's last token with the next word's first, see the module docstring)."""
+        if self.tokenizer.decode(tokens).lower().split() == words or any(w not in self.lexicon.spellings
+                                                                          for w in words):
+            return tokens
+        return [t for w in words for t in self.lexicon.spellings[w][0]]
 
     def _words(self, indices: list[int], tokens: list[int]) -> list[str]:
         words = [self.words[i] for i in indices]
@@ -347,7 +356,7 @@ GENERIC = "generic"
 
 def resolve_lm(lm: str | os.PathLike | None) -> Path | None:
     """'generic' -> the packaged English LM as ARPA (converted once, cached); a path -> itself; None -> no LM."""
-    if lm is None or str(lm) == "":
+    if lm is None or str(lm) in ("", "none"):
         return None
     if str(lm) == GENERIC:
         return packaged_arpa()
@@ -373,23 +382,36 @@ def get_decoder(tokenizer, lm: str | os.PathLike | None = GENERIC, words_file: s
     return _DECODERS[key]
 
 
-def lexicon_search(recognizer, encoding, options, special: SpecialTokens | None = None) -> list:
-    """`DecodingOptions(method="lexicon")`: an Encoding -> one `decoding.Hypothesis` per utterance.
+class LexiconSearch:
+    """The "lexicon" method as `decoding.decode`'s word search, for one model's tokenizer.
 
-    Reads options.beam_size, lm_weight, word_score, rescore_weight, nbest, word_lm, words_file (see docs/lexicon.md).
+    Reads `DecodingOptions` beam_size, lm_weight, word_score, rescore_weight, nbest, word_lm and words_file
+    (see docs/lexicon.md); the decoder (lexicon + LM) is built once per process on first use.
     """
-    from speech_transformer.decoding import Hypothesis
 
-    special = special or recognizer.tokenizer.special
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    @torch.inference_mode()
+    def search(self, model, memory: Tensor, lengths: Tensor, options, special: SpecialTokens) -> list:
+        """Encoder states `(B, S, D)`, lengths `(B,)` -> one `decoding.Hypothesis` per utterance."""
+        from speech_transformer.decoding import Hypothesis
+
+        ctc_log_probs = model.ctc_log_probs(memory).float()
+        decoder = get_decoder(self.tokenizer, options.word_lm, options.words_file, special=special)
+        config = LexiconConfig(beam_size=max(options.beam_size, 1), lm_weight=options.lm_weight,
+                               word_score=options.word_score, nbest=options.nbest)
+        nbest = decoder.decode(ctc_log_probs.cpu(), lengths.cpu(), config)
+        if options.rescore_weight > 0:
+            nbest = rescore(model, memory, lengths, ctc_log_probs, nbest, options.rescore_weight,
+                            config.lm_weight, config.word_score, special)
+        return [Hypothesis(h[0].tokens, h[0].total if h[0].total is not None else h[0].score) if h
+                else Hypothesis([], NEG_INF) for h in nbest]
+
+
+def lexicon_search(recognizer, encoding, options, special: SpecialTokens | None = None) -> list:
+    """An Encoding of `recognizer` -> one `decoding.Hypothesis` per utterance (`LexiconSearch` on its tokenizer)."""
     if encoding.ctc_log_probs is None:
         raise ValueError("lexicon decoding needs a model with a CTC head")
-    decoder = get_decoder(recognizer.tokenizer, getattr(options, "word_lm", GENERIC),
-                          getattr(options, "words_file", None), special=special)
-    config = LexiconConfig(beam_size=max(options.beam_size, 1), lm_weight=options.lm_weight,
-                           word_score=getattr(options, "word_score", 0.0), nbest=getattr(options, "nbest", 10))
-    nbest = decoder.decode(encoding.ctc_log_probs.float().cpu(), encoding.lengths.cpu(), config)
-    weight = getattr(options, "rescore_weight", 0.0)
-    if weight > 0:
-        nbest = rescore(recognizer.model, encoding.memory, encoding.lengths, encoding.ctc_log_probs, nbest, weight,
-                        config.lm_weight, config.word_score, special)
-    return [Hypothesis(h[0].tokens, h[0].total if h[0].total is not None else h[0].score) for h in nbest]
+    return LexiconSearch(recognizer.tokenizer).search(recognizer.model, encoding.memory, encoding.lengths, options,
+                                                      special or recognizer.tokenizer.special)

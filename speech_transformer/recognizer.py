@@ -28,6 +28,7 @@ from speech_transformer.align import (
 from speech_transformer.audio import SAMPLE_RATE
 from speech_transformer.decoding import DecodingOptions, Hypothesis, decode_with_fallback
 from speech_transformer.features import pad_waveforms
+from speech_transformer.lexicon import LexiconSearch
 from speech_transformer.lm import LM_FILE, NgramLM
 from speech_transformer.model import SpeechTransformer
 from speech_transformer.tokenizer import TextTokenizer
@@ -73,7 +74,7 @@ class Recognizer:
         self.tokenizer = tokenizer
         self.info = info or {}  # the model directory's config.json
         self.lm = lm  # token LM fused by beam search when options.lm_weight > 0
-        self.words = words  # the word search of method "lexicon" (speech_transformer.lexicon)
+        self.words = words or LexiconSearch(tokenizer)  # the word search of method "lexicon"
         self.options = options or DecodingOptions()  # the model's preferred decoding
 
     @classmethod

@@ -12,7 +12,8 @@ Adapters:
 `parse_system` turns a `--system` spec into a System:
   pocketsphinx                    PocketSphinx baseline
   cmd:NAME=COMMAND                a shell command with {audio} in it, e.g. "cmd:whisper=whisper-cli {audio}"
-  model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); options beam, ctc, method, lm, device, name
+  model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); options beam, ctc, method, lm, device,
+                                  name, and for method=lexicon ws (word score), rescore, nbest, word_lm, words
   default[,beam=N,ctc=W,...]      the embedded default model
   faster-whisper:DIR[,beam=N,compute=int8|float32,threads=N,name=S]
                                   faster-whisper (CTranslate2) on a model folder, or an installed name (base)
@@ -145,17 +146,14 @@ class CommandSystem(System):
 class SpeechTransformerSystem(System):
     """Our model, loaded from a folder through `speech_transformer.recognizer.Recognizer`."""
 
-    def __init__(self, model_dir: str | os.PathLike, beam_size: int | None = None, ctc_weight: float | None = None,
-                 device: str = "cpu", name: str | None = None, method: str | None = None,
-                 lm_weight: float | None = None):
+    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", name: str | None = None,
+                 **decoding: Any):
+        """`decoding`: DecodingOptions fields that change the model's preferred decoding (None: keep it)."""
+        from speech_transformer.decoding import DecodingOptions
+
         self.model_dir = Path(model_dir)
-        self.decoding: dict[str, Any] = {} if method is None else {"method": method}
-        if beam_size is not None:
-            self.decoding["beam_size"] = int(beam_size)
-        if ctc_weight is not None:
-            self.decoding["ctc_weight"] = float(ctc_weight)
-        if lm_weight is not None:
-            self.decoding["lm_weight"] = float(lm_weight)
+        self.decoding: dict[str, Any] = {k: v for k, v in decoding.items() if v is not None}
+        DecodingOptions().override(**self.decoding)  # unknown fields and bad values are refused here
         self.device = device
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.decoding.items()))
         self.name = name or f"speech-transformer:{self.model_dir.name}" + (f"({opts})" if opts else "")
@@ -197,7 +195,9 @@ def default_model_system(**options: Any) -> SpeechTransformerSystem:
 
 _MODEL_KEYS = {"beam": ("beam_size", int), "beam_size": ("beam_size", int), "ctc": ("ctc_weight", float),
                "ctc_weight": ("ctc_weight", float), "device": ("device", str), "name": ("name", str),
-               "method": ("method", str), "lm": ("lm_weight", float)}
+               "method": ("method", str), "lm": ("lm_weight", float), "ws": ("word_score", float),
+               "word_score": ("word_score", float), "rescore": ("rescore_weight", float),
+               "nbest": ("nbest", int), "word_lm": ("word_lm", str), "words": ("words_file", str)}
 
 
 def _model_options(parts: list[str], spec: str) -> dict[str, Any]:

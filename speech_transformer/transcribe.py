@@ -36,11 +36,9 @@ from speech_transformer.vad import SileroVad, SpeechChunk, VadOptions
 
 @dataclass(frozen=True)
 class TranscribeOptions:
-    # decoding: None keeps that field of the model's preferred decoding (config.json "decoding")
-    method: str | None = None  # "attention", "ctc" (CTC greedy: fastest) or "lexicon"
-    beam_size: int | None = None
-    ctc_weight: float | None = None
-    lm_weight: float | None = None  # shallow fusion with the model directory's lm.json, if any
+    # DecodingOptions fields to change in the model's preferred decoding (config.json "decoding"), e.g.
+    # {"beam_size": 8} or {"method": "lexicon", "lm_weight": 0.4}; the others keep the model's values
+    decoding_changes: dict[str, Any] = field(default_factory=dict)
     batch_seconds: float = 120.0  # padded audio per decoding batch (0: one chunk at a time)
     pool_seconds: float | None = None  # chunk audio gathered before batching (default 4 x batch_seconds)
     word_timestamps: bool = True
@@ -49,20 +47,23 @@ class TranscribeOptions:
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "TranscribeOptions":
-        """Flat keyword options: our fields and VadOptions' fields (threshold, max_chunk_seconds, ...)."""
+        """Flat keyword options: our fields, VadOptions' fields (threshold, max_chunk_seconds, ...) and
+        DecodingOptions' fields (beam_size, ctc_weight, method, ...; None keeps the model's)."""
         own = {f.name for f in dataclasses.fields(cls)}
         vad_names = {f.name for f in dataclasses.fields(VadOptions)}
-        unknown = set(kwargs) - own - vad_names
+        decoding_names = {f.name for f in dataclasses.fields(DecodingOptions)}
+        unknown = set(kwargs) - own - vad_names - decoding_names
         if unknown:
             raise TypeError(f"unknown transcribe option(s): {sorted(unknown)}")
         vad = kwargs.pop("vad", VadOptions())
         vad = dataclasses.replace(vad, **{k: kwargs.pop(k) for k in list(kwargs) if k in vad_names})
-        return cls(vad=vad, **kwargs)
+        changes = {**kwargs.pop("decoding_changes", {}),
+                   **{k: kwargs.pop(k) for k in list(kwargs) if k in decoding_names and kwargs[k] is not None}}
+        return cls(vad=vad, decoding_changes=changes, **{k: v for k, v in kwargs.items() if k not in decoding_names})
 
     def decoding(self, preferred: DecodingOptions = DecodingOptions()) -> DecodingOptions:
-        """`preferred` (the model's) with the fields these options set."""
-        return preferred.override(method=self.method, beam_size=self.beam_size, ctc_weight=self.ctc_weight,
-                                  lm_weight=self.lm_weight)
+        """`preferred` (the model's) with the fields these options change."""
+        return preferred.override(**self.decoding_changes)
 
 
 def find_speech(vad: SileroVad, source: FileSource | ArraySource) -> tuple[list[SpeechChunk], int]:

@@ -57,7 +57,20 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--method", choices=METHODS, help="attention (greedy or beam search), ctc (CTC greedy) or lexicon")
     d.add_argument("--beam", type=int, help="beam size; 1 with no CTC or LM weight is greedy")
     d.add_argument("--ctc-weight", type=float, help="share of the CTC prefix score in beam search, 0..1")
-    d.add_argument("--lm-weight", type=float, help="weight of the model's LM (lm.json in beam search)")
+    d.add_argument("--lm-weight", type=float, help="weight of the LM: lm.json in beam search, the word LM in lexicon")
+    d.add_argument("--word-score", type=float, help="lexicon: bonus per word")
+    d.add_argument("--rescore-weight", type=float, help="lexicon: share of the attention decoder in n-best rescoring")
+    d.add_argument("--word-lm", help="lexicon: 'generic' (pocketsphinx's English 3-gram), an ARPA file, or 'none'")
+    d.add_argument("--words", metavar="FILE", help="lexicon: your own words (names, jargon), one a line, optional "
+                                                   "boost after a tab; added to the lexicon without retraining")
+
+
+def decoding_changes(args: argparse.Namespace) -> dict:
+    """The DecodingOptions fields the decoding flags set."""
+    changes = {"method": args.method, "beam_size": args.beam, "ctc_weight": args.ctc_weight,
+               "lm_weight": args.lm_weight, "word_score": args.word_score, "rescore_weight": args.rescore_weight,
+               "words_file": args.words, "word_lm": args.word_lm}
+    return {k: v for k, v in changes.items() if v is not None}
 
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -101,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         formats = subtitles.parse_formats(args.format)
         options = TranscribeOptions.from_kwargs(
-            method=args.method, beam_size=args.beam, ctc_weight=args.ctc_weight, lm_weight=args.lm_weight,
-            batch_seconds=args.batch_seconds,
+            decoding_changes=decoding_changes(args), batch_seconds=args.batch_seconds,
             pool_seconds=args.pool_seconds, max_chunk_seconds=args.max_chunk_seconds, threshold=args.vad_threshold)
         options.decoding()  # validates
     except SystemExit as e:

@@ -100,7 +100,8 @@ def _wav(path: Path, wave: np.ndarray, rate: int, subtype: str = "PCM_16") -> st
 def _transcribe(client, path: str | None):
     from gradio_client import handle_file
 
-    return client.predict(None if path is None else handle_file(path), 4, 0.3, "mean", api_name="/transcribe")
+    return client.predict(None if path is None else handle_file(path), 4, 0.3, "mean", "attention",
+                          api_name="/transcribe")
 
 
 def _check_pictures(spectrogram: str, attention: str) -> None:
@@ -286,7 +287,7 @@ def test_the_installed_whisper_base_is_a_second_model_with_the_same_pictures(dem
     assert list(more) == ["whisper:base"]  # the test extra installs the packaged faster-whisper base folder
     two = Demo(demo.recognizer, more_models=more)
     jfk = str(data_dir / "samples" / "jfk.flac")
-    text, details, spectrogram, attention = two.transcribe(jfk, 1, 0.0, "mean", "whisper:base")
+    text, details, spectrogram, attention = two.transcribe(jfk, 1, 0.0, "mean", model="whisper:base")
     assert text.startswith("And so my fellow Americans") and "greedy" in details
     assert spectrogram.shape[1] == attention.shape[1] and attention.shape[0] > 100  # one time axis, 30 rows
     assert two.transcribe(jfk, 1, 0.0, "mean")[0] != text  # the first model is still the default

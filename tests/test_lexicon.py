@@ -1,6 +1,5 @@
 """Word-level CTC decoding: lexicon spellings, the search on hand-built posteriors, user words, rescoring."""
 
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -172,23 +171,22 @@ def test_rescoring_reorders_when_the_attention_decoder_disagrees(recognizer, sam
     assert [h.ctc_sum_score for h in out[0]] == pytest.approx(sorted(ctc.tolist(), reverse=True), abs=1e-4)
 
 
-@dataclass(frozen=True)
-class Options:  # the fields lexicon_search reads from DecodingOptions
-    beam_size: int = 20
-    lm_weight: float = 0.5
-    word_score: float = 0.0
-    rescore_weight: float = 0.3
-    nbest: int = 5
-    word_lm: str | None = None
-    words_file: str | None = None
+def Options(**fields):  # noqa: N802 - the lexicon method's options
+    from speech_transformer.decoding import DecodingOptions
+
+    return DecodingOptions(**{"method": "lexicon", "beam_size": 20, "lm_weight": 0.5, "rescore_weight": 0.3,
+                              "nbest": 5, "word_lm": None, **fields})
 
 
 def test_lexicon_search_on_real_speech(recognizer, sample, data_dir, tmp_path):
     from speech_transformer.arpa import read_corpus
+    from speech_transformer.audio import load_audio
 
-    _, enc = sample
+    utt, enc = sample
     lm = write_arpa(build_kneser_ney(read_corpus(data_dir / "librispeech" / "train.tsv")[:400], 3), tmp_path / "lm.arpa")
     hyps = lx.lexicon_search(recognizer, enc, Options(word_lm=str(lm)))
+    via_recognizer = recognizer.recognize([load_audio(utt.audio)], Options(word_lm=str(lm)))[0]
+    assert via_recognizer.tokens == hyps[0].tokens  # method="lexicon" is one more search of the one path
     assert len(hyps) == 1
     decoder = lx.get_decoder(recognizer.tokenizer, str(lm))
     assert lx.get_decoder(recognizer.tokenizer, str(lm)) is decoder  # built once per process

@@ -352,10 +352,34 @@ def test_decoding_flags_change_one_field_of_the_models_preferred_decoding():
 
     preferred = DecodingOptions(beam_size=4, ctc_weight=0.3)
     assert TranscribeOptions().decoding(preferred) == preferred
-    assert TranscribeOptions(beam_size=2).decoding(preferred) == DecodingOptions(beam_size=2, ctc_weight=0.3)
-    assert TranscribeOptions(method="ctc").decoding(preferred).method == "ctc"
+    assert TranscribeOptions.from_kwargs(beam_size=2).decoding(preferred) == DecodingOptions(beam_size=2, ctc_weight=0.3)
+    assert TranscribeOptions.from_kwargs(method="ctc", ctc_weight=None).decoding(preferred).method == "ctc"
     text = " ".join(_parser().format_help().split())
     assert "preferred decoding" in text and "beam 4, CTC weight 0.3" in text
     for flag in ("--batch-seconds", "--max-chunk-seconds", "--vad-threshold", "--format", "--model", "--device"):
         assert flag in text
     assert text.count("(default:") >= 8
+
+
+def test_lexicon_decoding_through_transcribe_and_the_demo(data_dir, tmp_path):
+    """method="lexicon" is one more decoding of the one path: the CLI's flags and the demo's control reach it."""
+    import dataclasses
+
+    from speech_transformer.arpa import build_kneser_ney, read_corpus, write_arpa
+    from speech_transformer.demo import Demo
+    from speech_transformer.recognizer import Recognizer
+
+    lm = write_arpa(build_kneser_ney(read_corpus(data_dir / "librispeech" / "train.tsv")[:400], 3), tmp_path / "lm.arpa")
+    words = {w for line in lm.read_text().splitlines() if line.count("\t") >= 1 for w in line.split("\t")[1].split()}
+    recognizer = Recognizer.from_dir(None)
+    clip = str(data_dir / "librispeech" / "samples" / "1089-134686-0000.flac")
+    t = transcribe(recognizer, clip, method="lexicon", beam_size=20, lm_weight=0.4, word_score=1.0, word_lm=str(lm))
+    said = t.text.lower().split()
+    assert said and set(said) <= words  # only words of the lexicon (the LM's vocabulary)
+    out = tmp_path / "out"
+    assert main([clip, "-o", str(out), "--format", "txt", "--method", "lexicon", "--beam", "20", "--lm-weight", "0.4",
+                 "--word-score", "1.0", "--word-lm", str(lm), "--no-progress"]) == 0
+    assert (out / "1089-134686-0000.txt").read_text().split() == t.text.split()
+    recognizer.options = dataclasses.replace(recognizer.options, word_lm=str(lm))
+    text = Demo(recognizer).transcribe(clip, layer="mean", method="lexicon")[0]
+    assert text and set(text.lower().split()) <= words
