@@ -28,7 +28,7 @@ from pathlib import Path
 DELEGATED = {"train": "speech_transformer.train", "evaluate": "speech_transformer.evaluate",
              "download": "speech_transformer.download", "demo": "speech_transformer.demo",
              "transcribe": "speech_transformer.transcribe_cli", "whisper": "speech_transformer.whisper",
-             "lm-words": "speech_transformer.arpa"}
+             "lm-words": "speech_transformer.arpa", "commands": "speech_transformer.commands"}
 
 
 def presets(argv: list[str]) -> int:
