@@ -33,7 +33,11 @@ import numpy as np
 import torch
 
 from speech_transformer.audio import SAMPLE_RATE, load_audio
-from speech_transformer.commands import DEFAULT_REJECT_THRESHOLD, MatchOptions, match_all
+from speech_transformer.commands import (
+    DEFAULT_REJECT_THRESHOLD,
+    MatchOptions,
+    match_all,
+)
 from speech_transformer.data import default_data_dir, read_manifest
 from speech_transformer.grammar import Grammar
 from speech_transformer.recognizer import Recognizer
@@ -65,7 +69,7 @@ def an4_grammar(train_texts: list[str]) -> Grammar:
 
 
 def _builtin_words() -> set[str]:
-    g = Grammar.parse_text("{letter} | {number} | {digit}\n")
+    g = Grammar.parse_text("{letter} | {number}\n")
     return g.vocabulary()
 
 

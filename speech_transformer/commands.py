@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -46,7 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from speech_transformer.decoding import NEG_INF, CTCPrefixScorer, DecodingOptions, greedy_search, sequence_log_probs
+from speech_transformer.decoding import (
+    NEG_INF,
+    CTCPrefixScorer,
+    DecodingOptions,
+    greedy_search,
+    sequence_log_probs,
+)
 from speech_transformer.grammar import Grammar, GrammarError, WordGraph
 
 # tuned with `python bench/commands.py --tune` on FSDD train, the in-grammar AN4 train commands and

@@ -13,7 +13,13 @@ import torch
 
 from speech_transformer import commands
 from speech_transformer.audio import SAMPLE_RATE, load_audio
-from speech_transformer.commands import DEFAULT_REJECT_THRESHOLD, MatchOptions, ctc_log_likelihoods, match, match_all
+from speech_transformer.commands import (
+    DEFAULT_REJECT_THRESHOLD,
+    MatchOptions,
+    ctc_log_likelihoods,
+    match,
+    match_all,
+)
 from speech_transformer.data import read_manifest
 from speech_transformer.grammar import Grammar
 
