@@ -28,6 +28,7 @@ from speech_transformer import pretrained
 from speech_transformer.audio import SAMPLE_RATE, AudioError, info, load_audio
 from speech_transformer.checkpoint import CheckpointError
 from speech_transformer.data import default_data_dir, read_manifest
+from speech_transformer.demo_commands import build_commands_tab
 from speech_transformer.model import PRESETS
 from speech_transformer.recognizer import Recognition, Recognizer
 
@@ -322,39 +323,52 @@ def build(recognizer: Recognizer, limits: Limits = Limits(), model_dir: Path | N
             "channel count), then press **Transcribe**. Under the transcript: the log-mel spectrogram the encoder "
             "reads, with the CTC head's alignment of each token, and the decoder's cross-attention, where each "
             "output token looked in the audio.")
-        with gr.Row():
-            with gr.Column(scale=2):
-                recording = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech",
-                                     buttons=["download"], elem_id="audio")
-                with gr.Row():
-                    preferred = recognizer.options  # the model's preferred decoding
-                    beam = gr.Slider(1, 8, value=preferred.beam_size, step=1, label="Beam size")
-                    ctc = gr.Slider(0.0, 1.0, value=preferred.ctc_weight, step=0.05, label="CTC weight",
-                                    interactive=recognizer.model.ctc_head is not None)
-                method = gr.Dropdown(["attention", "ctc", "lexicon"], value=preferred.method, label="Decoding",
-                                     info="attention: the decoder writes; ctc: CTC greedy; lexicon: English words "
-                                          "and a 3-gram LM over the CTC head")
-                layer = gr.Dropdown(layers, value=MEAN, label="Cross-attention layer (mean: all layers)")
-                first = f"{(model_dir or Path('model')).name} (this demo's model)"
-                choice = gr.Dropdown([first, *demo.more_models], value=first, label="Model", elem_id="model",
-                                     visible=bool(demo.more_models),
-                                     info="Whisper base runs in this project's own transformer code, offline")
-                button = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
-                if examples:
-                    gr.Examples([[path] for path, _ in examples], inputs=[recording], label="Example clips",
-                                example_labels=[label for _, label in examples])
-            with gr.Column(scale=3):
-                transcript = gr.Textbox(label="Transcript", lines=2, interactive=False, elem_id="transcript")
-                details = gr.Markdown(elem_id="details")
-                spectrogram = gr.Image(label="Spectrogram and CTC alignment", show_label=False, format="png",
-                                       interactive=False, buttons=["download", "fullscreen"], elem_id="spectrogram")
-                attention = gr.Image(label="Cross-attention", show_label=False, format="png", interactive=False,
-                                     buttons=["download", "fullscreen"], elem_id="attention")
+        with gr.Tab("Transcribe", elem_id="tab-transcribe"):
+            _transcribe_tab(demo, model_dir, examples, layers)
+        with gr.Tab("Voice control", elem_id="tab-commands"):
+            gr.Markdown("The article's voice-controlled computer: a grammar of commands, matched by this model; "
+                        "anything else is rejected.")
+            build_commands_tab(lambda: demo.recognizer)
         with gr.Accordion("Model card", open=False):
             gr.Markdown(model_card(recognizer, model_dir), elem_id="model-card")
-        inputs = [recording, beam, ctc, layer, method] + ([choice] if demo.more_models else [])
-        button.click(demo.transcribe, inputs, [transcript, details, spectrogram, attention], api_name="transcribe")
     return blocks
+
+
+def _transcribe_tab(demo: Demo, model_dir: Path | None, examples: list[tuple[str, str]], layers: list[str]) -> None:
+    """The widgets of the transcription tab, inside the Blocks being built."""
+    import gradio as gr
+
+    recognizer = demo.recognizer
+    with gr.Row():
+        with gr.Column(scale=2):
+            recording = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech",
+                                 buttons=["download"], elem_id="audio")
+            with gr.Row():
+                preferred = recognizer.options  # the model's preferred decoding
+                beam = gr.Slider(1, 8, value=preferred.beam_size, step=1, label="Beam size")
+                ctc = gr.Slider(0.0, 1.0, value=preferred.ctc_weight, step=0.05, label="CTC weight",
+                                interactive=recognizer.model.ctc_head is not None)
+            method = gr.Dropdown(["attention", "ctc", "lexicon"], value=preferred.method, label="Decoding",
+                                 info="attention: the decoder writes; ctc: CTC greedy; lexicon: English words "
+                                      "and a 3-gram LM over the CTC head")
+            layer = gr.Dropdown(layers, value=MEAN, label="Cross-attention layer (mean: all layers)")
+            first = f"{(model_dir or Path('model')).name} (this demo's model)"
+            choice = gr.Dropdown([first, *demo.more_models], value=first, label="Model", elem_id="model",
+                                 visible=bool(demo.more_models),
+                                 info="Whisper base runs in this project's own transformer code, offline")
+            button = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
+            if examples:
+                gr.Examples([[path] for path, _ in examples], inputs=[recording], label="Example clips",
+                            example_labels=[label for _, label in examples])
+        with gr.Column(scale=3):
+            transcript = gr.Textbox(label="Transcript", lines=2, interactive=False, elem_id="transcript")
+            details = gr.Markdown(elem_id="details")
+            spectrogram = gr.Image(label="Spectrogram and CTC alignment", show_label=False, format="png",
+                                   interactive=False, buttons=["download", "fullscreen"], elem_id="spectrogram")
+            attention = gr.Image(label="Cross-attention", show_label=False, format="png", interactive=False,
+                                 buttons=["download", "fullscreen"], elem_id="attention")
+    inputs = [recording, beam, ctc, layer, method] + ([choice] if demo.more_models else [])
+    button.click(demo.transcribe, inputs, [transcript, details, spectrogram, attention], api_name="transcribe")
 
 
 def launch(blocks: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
