@@ -193,7 +193,7 @@ def profile(args: argparse.Namespace) -> None:
     audio = sum(len(w) for w in waves) / 16000
     lines = [f"Profile: first {len(waves)} LibriSpeech dev utterances ({audio:.1f} s audio), batches of "
              f"{args.batch_size}, {args.threads} thread(s); encoder = features + encoder, decoder = the search loop",
-             "", "| system | encoder s | decoder s | decoder ms/token | encoder share |", "|---|---:|---:|---:|---:|"]
+             "", "| system | encoder s | decoder s | decoder ms per output token | encoder share |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {n} | {e:.2f} | {d:.2f} | {1000 * d / max(k, 1):.1f} | {e / (e + d):.0%} |" for n, e, d, k in rows]
     (args.out_dir / "profile.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
