@@ -9,6 +9,7 @@
     speech-transformer average --exp DIR            average the last checkpoints into a model directory
     speech-transformer transcribe PATHS -o OUT      batch transcription: txt, json, srt, vtt, tsv
     speech-transformer evaluate --data M            WER benchmark, side by side with peer systems
+    speech-transformer commands --grammar G AUDIO   voice commands: the grammar command each input is, or rejected
     speech-transformer demo [--model DIR]           the Gradio voice demo on 127.0.0.1:7860 (= python app.py)
     speech-transformer whisper SRC -o DIR           import Whisper weights (.pt, Hugging Face or faster-whisper folder)
 

@@ -145,8 +145,16 @@ def repeats_too_often(tokens: list[int], max_repeats: int, max_ngram: int = 8) -
     return False
 
 
-def max_lengths(memory_lengths: Tensor, options: DecodingOptions) -> list[int]:
-    return [min(options.max_length, max(1, int(n * options.max_tokens_per_frame))) for n in memory_lengths.tolist()]
+def max_lengths(memory_lengths: Tensor, options: DecodingOptions, cap: int | None = None) -> list[int]:
+    """Per utterance: `max_tokens_per_frame` x its frames, at most `max_length` and `cap`."""
+    limit = options.max_length if cap is None else min(options.max_length, cap)
+    return [min(limit, max(1, int(n * options.max_tokens_per_frame))) for n in memory_lengths.tolist()]
+
+
+def position_cap(model, special: SpecialTokens) -> int | None:
+    """Tokens a decoder with a learned position table (Whisper's 448) can write after the prompt."""
+    c = model.config
+    return c.max_target_positions - len(special.prompt) if c.decoder_positions == "learned" else None
 
 
 @dataclass
@@ -321,7 +329,7 @@ def greedy_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptio
                   temperature: float = 0.0, generator: torch.Generator | None = None) -> list[Hypothesis]:
     """Batched greedy attention decoding with a KV cache (sampling at `temperature` > 0). memory `(B, S, D)`."""
     B = memory.shape[0]
-    limits = Limits(max_lengths(lengths, options), options.max_repeats)
+    limits = Limits(max_lengths(lengths, options, position_cap(model, special)), options.max_repeats)
     step_fn = AttentionStep(model, memory, lengths, special,
                             default_filters(special, memory.device) if filters is None else filters)
     hyps = [Hypothesis([], 0.0) for _ in range(B)]
@@ -436,7 +444,7 @@ def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions
                 ) -> list[Hypothesis]:
     """Batched beam search over B utterances x W hypotheses: (1 - ctc_weight) x attention + the scorers."""
     B, W = memory.shape[0], options.beam_size
-    limits = Limits(max_lengths(lengths, options), options.max_repeats)
+    limits = Limits(max_lengths(lengths, options, position_cap(model, special)), options.max_repeats)
     scorers = beam_scorers(model, memory, lengths, options, special, lm)
     memory, lengths = memory.repeat_interleave(W, dim=0), lengths.repeat_interleave(W)
     step_fn = AttentionStep(model, memory, lengths, special,

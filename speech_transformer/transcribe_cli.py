@@ -58,6 +58,9 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--beam", type=int, help="beam size; 1 with no CTC or LM weight is greedy")
     d.add_argument("--ctc-weight", type=float, help="share of the CTC prefix score in beam search, 0..1")
     d.add_argument("--lm-weight", type=float, help="weight of the LM: lm.json in beam search, the word LM in lexicon")
+    d.add_argument("--temperatures", type=_temperatures, metavar="T,T,...",
+                   help="temperature fallback: decode again, sampling at each next temperature, where a result "
+                        "loops or is unsure (imported Whisper models: 0,0.2,...,1; 0 turns it off)")
     d.add_argument("--word-score", type=float, help="lexicon: bonus per word")
     d.add_argument("--rescore-weight", type=float, help="lexicon: share of the attention decoder in n-best rescoring")
     d.add_argument("--word-lm", help="lexicon: 'generic' (pocketsphinx's English 3-gram), an ARPA file, or 'none'")
@@ -65,11 +68,18 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
                                                    "boost after a tab; added to the lexicon without retraining")
 
 
+def _temperatures(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+
+
 def decoding_changes(args: argparse.Namespace) -> dict:
     """The DecodingOptions fields the decoding flags set."""
     changes = {"method": args.method, "beam_size": args.beam, "ctc_weight": args.ctc_weight,
                "lm_weight": args.lm_weight, "word_score": args.word_score, "rescore_weight": args.rescore_weight,
-               "words_file": args.words, "word_lm": args.word_lm}
+               "words_file": args.words, "word_lm": args.word_lm, "temperatures": args.temperatures}
     return {k: v for k, v in changes.items() if v is not None}
 
 

