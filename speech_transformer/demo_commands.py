@@ -106,7 +106,7 @@ def build_commands_tab(get_recognizer: Callable[[], object]) -> None:
         with gr.Column():
             grammar = gr.Textbox(value=(GRAMMAR_DIR / "desktop.txt").read_text(), lines=14, label="Grammar",
                                  elem_id="commands-grammar")
-            audio = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Say a command",
+            audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Say a command",
                              elem_id="commands-audio")
             button = gr.Button("Run command", variant="primary", elem_id="commands-run")
         with gr.Column():

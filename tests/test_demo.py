@@ -291,3 +291,29 @@ def test_the_installed_whisper_base_is_a_second_model_with_the_same_pictures(dem
     assert text.startswith("And so my fellow Americans") and "greedy" in details
     assert spectrogram.shape[1] == attention.shape[1] and attention.shape[0] > 100  # one time axis, 30 rows
     assert two.transcribe(jfk, 1, 0.0, "mean")[0] != text  # the first model is still the default
+
+
+def test_browser_voice_control_tab_opens_a_window(browser, server, clips, model):
+    """The article's voice-controlled computer in the page: a spoken command changes the on-screen computer."""
+    from selenium.webdriver.common.by import By
+
+    u = clips[0]
+    browser.get(server)
+    tab = _wait(browser, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+                                    if "Voice control" in b.text])
+    tab[0].click()
+    box = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#commands-grammar textarea"))[0]
+    box.clear()
+    box.send_keys(f"{{app}} = {u.text.lower()} | calendar\n{{app}} -> open\n")  # the test model knows this clip
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#commands-audio button[aria-label='Upload file']"))[0] \
+        .click()
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#commands-audio input[type=file]"))[0].send_keys(u.audio)
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#commands-audio audio"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#commands-computer .st-window")
+    browser.find_element(By.CSS_SELECTOR, "#commands-run").click()
+    done = ("action", "Not understood", "error", "Cannot read", "first")  # what a finished run says
+    result = _wait(browser, lambda d: (t := d.find_element(By.CSS_SELECTOR, "#commands-result").text)
+                   and any(w in t for w in done) and t)
+    assert u.text.lower() in result.lower() and "open" in result.split("action")[1], result
+    window = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#commands-computer .st-window"))[0]
+    assert window.get_attribute("data-app") == u.text.lower()
