@@ -259,6 +259,21 @@ def read_sphinx_lm(path: str | os.PathLike) -> ArpaLM:
     """
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8)
+    order, counts, pos = _sphinx_header(data, path)
+    tables, pos = _sphinx_quantiser(data, pos, order, path)
+    unigrams = np.frombuffer(_take(data, pos, 12 * (int(counts[0]) + 1), path, "unigrams").tobytes(),
+                             dtype=[("prob", "<f4"), ("bo", "<f4"), ("next", "<u4")])
+    levels, pos = _sphinx_levels(data, pos + unigrams.nbytes, counts, tables, path)
+    size = int(np.frombuffer(_take(data, pos, 4, path, "word strings").tobytes(), "<u4")[0])
+    strings = _take(data, pos + 4, size, path, "word strings").tobytes().split(b"\0")[:-1]
+    words = [w.decode("utf-8", errors="replace") for w in strings]
+    if len(words) != counts[0]:
+        raise ValueError(f"{path}: {len(words)} word strings for {counts[0]} unigrams")
+    return _sphinx_to_arpa(words, unigrams, levels, path)
+
+
+def _sphinx_header(data: np.ndarray, path: Path) -> tuple[int, np.ndarray, int]:
+    """(order, n-gram counts, position after them)."""
     if data[:len(SPHINX_HEADER)].tobytes() != SPHINX_HEADER:
         raise ValueError(f"{path}: not a Sphinx trie LM (no {SPHINX_HEADER.decode()!r} header)")
     pos = len(SPHINX_HEADER)
@@ -266,26 +281,32 @@ def read_sphinx_lm(path: str | os.PathLike) -> ArpaLM:
     if not 1 <= order <= 5:
         raise ValueError(f"{path}: unsupported n-gram order {order}")
     counts = np.frombuffer(_take(data, pos + 1, 4 * order, path, "counts").tobytes(), "<u4").astype(np.int64)
-    pos += 1 + 4 * order
-    tables: list[tuple[np.ndarray, np.ndarray]] = []  # (prob bins, backoff bins) per order >= 2
-    if order > 1:
-        pos += 4  # former quantisation type
-        bins = 1 << 16
-        values = np.frombuffer(_take(data, pos, 4 * ((order - 2) * 2 * bins + bins), path, "quantiser").tobytes(), "<f4")
-        pos += values.nbytes
-        for i in range(order - 2):
-            tables.append((values[2 * i * bins:(2 * i + 1) * bins], values[(2 * i + 1) * bins:(2 * i + 2) * bins]))
-        tables.append((values[(order - 2) * 2 * bins:], np.zeros(bins, np.float32)))
-    unigrams = np.frombuffer(_take(data, pos, 12 * (int(counts[0]) + 1), path, "unigrams").tobytes(),
-                             dtype=[("prob", "<f4"), ("bo", "<f4"), ("next", "<u4")])
-    pos += unigrams.nbytes
-    word_bits = int(counts[0]).bit_length()
-    levels = []  # per order >= 2: (word, prob, backoff, next) arrays over trie entries
+    return order, counts, pos + 1 + 4 * order
+
+
+def _sphinx_quantiser(data: np.ndarray, pos: int, order: int, path: Path
+                      ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """The (probability bins, backoff bins) of each order >= 2, and the position after them."""
+    if order == 1:
+        return [], pos
+    pos += 4  # former quantisation type
+    bins = 1 << 16
+    values = np.frombuffer(_take(data, pos, 4 * ((order - 2) * 2 * bins + bins), path, "quantiser").tobytes(), "<f4")
+    tables = [(values[2 * i * bins:(2 * i + 1) * bins], values[(2 * i + 1) * bins:(2 * i + 2) * bins])
+              for i in range(order - 2)]
+    tables.append((values[(order - 2) * 2 * bins:], np.zeros(bins, np.float32)))
+    return tables, pos + values.nbytes
+
+
+def _sphinx_levels(data: np.ndarray, pos: int, counts: np.ndarray, tables: list[tuple[np.ndarray, np.ndarray]],
+                   path: Path) -> tuple[list[tuple], int]:
+    """Per order >= 2: (word, prob, backoff, next) arrays over its bit-packed trie entries."""
+    order, word_bits = len(counts), int(counts[0]).bit_length()
+    levels = []
     for n in range(2, order + 1):
         entries = int(counts[n - 1])
         next_bits = int(counts[n]).bit_length() if n < order else 0
-        quant_bits = 32 if n < order else 16
-        total = word_bits + quant_bits + next_bits
+        total = word_bits + (32 if n < order else 16) + next_bits
         size = ((1 + entries) * total + 7) // 8 + 8
         mem = _take(data, pos, size, path, f"{n}-grams")
         pos += size
@@ -300,12 +321,13 @@ def read_sphinx_lm(path: str | os.PathLike) -> ArpaLM:
             prob = prob_table[_read_bits(mem, at[:-1] + word_bits, 16).astype(np.int64)]
             bo, nxt = np.zeros(entries, np.float32), None
         levels.append((word, prob, bo, nxt))
-    size = int(np.frombuffer(_take(data, pos, 4, path, "word strings").tobytes(), "<u4")[0])
-    words = [w.decode("utf-8", errors="replace") for w in _take(data, pos + 4, size, path, "word strings").tobytes().split(b"\0")[:-1]]
-    if len(words) != counts[0]:
-        raise ValueError(f"{path}: {len(words)} word strings for {counts[0]} unigrams")
+    return levels, pos
+
+
+def _sphinx_to_arpa(words: list[str], unigrams: np.ndarray, levels: list[tuple], path: Path) -> ArpaLM:
+    """Walk the trie from the unigrams down, naming every reachable entry's n-gram."""
     scale = math.log10(SPHINX_LOG_BASE)
-    lm = ArpaLM([{} for _ in range(order)])
+    lm = ArpaLM([{} for _ in range(len(levels) + 1)])
     uni_prob = unigrams["prob"][:-1].astype(np.float64) * scale
     uni_bo = unigrams["bo"][:-1].astype(np.float64) * scale
     for i, w in enumerate(words):

@@ -51,7 +51,7 @@ from speech_transformer.decoding import (
     greedy_search,
     sequence_log_probs,
 )
-from speech_transformer.grammar import Grammar, GrammarError, WordGraph
+from speech_transformer.grammar import Grammar, GrammarError, WordGraph, epsilon_closure
 
 # tuned with `python bench/commands.py --tune` on FSDD train, the in-grammar AN4 train commands and
 # LibriSpeech train (out of grammar): see docs/commands.md
@@ -121,13 +121,7 @@ class TokenGraph:
         self._next: dict[frozenset, dict[int, frozenset]] = {}
 
     def _closure(self, states) -> frozenset:
-        out, todo = set(states), list(states)
-        while todo:
-            for t in self.eps[todo.pop()]:
-                if t not in out:
-                    out.add(t)
-                    todo.append(t)
-        return frozenset(out)
+        return epsilon_closure(self.eps, states)
 
     def next(self, state: frozenset) -> dict[int, frozenset]:
         if state not in self._next:
@@ -194,6 +188,44 @@ def ctc_log_likelihoods(log_probs: Tensor, sequences: list[list[int]], blank: in
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def _grammar_candidates(graph: TokenGraph, states: list, scores: Tensor, eos: int, at_limit: bool
+                        ) -> tuple[Tensor, Tensor]:
+    """The tokens the grammar allows after each of W hypotheses (<eos> in a final state; only <eos> at the
+    length limit): candidates `(W, K)` and which of them are real `(W, K)`."""
+    allowed = []
+    for w, state in enumerate(states):
+        live = scores[w] > NEG_INF
+        a = (list(graph.next(state)) if live else []) + ([eos] if live and graph.is_final(state) else [])
+        allowed.append(([eos] if eos in a else []) if at_limit else a)
+    K = max(1, max(len(a) for a in allowed))
+    candidates = torch.full((len(states), K), eos, dtype=torch.long)
+    valid = torch.zeros(len(states), K, dtype=torch.bool)
+    for w, a in enumerate(allowed):
+        if a:
+            candidates[w, :len(a)] = torch.tensor(a)
+            valid[w, :len(a)] = True
+    return candidates, valid
+
+
+def _extend(graph: TokenGraph, states: list, sequences: list[list[int]], scores: Tensor,
+            finished: list[tuple[float, list[int]]], rows: Tensor, columns: Tensor, candidates: Tensor, eos: int
+            ) -> tuple[list, list[list[int]]]:
+    """The hypotheses after choosing (rows, columns); those that chose <eos> move to `finished` (score -inf)."""
+    new_states, new_sequences = [], []
+    for i, (row, col) in enumerate(zip(rows.tolist(), columns.tolist())):
+        token = int(candidates[row, col])
+        if scores[i] > NEG_INF and token == eos:
+            finished.append((float(scores[i]), sequences[row]))
+            scores[i] = NEG_INF
+        if scores[i] == NEG_INF:
+            new_states.append(graph.start)
+            new_sequences.append([])
+            continue
+        new_states.append(graph.next(states[row])[token])
+        new_sequences.append(sequences[row] + [token])
+    return new_states, new_sequences
+
+
 @torch.no_grad()
 def constrained_search(model, memory: Tensor, length: Tensor, log_probs: Tensor, graph: TokenGraph,
                        options: MatchOptions, special) -> list[list[int]]:
@@ -217,20 +249,8 @@ def constrained_search(model, memory: Tensor, length: Tensor, log_probs: Tensor,
     for step in range(limit + 1):
         logits, cache = model.decoder(tokens, memory_kv, lengths, cache)
         att = logits[:, -1].float().log_softmax(-1)
-        allowed = []
-        for w in range(W):
-            nxt = graph.next(states[w]) if scores[w] > NEG_INF else {}
-            allowed.append(list(nxt) + ([special.eos] if scores[w] > NEG_INF and graph.is_final(states[w]) else []))
-        K = max(1, max(len(a) for a in allowed))
-        if step == limit:  # out of length: only <eos> may follow
-            allowed = [[special.eos] if special.eos in a else [] for a in allowed]
-            K = 1
-        candidates = torch.full((W, K), special.eos, dtype=torch.long)
-        valid = torch.zeros(W, K, dtype=torch.bool)
-        for w, a in enumerate(allowed):
-            if a:
-                candidates[w, :len(a)] = torch.tensor(a)
-                valid[w, :len(a)] = True
+        candidates, valid = _grammar_candidates(graph, states, scores, special.eos, at_limit=step == limit)
+        K = candidates.shape[1]
         if not valid.any():
             break
         psi, r = ctc.extend(candidates)
@@ -242,23 +262,8 @@ def constrained_search(model, memory: Tensor, length: Tensor, log_probs: Tensor,
             pad = W - len(rows)
             best = torch.cat([best, torch.full((pad,), NEG_INF)])
             rows, columns = torch.cat([rows, rows[:1].expand(pad)]), torch.cat([columns, columns[:1].expand(pad)])
-        new_states, new_sequences = [], []
         scores = best.clone()
-        for i, (row, col) in enumerate(zip(rows.tolist(), columns.tolist())):
-            token = int(candidates[row, col])
-            if scores[i] == NEG_INF:
-                new_states.append(graph.start)
-                new_sequences.append([])
-                continue
-            if token == special.eos:
-                finished.append((float(scores[i]), sequences[row]))
-                scores[i] = NEG_INF
-                new_states.append(graph.start)
-                new_sequences.append([])
-                continue
-            new_states.append(graph.next(states[row])[token])
-            new_sequences.append(sequences[row] + [token])
-        states, sequences = new_states, new_sequences
+        states, sequences = _extend(graph, states, sequences, scores, finished, rows, columns, candidates, special.eos)
         live_best = float(scores.max())
         if len(finished) >= W or live_best == NEG_INF:
             break
@@ -306,33 +311,38 @@ def match_all(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
     return results
 
 
-def _match_batch(recognizer, waveforms: list[np.ndarray], compiled: CompiledGrammar,
-                 options: MatchOptions) -> list[CommandMatch | None]:
-    model, special = recognizer.model, recognizer.tokenizer.special
-    enc = recognizer.encode(waveforms)
-    log_probs = enc.ctc_log_probs.cpu()
-    lengths = enc.lengths.cpu()
-    candidates: list[list[list[int]]] = []  # per utterance: token sequences
-    ctc_scores: list[Tensor] = []
-    phrase_ids: list[list[int]] = []
-    for b in range(len(waveforms)):
+def _candidates(model, enc, compiled: CompiledGrammar, options: MatchOptions, special
+                ) -> tuple[list[list[list[int]]], list[Tensor], list[list[int]]]:
+    """Per utterance: its best grammar token sequences by CTC (all phrases scored, or the constrained search),
+    their CTC log-likelihoods, and their phrase indices (-1: found by the search)."""
+    log_probs, lengths = enc.ctc_log_probs.cpu(), enc.lengths.cpu()
+    candidates, ctc_scores, phrase_ids = [], [], []
+    for b in range(len(enc)):
         n = int(lengths[b])
         lp = log_probs[b, :n]
         if compiled.phrases is not None:
             ll = ctc_log_likelihoods(lp, compiled.tokens, special.blank)
-            k = min(options.rescore, len(ll))
-            top = ll.topk(k).indices.tolist()
+            top = ll.topk(min(options.rescore, len(ll))).indices.tolist()
             top = [t for t in top if ll[t] > NEG_INF] or top[:1]
             candidates.append([compiled.tokens[t] for t in top])
             ctc_scores.append(ll[top])
             phrase_ids.append(top)
         else:
             seqs = constrained_search(model, enc.memory[b:b + 1], enc.lengths[b], enc.ctc_log_probs[b, :n],
-                                      compiled.graph, options, special)[:options.rescore]
-            seqs = seqs or [[]]
+                                      compiled.graph, options, special)[:options.rescore] or [[]]
             candidates.append(seqs)
             ctc_scores.append(ctc_log_likelihoods(lp, seqs, special.blank))
             phrase_ids.append([-1] * len(seqs))
+    return candidates, ctc_scores, phrase_ids
+
+
+def _match_batch(recognizer, waveforms: list[np.ndarray], compiled: CompiledGrammar,
+                 options: MatchOptions) -> list[CommandMatch | None]:
+    model, special = recognizer.model, recognizer.tokenizer.special
+    enc = recognizer.encode(waveforms)
+    log_probs = enc.ctc_log_probs.cpu()
+    lengths = enc.lengths.cpu()
+    candidates, ctc_scores, phrase_ids = _candidates(model, enc, compiled, options, special)
     counts = torch.tensor([len(c) for c in candidates])
     flat = [s for c in candidates for s in c]
     if options.ctc_weight < 1.0:

@@ -465,13 +465,18 @@ class WordGraph:
         return len(self.words) - 1
 
     def closure(self, states) -> frozenset[int]:
-        out, todo = set(states), list(states)
-        while todo:
-            for t in self.eps[todo.pop()]:
-                if t not in out:
-                    out.add(t)
-                    todo.append(t)
-        return frozenset(out)
+        return epsilon_closure(self.eps, states)
+
+
+def epsilon_closure(eps: list[list[int]], states) -> frozenset[int]:
+    """`states` and every state reachable from them over epsilon arcs (`eps[s]`: the targets of state s)."""
+    out, todo = set(states), list(states)
+    while todo:
+        for t in eps[todo.pop()]:
+            if t not in out:
+                out.add(t)
+                todo.append(t)
+    return frozenset(out)
 
 
 def _children(node: Node) -> tuple:
