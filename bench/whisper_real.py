@@ -94,7 +94,9 @@ def make_system(key: str, threads: int):
 
     label = SYSTEMS[key]
     if key.startswith("ours"):
-        return SpeechTransformerSystem(resolve("base"), beam_size=5 if "beam" in key else 1, ctc_weight=0.0, name=label)
+        # the options of openai-whisper's decode(): no temperature fallback, no silence decision (transcribe's)
+        return SpeechTransformerSystem(resolve("base"), beam_size=5 if "beam" in key else 1, ctc_weight=0.0,
+                                       temperatures=(0.0,), no_speech_threshold=1.0, name=label)
     if key.startswith("openai"):
         folder, looked = installed_folder("base")
         if folder is None:
