@@ -56,7 +56,7 @@ def test_two_variants_write_log_table_and_plot_and_resume_at_the_next_mark(tmp_p
     assert [(r["variant"], r["mark"]) for r in first] == [("base", 0.03), ("stack", 0.03)]
     for r in first:
         assert r["cpu_s"] >= 0.03 * 60 and r["step"] > 0 and r["wall_s"] > 0 and r["rss_mb"] > 0
-        assert 0 <= r["ctc_cer"] <= 100 and r["att_wer"] >= 0 and r["eval_cpu_s"] > 0
+        assert r["ctc_cer"] >= 0 and r["att_wer"] >= 0 and r["eval_cpu_s"] > 0
     table = (out / "results.md").read_text()
     assert "| base | (base) |" in table and "| stack |" in table and "CTC-greedy CER %" in table
     png = (out / "learning_curve.png").read_bytes()
