@@ -426,12 +426,13 @@ def _keep_best(beams: Beams, total: Tensor, candidates: Tensor, special: Special
 
 
 def beam_scorers(model, memory: Tensor, lengths: Tensor, options: DecodingOptions, special: SpecialTokens,
-                 lm=None) -> list[Scorer]:
-    """The weighted scorers that `options` asks for, for B utterances `(B, S, D)` x beam_size hypotheses."""
+                 lm=None, ctc_log_probs: Tensor | None = None) -> list[Scorer]:
+    """The weighted scorers that `options` asks for, for B utterances `(B, S, D)` x beam_size hypotheses
+    (`ctc_log_probs` `(B, S, V)`: the CTC head's, when the caller has them already)."""
     scorers: list[Scorer] = []
     W = options.beam_size
     if options.ctc_weight > 0 and model.ctc_head is not None:
-        log_probs = model.ctc_log_probs(memory).repeat_interleave(W, dim=0)
+        log_probs = (model.ctc_log_probs(memory) if ctc_log_probs is None else ctc_log_probs).repeat_interleave(W, 0)
         scorers.append(CTCScorer(options.ctc_weight, log_probs, lengths.repeat_interleave(W), special))
     if lm is not None and options.lm_weight > 0:
         scorers.append(LMScorer(options.lm_weight, lm))
@@ -440,12 +441,12 @@ def beam_scorers(model, memory: Tensor, lengths: Tensor, options: DecodingOption
 
 @torch.no_grad()
 def beam_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
-                special: SpecialTokens = SpecialTokens(), lm=None, filters: list[LogitFilter] | None = None
-                ) -> list[Hypothesis]:
+                special: SpecialTokens = SpecialTokens(), lm=None, filters: list[LogitFilter] | None = None,
+                ctc_log_probs: Tensor | None = None) -> list[Hypothesis]:
     """Batched beam search over B utterances x W hypotheses: (1 - ctc_weight) x attention + the scorers."""
     B, W = memory.shape[0], options.beam_size
     limits = Limits(max_lengths(lengths, options, position_cap(model, special)), options.max_repeats)
-    scorers = beam_scorers(model, memory, lengths, options, special, lm)
+    scorers = beam_scorers(model, memory, lengths, options, special, lm, ctc_log_probs)
     memory, lengths = memory.repeat_interleave(W, dim=0), lengths.repeat_interleave(W)
     step_fn = AttentionStep(model, memory, lengths, special,
                             default_filters(special, memory.device) if filters is None else filters)
@@ -515,22 +516,23 @@ def needs_fallback(h: Hypothesis, text: str, options: DecodingOptions) -> bool:
     """Whisper's test for decoding again at a higher temperature: a loop, or an unsure result that is not silence."""
     if h.no_speech_prob is not None and h.no_speech_prob > options.no_speech_threshold:
         return False
-    avg = h.score / (len(h.tokens) + 1)
-    return compression_ratio(text) > options.compression_ratio_threshold or avg < options.logprob_threshold
+    return (compression_ratio(text) > options.compression_ratio_threshold
+            or h.normalized(1.0) < options.logprob_threshold)
 
 
 def is_silence(h: Hypothesis, options: DecodingOptions) -> bool:
     """Whisper's no-speech decision: the no-speech token is likely and the text unsure."""
     return (h.no_speech_prob is not None and h.no_speech_prob > options.no_speech_threshold
-            and h.score / (len(h.tokens) + 1) < options.logprob_threshold)
+            and h.normalized(1.0) < options.logprob_threshold)
 
 
 @torch.no_grad()
 def decode_with_fallback(model, memory: Tensor, lengths: Tensor, options: DecodingOptions, special: SpecialTokens,
-                         text: Callable[[list[int]], str], lm=None, words=None) -> list[Hypothesis]:
+                         text: Callable[[list[int]], str], lm=None, words=None,
+                         ctc_log_probs: Tensor | None = None) -> list[Hypothesis]:
     """`decode`, then Whisper's temperature fallback for the results `needs_fallback` picks (method "attention"),
     then its no-speech decision (an empty hypothesis where `is_silence`)."""
-    hyps = decode(model, memory, lengths, options, special, lm, words)
+    hyps = decode(model, memory, lengths, options, special, lm, words, ctc_log_probs)
     if options.method == "attention" and len(options.temperatures) > 1:
         generator = torch.Generator(device=memory.device).manual_seed(options.seed)
         for temperature in options.temperatures[1:]:
@@ -548,30 +550,35 @@ def decode_with_fallback(model, memory: Tensor, lengths: Tensor, options: Decodi
 class WordSearch(Protocol):
     """The "lexicon" method's search (`speech_transformer.lexicon`): words from a lexicon, ranked by a word LM."""
 
-    def search(self, model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
+    def search(self, model, memory: Tensor, lengths: Tensor, ctc_log_probs: Tensor, options: DecodingOptions,
                special: SpecialTokens) -> list[Hypothesis]: ...
 
 
 @torch.no_grad()
 def decode(model, memory: Tensor, lengths: Tensor, options: DecodingOptions = DecodingOptions(),
-           special: SpecialTokens = SpecialTokens(), lm=None, words: WordSearch | None = None) -> list[Hypothesis]:
+           special: SpecialTokens = SpecialTokens(), lm=None, words: WordSearch | None = None,
+           ctc_log_probs: Tensor | None = None) -> list[Hypothesis]:
     """Search chosen by `options`: encoder states `(B, S, D)` and lengths `(B,)` -> one hypothesis each.
 
     `special` (the tokenizer's) says how the decoder starts and ends and which tokens it never emits;
-    `lm` is a token LM that beam search fuses with `options.lm_weight`; `words` the word search of "lexicon".
+    `lm` is a token LM that beam search fuses with `options.lm_weight`; `words` the word search of "lexicon";
+    `ctc_log_probs` `(B, S, V)` the CTC head's output when the caller has it (else computed here if needed).
     A model without a CTC head (an imported Whisper model) decodes on attention scores alone.
     """
     if model.ctc_head is None and options.method in ("ctc", "lexicon"):
         raise ValueError(f"this model has no CTC head: decoding method {options.method!r} needs one")
+    if options.method in ("ctc", "lexicon") and ctc_log_probs is None:
+        ctc_log_probs = model.ctc_log_probs(memory)
     if options.method == "ctc":
-        return ctc_greedy_search(model.ctc_log_probs(memory), lengths, special.blank)
+        return ctc_greedy_search(ctc_log_probs, lengths, special.blank)
     if options.method == "lexicon":
         if words is None:
             raise ValueError('decoding method "lexicon" needs a lexicon and a word LM (see docs/lexicon.md)')
-        return words.search(model, memory, lengths, options, special)
+        return words.search(model, memory, lengths, ctc_log_probs.float(), options, special)
     if model.ctc_head is None:
         options = replace(options, ctc_weight=0.0)
     scored = options.ctc_weight > 0 or (lm is not None and options.lm_weight > 0)
     if options.beam_size == 1 and not scored:
         return greedy_search(model, memory, lengths, options, special)
-    return beam_search(model, memory, lengths, options, special, lm)  # beam 1 with scorers: joint one-best
+    return beam_search(model, memory, lengths, options, special, lm,  # beam 1 with scorers: joint one-best
+                       ctc_log_probs=ctc_log_probs)

@@ -393,11 +393,12 @@ class LexiconSearch:
         self.tokenizer = tokenizer
 
     @torch.inference_mode()
-    def search(self, model, memory: Tensor, lengths: Tensor, options, special: SpecialTokens) -> list:
-        """Encoder states `(B, S, D)`, lengths `(B,)` -> one `decoding.Hypothesis` per utterance."""
+    def search(self, model, memory: Tensor, lengths: Tensor, ctc_log_probs: Tensor, options,
+               special: SpecialTokens) -> list:
+        """Encoder states `(B, S, D)`, lengths `(B,)`, CTC log-posteriors `(B, S, V)` -> one `decoding.Hypothesis`
+        per utterance."""
         from speech_transformer.decoding import Hypothesis
 
-        ctc_log_probs = model.ctc_log_probs(memory).float()
         decoder = get_decoder(self.tokenizer, options.word_lm, options.words_file, special=special)
         config = LexiconConfig(beam_size=max(options.beam_size, 1), lm_weight=options.lm_weight,
                                word_score=options.word_score, nbest=options.nbest)
@@ -413,5 +414,6 @@ def lexicon_search(recognizer, encoding, options, special: SpecialTokens | None 
     """An Encoding of `recognizer` -> one `decoding.Hypothesis` per utterance (`LexiconSearch` on its tokenizer)."""
     if encoding.ctc_log_probs is None:
         raise ValueError("lexicon decoding needs a model with a CTC head")
-    return LexiconSearch(recognizer.tokenizer).search(recognizer.model, encoding.memory, encoding.lengths, options,
+    return LexiconSearch(recognizer.tokenizer).search(recognizer.model, encoding.memory, encoding.lengths,
+                                                      encoding.ctc_log_probs, options,
                                                       special or recognizer.tokenizer.special)

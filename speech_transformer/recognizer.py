@@ -138,7 +138,7 @@ class Recognizer:
         """An Encoding -> one Recognition per row (decode one encoding several ways without encoding again)."""
         options = options or self.options
         hyps = decode_with_fallback(self.model, enc.memory, enc.lengths, options, self.tokenizer.special,
-                                    self.tokenizer.decode, self.lm, self.words)
+                                    self.tokenizer.decode, self.lm, self.words, enc.ctc_log_probs)
         out = []
         for b, h in enumerate(hyps):
             frames = int(enc.lengths[b])
