@@ -41,7 +41,6 @@ class Encoding:
     memory: torch.Tensor  # (B, S, D) encoder states
     lengths: torch.Tensor  # (B,) valid frames of each row
     ctc_log_probs: torch.Tensor | None  # (B, S, V) CTC log-posteriors (blank = special.blank); None: no CTC head
-    frame_seconds: float  # one encoder frame, in seconds
     seconds: list[float] = field(default_factory=list)  # each waveform's length
 
     def __len__(self) -> int:
@@ -129,8 +128,7 @@ class Recognizer:
         feats, feat_lengths = self.model.frontend(audio.to(self.device), lengths.to(self.device))
         memory, memory_lengths = self.model.encode(feats, feat_lengths)
         ctc = self.model.ctc_log_probs(memory).float() if self.model.ctc_head is not None else None
-        return Encoding(memory, memory_lengths, ctc, self.model.encoder_frame_seconds,
-                        [len(w) / SAMPLE_RATE for w in waveforms])
+        return Encoding(memory, memory_lengths, ctc, [len(w) / SAMPLE_RATE for w in waveforms])
 
     @torch.inference_mode()
     def decode(self, enc: Encoding, options: DecodingOptions | None = None, align: bool = False,
