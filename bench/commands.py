@@ -155,7 +155,7 @@ def synthesize(phrases: list[str], folder: Path) -> list[tuple[str, str, np.ndar
 
 def run(args) -> dict:
     data = args.data_dir
-    recognizer = Recognizer.from_dir(None)
+    recognizer = Recognizer.from_dir(args.model)
     desktop, digits = Grammar.load("desktop"), Grammar.load("digits")
     t = args.threshold
     report: dict = {"threshold": t, "threads": torch.get_num_threads(), "sets": {}}
@@ -255,7 +255,7 @@ def tune(args) -> dict:
     rejected plus LibriSpeech train sentences (out of grammar, against both grammars) accepted, equal weight,
     in the middle of the best interval."""
     data = args.data_dir
-    recognizer = Recognizer.from_dir(None)
+    recognizer = Recognizer.from_dir(args.model)
     desktop, digits = Grammar.load("desktop"), Grammar.load("digits")
     rng = random.Random(0)
     fsdd = rng.sample(read_manifest(data / "fsdd/train.tsv"), 500)
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
     p.add_argument("--threshold", type=float, default=DEFAULT_REJECT_THRESHOLD)
     p.add_argument("--limit", type=int, default=None, help="first N utterances of each set (smoke runs)")
     p.add_argument("--sphinx-an4", type=int, default=40,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import yaml
 
-from speech_transformer import checkpoint
+from speech_transformer import checkpoint, whisper
 from speech_transformer.audio import load_audio
 from speech_transformer.data import (
     SpeechDataset,
@@ -57,6 +57,7 @@ from speech_transformer.train import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+OUT_ENV = "LEARNING_CURVE_OUT"  # the run folder, for variants that name files in it
 
 
 @dataclass
@@ -71,6 +72,13 @@ class Spec:
     set: list[str] = field(default_factory=list)  # overrides for every variant (budget, bookkeeping)
     reference_model: str = ""  # a model directory scored on the same dev subset (a horizontal line)
     reference_label: str = "reference"
+    # model folders made from Whisper before any variant runs: OUT/<name> = whisper.student(**arguments);
+    # a variant starts from one with `init_from=$LEARNING_CURVE_OUT/<name>`
+    students: dict[str, dict] = field(default_factory=dict)
+    marks_for: dict[str, list[float]] = field(default_factory=dict)  # variants measured past the common marks
+
+    def variant_marks(self, name: str) -> list[float]:
+        return self.marks_for.get(name, self.marks)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Spec:
@@ -195,9 +203,18 @@ def fill_cache(spec: Spec, cache: Path) -> None:
         dataset.waveform(i)
 
 
+def make_students(spec: Spec, out: Path) -> None:
+    os.environ[OUT_ENV] = str(out)
+    for name, arguments in spec.students.items():
+        if not (out / name / "config.json").is_file():
+            arguments = dict(arguments)
+            source = whisper.resolve_source(arguments.pop("source", "base"))
+            whisper.student(source, Tokenizer(resolve(spec.tokenizer)), out / name, **arguments)
+
+
 def run_variant(spec: Spec, name: str, dev: DevSet, out: Path) -> None:
-    marks = Marks(name, spec.marks, dev, out)
-    if len(marks.done) >= len(spec.marks):
+    marks = Marks(name, spec.variant_marks(name), dev, out)
+    if len(marks.done) >= len(spec.variant_marks(name)):
         print(f"[{name}] done ({len(marks.done)} marks in the log)")
         return
     c = variant_config(spec, name, out)
@@ -228,7 +245,8 @@ def collect(spec: Spec, log: list[dict]) -> dict:
         variants[name] = {"config": spec.variants.get(name, []),
                           "marks": [r for r in log if r["variant"] == name and "mark" in r]}
     reference = next((r for r in log if r["variant"] == "reference"), None)
-    return {"marks": spec.marks, "variants": variants, "reference": reference}
+    marks = sorted(set(spec.marks).union(*spec.marks_for.values()))
+    return {"marks": marks, "variants": variants, "reference": reference}
 
 
 def cell(records: list[dict], mark: float, key: str) -> str:
@@ -319,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         fill_cache(spec, cache)
         dev = DevSet.load(spec.dev, spec.dev_utterances)
         score_reference(spec, dev, args.out)
+        make_students(spec, args.out)
         if args.only:
             for name in args.only:
                 run_variant(spec, name, dev, args.out)

@@ -279,7 +279,7 @@ def model_card(recognizer: Recognizer, model_dir: Path | None = None) -> str:
     lines = [f"**Model** `{name}`: preset **{preset}**, {recognizer.model.num_parameters() / 1e6:.1f} M parameters: "
              f"{c.encoder_layers} encoder and {c.decoder_layers} decoder layers, width {c.d_model}, {c.n_heads} heads, "
              f"{c.vocab_size}-token vocabulary, "
-             f"{'Whisper features' if c.frontend == 'whisper' else c.normalization + ' feature normalisation'}."]
+             f"{c.normalization + ' feature normalisation' if c.frontend == 'log_mel' else 'Whisper features'}."]
     train = extra.pop("train", None)
     if train:
         lines.append(f"**Training data**: {', '.join(map(str, train)) if isinstance(train, list) else train}")

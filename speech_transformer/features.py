@@ -109,10 +109,15 @@ class WhisperFrontEnd(nn.Module):
     Every waveform is zero-padded to a 30 s window (the encoder always reads whole windows, as Whisper was
     trained), framed by a centred 400-sample Hann STFT whose last frame is dropped, projected onto Slaney
     mel filters, then log10, floored 8 below the window's maximum and scaled to (x + 4) / 4.
+
+    With `window=False` the same features cover only the audio given, `(B, F, n_mels)` with F = T // 160
+    frames per waveform: for encoders fine-tuned from Whisper on variable-length batches, which need not
+    pay for 30 s of silence per utterance.
     """
 
-    def __init__(self, n_mels: int = N_MELS):
+    def __init__(self, n_mels: int = N_MELS, window: bool = True):
         super().__init__()
+        self.window_audio = window
         import librosa  # only Whisper's front end needs it
 
         filters = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels)  # the filters Whisper ships
@@ -124,13 +129,15 @@ class WhisperFrontEnd(nn.Module):
             raise ValueError(f"a Whisper model reads at most {WHISPER_WINDOW_SECONDS} s at a time, got "
                              f"{waveforms.shape[-1] / SAMPLE_RATE:.1f} s (split longer audio, e.g. with "
                              "`speech-transformer transcribe`)")
-        audio = nn.functional.pad(waveforms.float(), (0, WHISPER_WINDOW_SAMPLES - waveforms.shape[-1]))
+        pad = (WHISPER_WINDOW_SAMPLES if self.window_audio else N_FFT) - waveforms.shape[-1]
+        audio = nn.functional.pad(waveforms.float(), (0, max(0, pad)))
         with torch.autocast(waveforms.device.type, enabled=False):
             stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
-            mel = self.filters @ stft[..., :-1].abs() ** 2  # (B, n_mels, 3000)
+            mel = self.filters @ stft[..., :-1].abs() ** 2  # (B, n_mels, F)
             log = mel.clamp(min=LOG_FLOOR).log10()
             log = torch.maximum(log, log.amax(dim=(1, 2), keepdim=True) - 8.0)
-        return ((log + 4.0) / 4.0).transpose(1, 2), torch.full_like(lengths, WHISPER_WINDOW_FRAMES)
+        frames = torch.full_like(lengths, WHISPER_WINDOW_FRAMES) if self.window_audio else lengths // HOP_LENGTH
+        return ((log + 4.0) / 4.0).transpose(1, 2), frames
 
     def log_mel(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The same features (Whisper's are already scaled) with the frames that hold audio: `(B, F, n_mels)`."""

@@ -36,7 +36,8 @@ class ModelConfig:
     subsampling_channels: int = 0  # 0: same as d_model
     normalization: str = "global"  # feature normalisation, see FrontEnd
     tie_embeddings: bool = True
-    frontend: str = "log_mel"  # "log_mel" (FrontEnd) or "whisper" (WhisperFrontEnd, 30 s windows)
+    frontend: str = "log_mel"  # "log_mel" (FrontEnd), "whisper" (WhisperFrontEnd, 30 s windows) or
+    # "whisper_log_mel" (Whisper's features over the audio as given: models fine-tuned from Whisper's encoder)
     subsampling: str = "conv2d"  # "conv2d" (x4 in time) or "conv1d" (Whisper's stem, x2)
     encoder_positions: str = "sinusoidal"  # "sinusoidal" (computed) or "learned" (a stored table)
     decoder_positions: str = "sinusoidal"
@@ -52,7 +53,7 @@ class ModelConfig:
     intermediate_ctc_layer: int = 0  # >0: the CTC head also reads this encoder layer's output (training loss only)
 
     def __post_init__(self):
-        for name, value, allowed in (("frontend", self.frontend, ("log_mel", "whisper")),
+        for name, value, allowed in (("frontend", self.frontend, ("log_mel", "whisper", "whisper_log_mel")),
                                      ("subsampling", self.subsampling, ("conv2d", "conv1d", "stack")),
                                      ("encoder_positions", self.encoder_positions, ("sinusoidal", "learned")),
                                      ("decoder_positions", self.decoder_positions, ("sinusoidal", "learned"))):
@@ -376,8 +377,8 @@ class SpeechTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.frontend = (WhisperFrontEnd(config.n_mels) if config.frontend == "whisper" else
-                         FrontEnd(config.n_mels, config.normalization))
+        self.frontend = (FrontEnd(config.n_mels, config.normalization) if config.frontend == "log_mel" else
+                         WhisperFrontEnd(config.n_mels, window=config.frontend == "whisper"))
         self.encoder = Encoder(config)
         self.ctc_head = nn.Linear(config.d_model, config.vocab_size) if config.ctc else None
         self.decoder = Decoder(config)
@@ -407,7 +408,7 @@ class SpeechTransformer(nn.Module):
             centre = (sub.factor - 1) / 2
         else:  # Whisper's padded conv1d stem keeps frame centres
             centre = 0.0
-        first = 0.0 if self.config.frontend == "whisper" else N_FFT / 2 / SAMPLE_RATE  # a non-centred STFT frame
+        first = N_FFT / 2 / SAMPLE_RATE if self.config.frontend == "log_mel" else 0.0  # a non-centred STFT frame
         return first + centre * HOP_LENGTH / SAMPLE_RATE - self.encoder_frame_seconds / 2
 
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

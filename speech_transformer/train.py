@@ -61,6 +61,8 @@ class TrainConfig:
     tokenizer: str = ""  # SentencePiece .model
     init_from: str = ""  # a model directory to fine-tune (ours, or an imported Whisper model): its architecture,
     # weights and tokenizer replace preset/tokenizer; `model` overrides still apply (e.g. dropout)
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes left as they are, e.g. the lower
+    # blocks of an encoder initialised from Whisper ("encoder.subsampling.", "encoder.blocks.0.")
     # model
     preset: str = "tiny"
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {dropout: 0.1}
@@ -272,8 +274,12 @@ def autocast_dtype(c: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def build_optimizer(model: torch.nn.Module, c: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]  # biases, norms
+    for name, p in model.named_parameters():
+        if name.startswith(tuple(c.freeze)):
+            p.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]  # biases, norms
     return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
                              lr=c.lr, betas=tuple(c.betas), fused=device.type == "cuda")

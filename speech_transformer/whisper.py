@@ -34,6 +34,7 @@ import os
 import re
 import sys
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ from speech_transformer.checkpoint import (
     save_model,
 )
 from speech_transformer.model import ModelConfig, SpeechTransformer
-from speech_transformer.tokenizer import WhisperTokenizer
+from speech_transformer.tokenizer import TextTokenizer, WhisperTokenizer
 
 ENGLISH_VOCAB_SIZE = 51864  # English-only models; multilingual ones have one more token, large-v3 two
 CACHE_ENV = "SPEECH_TRANSFORMER_CACHE"
@@ -198,17 +199,7 @@ def import_whisper(source: str | os.PathLike, output: str | os.PathLike, vocab: 
                    language: str = "en", task: str = "transcribe") -> Path:
     """Convert an openai-whisper `.pt` file, a Hugging Face folder or a faster-whisper folder (path or
     `ctranslate2.FasterWhisperFolder`) into our model directory `output`."""
-    from speech_transformer.ctranslate2 import CTranslate2Error, FasterWhisperFolder
-
-    folder = source if isinstance(source, FasterWhisperFolder) else None
-    source = Path(folder.directory if folder else source)
-    if folder is None and source.is_dir() and any(source.glob("model.bin*")):
-        folder = FasterWhisperFolder.at(source)
-    try:
-        config, state = (read_ctranslate2(folder) if folder else read_hf(source) if source.is_dir()
-                         else read_openai(source))
-    except (CTranslate2Error, OSError) as e:
-        raise CheckpointError(str(e)) from None
+    config, state, folder, source = read_any(source)
     multilingual = config.vocab_size > ENGLISH_VOCAB_SIZE
     num_languages = config.vocab_size - ENGLISH_VOCAB_SIZE + 99 - int(multilingual)
     tokenizer = WhisperTokenizer(vocab or packaged_vocabulary(multilingual), multilingual, num_languages,
@@ -222,6 +213,53 @@ def import_whisper(source: str | os.PathLike, output: str | os.PathLike, vocab: 
     load_weights(model, state, source)
     return save_model(model, tokenizer, output, {"source": str(source), "imported_from": "whisper"},
                       decoding=PREFERRED_DECODING)
+
+
+def read_any(source) -> tuple[ModelConfig, dict[str, torch.Tensor], object | None, Path]:
+    """Any of the three sources -> (config, weights, the faster-whisper folder or None, the path read)."""
+    from speech_transformer.ctranslate2 import CTranslate2Error, FasterWhisperFolder
+
+    folder = source if isinstance(source, FasterWhisperFolder) else None
+    source = Path(folder.directory if folder else source)
+    if folder is None and source.is_dir() and any(source.glob("model.bin*")):
+        folder = FasterWhisperFolder.at(source)
+    try:
+        config, state = (read_ctranslate2(folder) if folder else read_hf(source) if source.is_dir()
+                         else read_openai(source))
+    except (CTranslate2Error, OSError) as e:
+        raise CheckpointError(str(e)) from None
+    return config, state, folder, source
+
+
+STUDENT_KEPT = ("encoder.subsampling.", "encoder.positions.", "encoder.norm.")  # besides the kept blocks
+
+
+def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder_layers: int = 4,
+            decoder_layers: int = 1, dropout: float = 0.1) -> Path:
+    """A smaller model of ours that starts from Whisper's encoder, to fine-tune on our data.
+
+    It keeps Whisper's stem, position table, first `encoder_layers` encoder blocks and final LayerNorm; its
+    CTC head and `decoder_layers`-block decoder are new, over `tokenizer` (ours: a few hundred pieces, not
+    Whisper's 51,864 tokens, whose embedding alone is 26.5 M parameters in base). It reads Whisper's
+    features without the 30 s window (frontend "whisper_log_mel"): it is trained on variable-length
+    batches. `speech-transformer train --set init_from=OUTPUT` fine-tunes it.
+    """
+    config, state, _, path = read_any(source)
+    if not 1 <= encoder_layers <= config.encoder_layers:
+        raise ValueError(f"{path}: the model has {config.encoder_layers} encoder layers, not {encoder_layers}")
+    config = replace(config, vocab_size=tokenizer.vocab_size, encoder_layers=encoder_layers,
+                     decoder_layers=decoder_layers, frontend="whisper_log_mel", decoder_positions="sinusoidal",
+                     ctc=True, dropout=dropout)
+    model = SpeechTransformer(config)
+    blocks = tuple(f"encoder.blocks.{i}." for i in range(encoder_layers))
+    kept = {k: v for k, v in state.items() if k.startswith(STUDENT_KEPT + blocks)}
+    missing = [k for k in kept if k not in model.state_dict()]
+    if missing:
+        raise CheckpointError(f"{path}: unexpected weights {missing[:3]}")
+    model.load_state_dict(kept, strict=False)
+    info = {"source": str(path), "initialised_from": "whisper",
+            "whisper_layers_kept": f"stem and encoder blocks 0-{encoder_layers - 1}"}
+    return save_model(model, tokenizer, output, info)
 
 
 # --- where weights come from: a local path always; openai-whisper's download URLs when the network allows
@@ -322,6 +360,24 @@ def resolve(name: str, language: str = "en") -> Path:
     return output
 
 
+def resolve_source(name: str):
+    """A path, or an installed model's name (`base`), as a source `read_any` reads."""
+    if Path(name).expanduser().exists():
+        return Path(name).expanduser()
+    folder, looked = installed_folder(name)
+    if folder is None:
+        raise FileNotFoundError(f"{name}: no such file, and no installed copy (looked in: {'; '.join(looked)})")
+    return folder
+
+
+def student_tokenizer(model_dir: str | None) -> TextTokenizer:
+    from speech_transformer.checkpoint import load_tokenizer, read_config
+    from speech_transformer.pretrained import default_model_dir
+
+    directory = Path(model_dir) if model_dir else default_model_dir()
+    return load_tokenizer(directory, read_config(directory))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="speech-transformer whisper", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -330,9 +386,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", help="the .tiktoken vocabulary (default: the one openai-whisper ships)")
     p.add_argument("--language", default="en", help="multilingual models: the language to transcribe")
     p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    p.add_argument("--student", type=int, metavar="N", help="write a model to fine-tune instead: Whisper's stem and "
+                   "first N encoder blocks, a new CTC head and decoder over the tokenizer of --tokenizer-from")
+    p.add_argument("--decoder-layers", type=int, default=1, help="--student: blocks of its new decoder")
+    p.add_argument("--tokenizer-from", default=None, help="--student: a model directory whose tokenizer it uses "
+                   "(default: the embedded default model's)")
     args = p.parse_args(argv)
     try:
-        if args.output:
+        if args.student:
+            if not args.output:
+                p.error("--student needs -o/--output")
+            out = student(resolve_source(args.source), student_tokenizer(args.tokenizer_from), args.output,
+                          args.student, args.decoder_layers)
+        elif args.output:
             out = import_whisper(args.source, args.output, args.vocab, args.language, args.task)
         else:
             out = resolve(args.source, args.language)

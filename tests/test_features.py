@@ -49,3 +49,17 @@ def test_spec_augment_masks_only_in_training():
     assert out.shape == feats.shape
     zeroed = (out == 0).float().mean().item()
     assert 0.02 < zeroed < 0.6  # some, not all, of the features are masked
+
+
+def test_whisper_features_without_the_window_equal_the_windowed_ones(librispeech_train):
+    """`window=False` (models fine-tuned from Whisper) gives Whisper's features for the audio's own frames."""
+    from speech_transformer.features import WHISPER_WINDOW_FRAMES, WhisperFrontEnd
+
+    waves = [load_audio(u.audio) for u in librispeech_train[:2]]
+    audio, lengths = pad_waveforms(waves)
+    windowed, all_frames = WhisperFrontEnd()(audio, lengths)
+    unpadded, frames = WhisperFrontEnd(window=False)(audio, lengths)
+    assert windowed.shape[1] == WHISPER_WINDOW_FRAMES and (all_frames == WHISPER_WINDOW_FRAMES).all()
+    assert frames.tolist() == [len(w) // HOP_LENGTH for w in waves] and unpadded.shape[1] == max(frames)
+    for i, n in enumerate(frames.tolist()):  # the last frames see the end of the audio: reflection vs zeros
+        torch.testing.assert_close(unpadded[i, : n - 2], windowed[i, : n - 2], atol=1e-5, rtol=1e-5)

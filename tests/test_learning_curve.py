@@ -93,3 +93,29 @@ def test_report_only_rebuilds_tables_from_the_log(tmp_path, data_dir):
     table = (out / "results.md").read_text()
     assert "| a | `lr=0.01` | 89.0 | 88.0 | – |" in table and "| b | (base) | – | – | – |" in table
     assert results["variants"]["a"]["marks"][1]["ctc_cer"] == 88.0
+
+
+def test_a_variant_can_start_from_a_whisper_student_built_in_the_run_folder(tmp_path, data_dir):
+    """`students:` builds OUT/<name> from a Whisper checkpoint once; `marks_for` gives that variant more marks."""
+    import dataclasses
+
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
+                           n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    torch.manual_seed(0)
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": Whisper(dims).state_dict()},
+               tmp_path / "teacher.pt")
+    spec_path = write_spec(tmp_path, data_dir, marks=[0.02])
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["students"] = {"st": {"source": str(tmp_path / "teacher.pt"), "encoder_layers": 1, "decoder_layers": 1}}
+    spec["variants"]["student"] = ["init_from=$LEARNING_CURVE_OUT/st", "model={}", "freeze=[encoder.blocks.0.]"]
+    spec["marks_for"] = {"student": [0.02, 0.04]}
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    bench(spec_path, out, "--only", "student")
+    assert [(r["variant"], r["mark"]) for r in marks_of(out)] == [("student", 0.02), ("student", 0.04)]
+    model = json.loads((out / "student" / "train" / "model_config.json").read_text())
+    assert (model["d_model"], model["encoder_layers"], model["frontend"]) == (64, 1, "whisper_log_mel")
+    assert "| student |" in (out / "results.md").read_text() and "0.04 min" in (out / "results.md").read_text()

@@ -9,7 +9,8 @@
 Stages (each skips work already done; training resumes from its last checkpoint):
   1 download   fetch and verify the OpenSLR archives, extract them (skipped for sets under --data-dir)
   2 manifests  one JSONL manifest per set in EXP/data/
-  3 tokenizer  SentencePiece on the training transcripts -> EXP/tokenizer.model
+  3 tokenizer  SentencePiece on the training transcripts -> EXP/tokenizer.model; with `student:` in the
+               recipe, also EXP/student (Whisper's stem and first encoder blocks + new heads) to train from
   4 train      speech_transformer.train (under torchrun when --nproc-per-node > 1)
   5 average    average the last checkpoints -> EXP/model
   6 decode     beam search on each test set + score -> EXP/decode/<set>.json and EXP/RESULTS.md
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from speech_transformer import download, evaluate
+from speech_transformer import download, evaluate, whisper
 from speech_transformer.cli import tokenizer as tokenizer_command
 from speech_transformer.data import DATA_DIR_ENV, default_data_dir
+from speech_transformer.tokenizer import Tokenizer
 from speech_transformer.train import TrainConfig, export_model
 from speech_transformer.train import main as train_main
 
@@ -44,6 +46,16 @@ def manifests(recipe: dict, exp: Path) -> dict[str, str]:
     given = {k: os.path.expandvars(v) for k, v in (recipe.get("manifests") or {}).items()}
     sets = set(recipe["train_sets"]) | {recipe["valid_set"]} | set(recipe["test_sets"])
     return {s: given.get(s, str(exp / "data" / f"{s}.jsonl")) for s in sorted(sets)}
+
+
+def make_student(settings: dict, tokenizer_path: Path, directory: Path) -> None:
+    """EXP/student: Whisper's stem and first encoder blocks with a new CTC head and decoder over our tokenizer."""
+    if (directory / "config.json").is_file():
+        print(f"{directory} exists")
+        return
+    settings = dict(settings)
+    source = whisper.resolve_source(str(settings.pop("source", "base")))
+    print(whisper.student(source, Tokenizer(str(tokenizer_path)), directory, **settings))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer_command(["--manifest", *[sets[s] for s in recipe["train_sets"]], "--vocab-size",
                                str(recipe.get("vocab_size", 256)), "--type", recipe.get("token_type", "unigram"),
                                "--output", str(tokenizer_path)])
+    student_dir = exp / "student"  # recipes that start from Whisper's encoder (`student:` in the recipe)
+    if run(3) and recipe.get("student"):
+        make_student(recipe["student"], tokenizer_path, student_dir)
     if run(4):
         stage_banner(4, "train")
         train_args = ["--config", str(exp / "train.yaml")]
         train_settings = dict(config.get("train") or {})
         train_settings.update(out_dir=str(exp / "train"), tokenizer=str(tokenizer_path),
                               train=[sets[s] for s in recipe["train_sets"]], valid=sets[recipe["valid_set"]])
+        if recipe.get("student"):
+            train_settings["init_from"] = str(student_dir)
         (exp / "train.yaml").write_text(yaml.safe_dump(train_settings, sort_keys=False))
         overrides = [a for s in args.set for a in ("--set", s)]
         if args.nproc_per_node > 1:
