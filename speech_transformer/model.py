@@ -316,15 +316,26 @@ class Encoder(nn.Module):
 
     def forward_with_intermediate(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """As `forward`, plus the (final-normed) output of block `intermediate_ctc_layer` (None when 0)."""
+        x, lengths = self.embed(feats, lengths)
+        return self.blocks_from(x, lengths)
+
+    def embed(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The stem and positions: feats `(B, F, n_mels)` -> the first block's input `(B, S, D)`, lengths `(B,)`."""
         x, lengths = self.subsampling(feats, lengths)
-        x = self.drop(x * self.scale + self.positions(x.shape[1]).to(x))
+        return self.drop(x * self.scale + self.positions(x.shape[1]).to(x)), lengths
+
+    def blocks_from(self, x: Tensor, lengths: Tensor, start: int = 0, stop: int | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Blocks start..stop-1 over `(B, S, D)` states; normed output (raw when `stop` ends early), lengths,
+        and the intermediate CTC layer's normed output (None when 0 or not reached)."""
         mask = padding_mask(lengths, x.shape[1])[:, None, None, :]
         intermediate = None
-        for i, block in enumerate(self.blocks, 1):
-            x = block(x, mask)
-            if i == self.intermediate_layer:
+        stop = len(self.blocks) if stop is None else stop
+        for i in range(start, stop):
+            x = self.blocks[i](x, mask)
+            if i + 1 == self.intermediate_layer:
                 intermediate = self.norm(x)
-        return self.norm(x), lengths, intermediate
+        return (self.norm(x) if stop == len(self.blocks) else x), lengths, intermediate
 
 
 class Decoder(nn.Module):
@@ -430,6 +441,13 @@ class SpeechTransformer(nn.Module):
         set, the CTC term is (1 - w) x CTC(last layer) + w x CTC(that layer), w = `intermediate_ctc_weight`.
         """
         memory, memory_lengths, intermediate = self.encoder.forward_with_intermediate(feats, feat_lengths)
+        return self.loss(memory, memory_lengths, targets, target_lengths, ctc_weight, label_smoothing, prompt, eos,
+                         intermediate, intermediate_ctc_weight)
+
+    def loss(self, memory: Tensor, memory_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+             ctc_weight: float = 0.3, label_smoothing: float = 0.1, prompt: tuple[int, ...] = (SOS_EOS_ID,),
+             eos: int = SOS_EOS_ID, intermediate: Tensor | None = None, intermediate_ctc_weight: float = 0.0) -> Loss:
+        """The joint loss of `forward` from encoder states `(B, S, D)` (e.g. computed from cached lower blocks)."""
         B, L = targets.shape
         valid = padding_mask(target_lengths, L)
         if ctc_weight > 0:

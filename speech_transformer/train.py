@@ -63,6 +63,8 @@ class TrainConfig:
     # weights and tokenizer replace preset/tokenizer; `model` overrides still apply (e.g. dropout)
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes left as they are, e.g. the lower
     # blocks of an encoder initialised from Whisper ("encoder.subsampling.", "encoder.blocks.0.")
+    lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> learning-rate factor,
+    # e.g. {"encoder.": 0.03}: pretrained blocks move slowly while new heads learn at the full rate
     # model
     preset: str = "tiny"
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {dropout: 0.1}
@@ -277,11 +279,15 @@ def build_optimizer(model: torch.nn.Module, c: TrainConfig, device: torch.device
     for name, p in model.named_parameters():
         if name.startswith(tuple(c.freeze)):
             p.requires_grad_(False)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trained if p.dim() >= 2]
-    no_decay = [p for p in trained if p.dim() < 2]  # biases, norms
-    return torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
+    def scale(name: str) -> float:  # the longest matching prefix of lr_scale, else 1
+        return next((c.lr_scale[k] for k in sorted(c.lr_scale, key=len, reverse=True) if name.startswith(k)), 1.0)
+
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((scale(name), p.dim() >= 2), []).append(p)  # no decay on biases and norms
+    return torch.optim.AdamW([{"params": params, "weight_decay": c.weight_decay if decay else 0.0, "lr_scale": s}
+                              for (s, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))],
                              lr=c.lr, betas=tuple(c.betas), fused=device.type == "cuda")
 
 
@@ -478,7 +484,7 @@ def optimizer_step(run: Run, batches, step_utterances: int, window: Window) -> b
     """One optimiser step over `accumulation` micro-batches; False when a non-finite loss skipped it."""
     c, state, optimizer = run.c, run.state, run.optimizer
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(c, state.step)
+        group["lr"] = learning_rate(c, state.step) * group.get("lr_scale", 1.0)
     sums = torch.zeros(4, dtype=torch.float64)  # loss, ctc, attention (sums over utterances), non-finite
     for j in range(c.accumulation):
         t0 = time.perf_counter()
@@ -515,7 +521,7 @@ def log_window(run: Run, window: Window, bar) -> Window:
     run.state.audio_seconds += audio
     record = {"step": run.state.step, "epoch": run.state.epoch, "loss": window.loss / window.n,
               "ctc": window.ctc / window.n, "attention": window.att / window.n,
-              "lr": run.optimizer.param_groups[0]["lr"], "audio_seconds_per_second": audio / elapsed,
+              "lr": learning_rate(run.c, run.state.step), "audio_seconds_per_second": audio / elapsed,
               "steps_per_second": window.n / elapsed, "data_wait_share": window.wait / elapsed,
               "skipped": run.state.skipped, "elapsed_s": time.perf_counter() - run.started, "rss_mb": rss_mb()}
     run.metrics.write(**record)

@@ -87,3 +87,42 @@ def test_default_recipe_trains_and_ships(tmp_path, data_dir):
     for name in recipe["test_sets"]:
         report = json.loads((exp / "decode" / f"{name}.json").read_text())
         assert f"{100 * report['wer']:.2f}" in card
+
+
+def test_cached_student_training_learns_and_keeps_the_frozen_blocks(tmp_path, data_dir):
+    """recipes/default/train_cached.py: a Whisper student's frozen blocks cached once, the rest trained on
+    the cache; the saved model still reads audio (validate at the mark), its frozen blocks unchanged."""
+    import dataclasses
+
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    from speech_transformer.checkpoint import load_model
+    from speech_transformer.whisper import main as whisper_main
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
+                           n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    torch.manual_seed(0)
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, tmp_path / "t.pt")
+    assert whisper_main([str(tmp_path / "t.pt"), "--student", "2", "-o", str(tmp_path / "student")]) == 0
+    write_manifest(read_manifest(data_dir / "fsdd" / "train.tsv")[::50][:30], tmp_path / "train.jsonl")
+    write_manifest(read_manifest(data_dir / "fsdd" / "test.tsv")[:3], tmp_path / "dev.jsonl")
+    script = RECIPE.parent / "default" / "train_cached.py"
+    cmd = [sys.executable, str(script), "--student", str(tmp_path / "student"), "--out", str(tmp_path / "run"),
+           "--frozen", "1", "--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"),
+           "--dev-utterances", "3", "--minutes", "0.15", "--valid-every", "10", "--lr", "0.003"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert len(list((tmp_path / "run").glob("cache-*.safetensors"))) == 1
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log and log[-1]["step"] > log[0]["step"] >= 10 and log[-1]["loss"] < log[0]["loss"]
+    assert all(r["train_cpu_s"] > 0 and 0 <= r["ctc_cer"] for r in log)
+    start, last = load_model(tmp_path / "student")[0].state_dict(), load_model(tmp_path / "run" / "last")[0].state_dict()
+    for name, value in start.items():
+        frozen = name.startswith(("encoder.subsampling.", "encoder.positions.", "encoder.blocks.0."))
+        assert torch.equal(last[name], value) == frozen, name
+    # again: the cache is read back, training continues from `last`
+    again = subprocess.run(cmd[:-6] + ["--minutes", "0.05", "--valid-every", "5", "--lr", "0.003"],
+                           capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert again.returncode == 0 and "cached cache-" not in again.stdout and "training from" in again.stdout
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["step"] > log[-1]["step"]

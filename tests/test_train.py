@@ -70,6 +70,25 @@ def test_learning_rate_schedules():
     assert learning_rate(noam, 39) == pytest.approx(1e-3 * 0.5)
 
 
+def test_freeze_and_lr_scale_pick_what_learns_and_how_fast():
+    """Frozen prefixes are not in the optimiser; each lr_scale prefix (the longest match) gets its factor."""
+    from speech_transformer.model import SpeechTransformer, preset
+    from speech_transformer.train import build_optimizer
+
+    model = SpeechTransformer(preset("tiny", vocab_size=40, encoder_layers=2, decoder_layers=1))
+    c = TrainConfig(lr=1e-3, freeze=["encoder.subsampling.", "encoder.blocks.0."],
+                    lr_scale={"encoder.": 0.1, "encoder.norm.": 0.5})
+    optimizer = build_optimizer(model, c, torch.device("cpu"))
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        frozen = name.startswith(("encoder.subsampling.", "encoder.blocks.0."))
+        assert (id(p) not in group_of) == frozen == (not p.requires_grad), name
+        if not frozen:
+            expected = 0.5 if name.startswith("encoder.norm.") else 0.1 if name.startswith("encoder.") else 1.0
+            assert group_of[id(p)]["lr_scale"] == expected, name
+            assert group_of[id(p)]["weight_decay"] == (c.weight_decay if p.dim() >= 2 else 0.0), name
+
+
 def test_kill_and_resume_is_bit_exact(setup):
     finish(run(settings(setup, "straight")))
     interrupted = run(settings(setup, "killed"), start_new_session=True)

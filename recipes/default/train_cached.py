@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Fine-tune the top of a Whisper student on cached outputs of its frozen lower blocks: CPU-cheap training.
+
+A student (`speech-transformer whisper base --student 4`) whose stem and first K encoder blocks stay frozen
+computes the same K-block states for an utterance in every epoch. This script computes them once per
+training utterance (float16, in OUT/cache-*.safetensors) and then trains only what learns — encoder blocks
+K and up, the final LayerNorm, the CTC head and the decoder — on the cache, with the model's own joint
+CTC/attention loss (`SpeechTransformer.loss`). Augmentation moves from the log-mel to the cached states
+(time masks, and the trained blocks' dropout); speed perturbation is not used (one copy is cached).
+
+    python recipes/default/train_cached.py --student exp/whisper-student4 --frozen 3 --out /var/tmp/cached \\
+        --minutes 40 --threads 2
+    python recipes/default/train_cached.py ... --out /var/tmp/cached      # again: continues from OUT/last
+
+The dev subset (first `--dev-utterances` of `--dev`) is scored at every `--valid-every` steps through
+`train.validate` (the one inference path, from audio); OUT/log.jsonl has one line per mark with training
+CPU-seconds (`time.process_time()`, caching and evaluations counted separately), and OUT/best is the model
+directory with the lowest dev CTC-greedy CER so far. A second run continues from OUT/last with a fresh
+optimiser (its state is not kept: this is not the trainer's bit-exact resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from speech_transformer import checkpoint
+from speech_transformer.audio import load_audio
+from speech_transformer.data import SpeechDataset, default_data_dir, filter_by_duration, read_manifest
+from speech_transformer.features import pad_waveforms
+from speech_transformer.model import SpeechTransformer
+from speech_transformer.text import normalize_transcript
+from speech_transformer.train import TrainConfig, build_optimizer, learning_rate, validate
+
+SHARD = 256  # utterances per cache file
+TRAIN_SETS = ("librispeech/train.tsv", "an4/train.tsv", "fsdd/train.tsv", "ljspeech/clips.tsv",
+              "arctic-cathy/clips.tsv")
+
+
+def frozen_prefixes(frozen: int) -> list[str]:
+    return ["encoder.subsampling.", "encoder.positions."] + [f"encoder.blocks.{i}." for i in range(frozen)]
+
+
+@torch.no_grad()
+def cache_states(model: SpeechTransformer, dataset: SpeechDataset, frozen: int, out: Path) -> list[torch.Tensor]:
+    """The output of blocks 0..frozen-1 for every utterance `(S_i, D)` float16, computed once (eval mode)."""
+    model.eval()
+    states: list[torch.Tensor] = []
+    for first in range(0, len(dataset), SHARD):
+        path = out / f"cache-{first // SHARD:04d}.safetensors"
+        rows = range(first, min(first + SHARD, len(dataset)))
+        if not path.exists():
+            shard = {}
+            order = sorted(rows, key=lambda i: dataset.utterances[i].duration)
+            for k in range(0, len(order), 16):
+                batch = order[k:k + 16]
+                audio, lengths = pad_waveforms([dataset.waveform(i) for i in batch])
+                x, n = model.encoder.embed(*model.frontend(audio, lengths))
+                x, n, _ = model.encoder.blocks_from(x, n, 0, frozen)
+                for j, i in enumerate(batch):
+                    shard[str(i)] = x[j, : int(n[j])].to(torch.float16).contiguous()
+            save_file(shard, str(path))
+            print(f"cached {path.name}: {len(shard)} utterances", flush=True)
+        shard = load_file(str(path))
+        states += [shard[str(i)] for i in rows]
+    return states
+
+
+def batches(states: list[torch.Tensor], frames: int, rng: random.Random, pool: int = 1000) -> list[list[int]]:
+    """Shuffled batches of at most `frames` padded frames; similar lengths together (sorted pools)."""
+    order = list(range(len(states)))
+    rng.shuffle(order)
+    out: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        batch: list[int] = []
+        for i in sorted(order[start:start + pool], key=lambda i: len(states[i])):
+            if batch and (len(batch) + 1) * len(states[i]) > frames:
+                out.append(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            out.append(batch)
+    rng.shuffle(out)
+    return out
+
+
+def time_masks(x: torch.Tensor, lengths: torch.Tensor, rng: random.Random, n: int, ratio: float) -> torch.Tensor:
+    """Zero `n` random spans of at most `ratio` x length frames per utterance of `(B, S, D)` states."""
+    for b, length in enumerate(lengths.tolist()):
+        for _ in range(n):
+            width = rng.randint(0, max(0, int(ratio * length)))
+            start = rng.randint(0, max(0, length - width))
+            x[b, start:start + width] = 0.0
+    return x
+
+
+def train_step(model, optimizer, c: TrainConfig, states, targets, batch, step: int, frozen: int, rng) -> float:
+    x = torch.nn.utils.rnn.pad_sequence([states[i].float() for i in batch], batch_first=True)
+    lengths = torch.tensor([len(states[i]) for i in batch])
+    x = time_masks(x, lengths, rng, n=2, ratio=0.05)
+    tokens = [targets[i] for i in batch]
+    target_lengths = torch.tensor([len(t) for t in tokens])
+    padded = torch.zeros(len(batch), max(1, int(target_lengths.max())), dtype=torch.long)
+    for b, t in enumerate(tokens):
+        padded[b, : len(t)] = torch.tensor(t)
+    memory, memory_lengths, _ = model.encoder.blocks_from(x, lengths, frozen)
+    loss = model.loss(memory, memory_lengths, padded, target_lengths, c.ctc_weight, c.label_smoothing)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(c, step) * group.get("lr_scale", 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], c.clip_grad)
+    optimizer.step()
+    return float(loss.total)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--student", type=Path, required=True, help="model directory to start from (whisper --student)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: cache, log, last and best models")
+    p.add_argument("--frozen", type=int, default=3, help="encoder blocks kept frozen and cached")
+    p.add_argument("--train", nargs="*", default=None, help="manifests (default: every training split)")
+    p.add_argument("--dev", default="librispeech/dev.tsv")
+    p.add_argument("--dev-utterances", type=int, default=40)
+    p.add_argument("--minutes", type=float, default=30.0, help="training wall time of this run")
+    p.add_argument("--batch-seconds", type=float, default=60.0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--encoder-lr-scale", type=float, default=0.1, help="learning-rate factor of the trained blocks")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ctc-weight", type=float, default=0.5)
+    p.add_argument("--valid-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--audio-cache", type=Path, default=None, help="decoded-audio cache (default OUT/audio)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    data = default_data_dir()
+    args.out.mkdir(parents=True, exist_ok=True)
+    start_dir = args.out / "last" if (args.out / "last" / checkpoint.CONFIG_FILE).is_file() else args.student
+    model, tokenizer, _ = checkpoint.load_model(start_dir)
+    manifests = args.train or [str(data / m) for m in TRAIN_SETS]
+    utterances = filter_by_duration([u for m in manifests for u in read_manifest(m)], 30.0)
+    dataset = SpeechDataset(utterances, tokenizer, cache_dir=args.audio_cache or args.out / "audio")
+    t0 = time.process_time()
+    states = cache_states(model, dataset, args.frozen, args.out)
+    cache_cpu = time.process_time() - t0
+    dev = read_manifest(data / args.dev if not Path(args.dev).is_absolute() else args.dev)[: args.dev_utterances]
+    dev_waves, dev_texts = [load_audio(u.audio) for u in dev], [normalize_transcript(u.text) for u in dev]
+    c = TrainConfig(lr=args.lr, warmup_steps=args.warmup, schedule="noam", ctc_weight=args.ctc_weight,
+                    freeze=frozen_prefixes(args.frozen), lr_scale={"encoder.": args.encoder_lr_scale})
+    optimizer = build_optimizer(model, c, torch.device("cpu"))
+    log_path = args.out / "log.jsonl"
+    done = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    step, cpu = (done[-1]["step"], done[-1]["train_cpu_s"]) if done else (0, 0.0)
+    best = min((r["ctc_cer"] for r in done), default=float("inf"))
+    frames = int(args.batch_seconds / model.encoder_frame_seconds)
+    print(f"{len(states)} utterances cached ({cache_cpu:.0f} CPU-s this run); training from {start_dir}, step {step}",
+          flush=True)
+    deadline, epoch = time.monotonic() + 60 * args.minutes, 0
+    while time.monotonic() < deadline:
+        for batch in batches(states, frames, rng):
+            model.train()
+            t = time.process_time()
+            loss = train_step(model, optimizer, c, states, dataset.targets, batch, step, args.frozen, rng)
+            cpu += time.process_time() - t
+            step += 1
+            if step % args.valid_every == 0 or time.monotonic() >= deadline:
+                scores = validate(model, tokenizer, dev_waves, dev_texts)
+                record = {"step": step, "epoch": epoch, "train_cpu_s": cpu, "cache_cpu_s": cache_cpu, "loss": loss,
+                          "ctc_cer": 100 * scores["valid_ctc_cer"], "ctc_wer": 100 * scores["valid_ctc_wer"],
+                          "att_wer": 100 * scores["valid_wer"], "example": scores["valid_example"]}
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(json.dumps(record), flush=True)
+                info = {"train": manifests, "steps": step, "train_cpu_s": cpu, "frozen_blocks": args.frozen,
+                        "recipe": "recipes/default/train_cached.py"}
+                checkpoint.save_model(model, tokenizer, args.out / "last", info)
+                if record["ctc_cer"] < best:
+                    best = record["ctc_cer"]
+                    checkpoint.save_model(model, tokenizer, args.out / "best", info)
+            if time.monotonic() >= deadline:
+                break
+        epoch += 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
