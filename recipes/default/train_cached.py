@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from speech_transformer import checkpoint
@@ -49,15 +50,18 @@ def frozen_prefixes(frozen: int) -> list[str]:
 
 
 @torch.no_grad()
-def cache_states(model: SpeechTransformer, dataset: SpeechDataset, frozen: int, out: Path) -> list[torch.Tensor]:
-    """The output of blocks 0..frozen-1 for every utterance `(S_i, D)` float16, computed once (eval mode)."""
+def cache_states(model: SpeechTransformer, dataset: SpeechDataset, frozen: int, out: Path
+                 ) -> tuple[list[torch.Tensor], float]:
+    """The output of blocks 0..frozen-1 for every utterance `(S_i, D)` float16, computed once (eval mode), and
+    the CPU-seconds that computing them took (each shard's own, kept in its metadata)."""
     model.eval()
     states: list[torch.Tensor] = []
+    cpu = 0.0
     for first in range(0, len(dataset), SHARD):
         path = out / f"cache-{first // SHARD:04d}.safetensors"
         rows = range(first, min(first + SHARD, len(dataset)))
         if not path.exists():
-            shard = {}
+            shard, t = {}, time.process_time()
             order = sorted(rows, key=lambda i: dataset.utterances[i].duration)
             for k in range(0, len(order), 16):
                 batch = order[k:k + 16]
@@ -66,11 +70,13 @@ def cache_states(model: SpeechTransformer, dataset: SpeechDataset, frozen: int, 
                 x, n, _ = model.encoder.blocks_from(x, n, 0, frozen)
                 for j, i in enumerate(batch):
                     shard[str(i)] = x[j, : int(n[j])].to(torch.float16).contiguous()
-            save_file(shard, str(path))
+            save_file(shard, str(path), metadata={"cpu_s": str(time.process_time() - t)})
             print(f"cached {path.name}: {len(shard)} utterances", flush=True)
+        with safe_open(str(path), "pt") as f:
+            cpu += float((f.metadata() or {}).get("cpu_s", "nan"))
         shard = load_file(str(path))
         states += [shard[str(i)] for i in rows]
-    return states
+    return states, cpu
 
 
 def batches(states: list[torch.Tensor], frames: int, rng: random.Random, pool: int = 1000) -> list[list[int]]:
@@ -118,7 +124,25 @@ def train_step(model, optimizer, c: TrainConfig, states, targets, batch, step: i
     loss.total.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], c.clip_grad)
     optimizer.step()
-    return float(loss.total)
+    return float(loss.total.detach())
+
+
+def write_trainer_files(out: Path, manifests: list[str], c: TrainConfig, log: list[dict]) -> None:
+    """OUT/train.yaml and OUT/train/metrics.jsonl in the trainer's form, so `ship.py --exp OUT` can write the
+    card (training data, steps, wall time, audio seen, last dev score)."""
+    import yaml
+
+    settings = {"train": manifests, "max_duration": 30.0, "preset": "whisper-student", "lr": c.lr,
+                "warmup_steps": c.warmup_steps, "ctc_weight": c.ctc_weight, "freeze": c.freeze, "lr_scale": c.lr_scale,
+                "speed_perturb": [1.0], "spec_augment": None}
+    (out / "train.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    (out / "train").mkdir(exist_ok=True)
+    lines, rate = [], log[-1]["audio_s"] / max(1e-9, log[-1]["wall_s"])  # the average: ship.py sums rate x time
+    for r in log:
+        lines.append({"step": r["step"], "elapsed_s": r["wall_s"], "audio_seconds_per_second": rate,
+                      "valid_wer": r["att_wer"] / 100, "valid_ctc_wer": r["ctc_wer"] / 100,
+                      "valid_ctc_cer": r["ctc_cer"] / 100})
+    (out / "train" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     manifests = args.train or [str(data / m) for m in TRAIN_SETS]
     utterances = filter_by_duration([u for m in manifests for u in read_manifest(m)], 30.0)
     dataset = SpeechDataset(utterances, tokenizer, cache_dir=args.audio_cache or args.out / "audio")
-    t0 = time.process_time()
-    states = cache_states(model, dataset, args.frozen, args.out)
-    cache_cpu = time.process_time() - t0
+    states, cache_cpu = cache_states(model, dataset, args.frozen, args.out)
     dev = read_manifest(data / args.dev if not Path(args.dev).is_absolute() else args.dev)[: args.dev_utterances]
     dev_waves, dev_texts = [load_audio(u.audio) for u in dev], [normalize_transcript(u.text) for u in dev]
     c = TrainConfig(lr=args.lr, warmup_steps=args.warmup, schedule="noam", ctc_weight=args.ctc_weight,
@@ -160,26 +182,31 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = build_optimizer(model, c, torch.device("cpu"))
     log_path = args.out / "log.jsonl"
     done = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
-    step, cpu = (done[-1]["step"], done[-1]["train_cpu_s"]) if done else (0, 0.0)
+    step, cpu, wall, audio_s = ((done[-1]["step"], done[-1]["train_cpu_s"], done[-1]["wall_s"], done[-1]["audio_s"])
+                                if done else (0, 0.0, 0.0, 0.0))
     best = min((r["ctc_cer"] for r in done), default=float("inf"))
     frames = int(args.batch_seconds / model.encoder_frame_seconds)
-    print(f"{len(states)} utterances cached ({cache_cpu:.0f} CPU-s this run); training from {start_dir}, step {step}",
+    print(f"{len(states)} utterances cached ({cache_cpu:.0f} CPU-s in all); training from {start_dir}, step {step}",
           flush=True)
     deadline, epoch = time.monotonic() + 60 * args.minutes, 0
     while time.monotonic() < deadline:
         for batch in batches(states, frames, rng):
             model.train()
-            t = time.process_time()
+            t, w = time.process_time(), time.monotonic()
             loss = train_step(model, optimizer, c, states, dataset.targets, batch, step, args.frozen, rng)
-            cpu += time.process_time() - t
+            cpu, wall = cpu + time.process_time() - t, wall + time.monotonic() - w
+            audio_s += sum(len(states[i]) for i in batch) * model.encoder_frame_seconds
             step += 1
             if step % args.valid_every == 0 or time.monotonic() >= deadline:
                 scores = validate(model, tokenizer, dev_waves, dev_texts)
-                record = {"step": step, "epoch": epoch, "train_cpu_s": cpu, "cache_cpu_s": cache_cpu, "loss": loss,
+                record = {"step": step, "epoch": epoch, "train_cpu_s": cpu, "wall_s": wall, "audio_s": audio_s,
+                          "cache_cpu_s": cache_cpu, "loss": loss,
                           "ctc_cer": 100 * scores["valid_ctc_cer"], "ctc_wer": 100 * scores["valid_ctc_wer"],
                           "att_wer": 100 * scores["valid_wer"], "example": scores["valid_example"]}
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+                done.append(record)
+                write_trainer_files(args.out, manifests, c, done)
                 print(json.dumps(record), flush=True)
                 info = {"train": manifests, "steps": step, "train_cpu_s": cpu, "frozen_blocks": args.frozen,
                         "recipe": "recipes/default/train_cached.py"}
