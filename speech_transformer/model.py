@@ -44,6 +44,8 @@ class ModelConfig:
     max_source_positions: int = 1500  # rows of a learned table (encoder frames)
     max_target_positions: int = 448  # (decoder tokens)
     scale_embeddings: bool = True  # inputs x sqrt(D) before positions are added (Whisper: no)
+    decoder_scale_embeddings: bool | None = None  # the decoder's own choice (None: as scale_embeddings); a new
+    # decoder on Whisper's unscaled encoder needs it, or its small initial embeddings drown under the positions
     key_bias: bool = True  # (Whisper: no bias on the attention keys)
     ctc: bool = True  # a CTC head on the encoder (Whisper has none)
     # cheaper or stronger encoders (the defaults are the original model)
@@ -344,7 +346,8 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         nn.init.normal_(self.embed.weight, std=c.d_model**-0.5)  # unit variance after scaling by sqrt(D)
         self.positions = Positions(c.decoder_positions, c.max_target_positions, c.d_model)
-        self.scale = math.sqrt(c.d_model) if c.scale_embeddings else 1.0
+        scaled = c.scale_embeddings if c.decoder_scale_embeddings is None else c.decoder_scale_embeddings
+        self.scale = math.sqrt(c.d_model) if scaled else 1.0
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.decoder_layers))
         self.norm = nn.LayerNorm(c.d_model)

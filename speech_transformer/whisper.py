@@ -235,7 +235,7 @@ STUDENT_KEPT = ("encoder.subsampling.", "encoder.positions.", "encoder.norm.")  
 
 
 def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder_layers: int = 4,
-            decoder_layers: int = 1, dropout: float = 0.1) -> Path:
+            decoder_layers: int = 1, dropout: float = 0.1, seed: int = 0) -> Path:
     """A smaller model of ours that starts from Whisper's encoder, to fine-tune on our data.
 
     It keeps Whisper's stem, position table, first `encoder_layers` encoder blocks and final LayerNorm; its
@@ -249,8 +249,10 @@ def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder
         raise ValueError(f"{path}: the model has {config.encoder_layers} encoder layers, not {encoder_layers}")
     config = replace(config, vocab_size=tokenizer.vocab_size, encoder_layers=encoder_layers,
                      decoder_layers=decoder_layers, frontend="whisper_log_mel", decoder_positions="sinusoidal",
-                     ctc=True, dropout=dropout)
-    model = SpeechTransformer(config)
+                     decoder_scale_embeddings=True, ctc=True, dropout=dropout)
+    with torch.random.fork_rng():  # the new heads' initial weights: the same for every build
+        torch.manual_seed(seed)
+        model = SpeechTransformer(config)
     blocks = tuple(f"encoder.blocks.{i}." for i in range(encoder_layers))
     kept = {k: v for k, v in state.items() if k.startswith(STUDENT_KEPT + blocks)}
     missing = [k for k in kept if k not in model.state_dict()]

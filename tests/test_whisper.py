@@ -329,6 +329,7 @@ def test_student_keeps_whispers_lower_encoder_and_trains_with_frozen_blocks(tmp_
     student, tokenizer, _ = load_model(tmp_path / "student")
     c = student.config
     assert (c.encoder_layers, c.decoder_layers, c.ctc, c.frontend) == (1, 1, True, "whisper_log_mel")
+    assert not c.scale_embeddings and c.decoder_scale_embeddings  # Whisper's encoder as it was, our decoder scaled
     assert tokenizer.vocab_size == c.vocab_size == load_model(default_model_dir())[1].vocab_size
     ours = student.state_dict()
     theirs = teacher.state_dict()
