@@ -127,12 +127,12 @@ def train_step(model, optimizer, c: TrainConfig, states, targets, batch, step: i
     return float(loss.total.detach())
 
 
-def write_trainer_files(out: Path, manifests: list[str], c: TrainConfig, log: list[dict]) -> None:
+def write_trainer_files(out: Path, manifests: list[str], dev: str, n_dev: int, c: TrainConfig, log: list[dict]) -> None:
     """OUT/train.yaml and OUT/train/metrics.jsonl in the trainer's form, so `ship.py --exp OUT` can write the
     card (training data, steps, wall time, audio seen, last dev score)."""
     import yaml
 
-    settings = {"train": manifests, "max_duration": 30.0, "preset": "whisper-student", "lr": c.lr,
+    settings = {"train": manifests, "valid": dev, "valid_utterances": n_dev, "max_duration": 30.0, "preset": "whisper-student", "lr": c.lr,
                 "warmup_steps": c.warmup_steps, "ctc_weight": c.ctc_weight, "freeze": c.freeze, "lr_scale": c.lr_scale,
                 "speed_perturb": [1.0], "spec_augment": None}
     (out / "train.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
@@ -140,7 +140,8 @@ def write_trainer_files(out: Path, manifests: list[str], c: TrainConfig, log: li
     lines, rate = [], log[-1]["audio_s"] / max(1e-9, log[-1]["wall_s"])  # the average: ship.py sums rate x time
     for r in log:
         lines.append({"step": r["step"], "elapsed_s": r["wall_s"], "audio_seconds_per_second": rate,
-                      "valid_wer": r["att_wer"] / 100, "valid_ctc_wer": r["ctc_wer"] / 100,
+                      "valid_wer": r["att_wer"] / 100, "valid_cer": r.get("att_cer", float("nan")) / 100,
+                      "valid_ctc_wer": r["ctc_wer"] / 100,
                       "valid_ctc_cer": r["ctc_cer"] / 100})
     (out / "train" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     utterances = filter_by_duration([u for m in manifests for u in read_manifest(m)], 30.0)
     dataset = SpeechDataset(utterances, tokenizer, cache_dir=args.audio_cache or args.out / "audio")
     states, cache_cpu = cache_states(model, dataset, args.frozen, args.out)
-    dev = read_manifest(data / args.dev if not Path(args.dev).is_absolute() else args.dev)[: args.dev_utterances]
+    dev_path = data / args.dev if not Path(args.dev).is_absolute() else Path(args.dev)
+    dev = read_manifest(dev_path)[: args.dev_utterances]
     dev_waves, dev_texts = [load_audio(u.audio) for u in dev], [normalize_transcript(u.text) for u in dev]
     c = TrainConfig(lr=args.lr, warmup_steps=args.warmup, schedule="noam", ctc_weight=args.ctc_weight,
                     freeze=frozen_prefixes(args.frozen), lr_scale={"encoder.": args.encoder_lr_scale})
@@ -202,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                 record = {"step": step, "epoch": epoch, "train_cpu_s": cpu, "wall_s": wall, "audio_s": audio_s,
                           "cache_cpu_s": cache_cpu, "loss": loss,
                           "ctc_cer": 100 * scores["valid_ctc_cer"], "ctc_wer": 100 * scores["valid_ctc_wer"],
-                          "att_wer": 100 * scores["valid_wer"], "example": scores["valid_example"]}
+                          "att_wer": 100 * scores["valid_wer"], "att_cer": 100 * scores["valid_cer"], "example": scores["valid_example"]}
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 done.append(record)
-                write_trainer_files(args.out, manifests, c, done)
+                write_trainer_files(args.out, manifests, str(dev_path), args.dev_utterances, c, done)
                 print(json.dumps(record), flush=True)
                 info = {"train": manifests, "steps": step, "train_cpu_s": cpu, "frozen_blocks": args.frozen,
                         "recipe": "recipes/default/train_cached.py"}
