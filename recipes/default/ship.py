@@ -197,6 +197,10 @@ def decoding_label(decoding: dict) -> str:
     o = DecodingOptions(**decoding)
     if o.method == "ctc":
         return "CTC greedy"
+    if o.method == "lexicon":
+        lm = {"generic": "generic LM", None: "no LM", "none": "no LM"}.get(o.word_lm, f"LM {o.word_lm}")
+        rescore = f", attention rescoring {o.rescore_weight:g}" if o.rescore_weight else ""
+        return f"lexicon + {lm} (beam {o.beam_size}, LM weight {o.lm_weight:g}, word score {o.word_score:g}){rescore}"
     if o.beam_size == 1 and o.ctc_weight == 0:
         return "greedy (attention)"
     return f"beam {o.beam_size}, CTC weight {o.ctc_weight:g}"
@@ -297,7 +301,7 @@ def cpu_description() -> str:
 # --- the card ----------------------------------------------------------------------------------
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+    return "-" if x is None or x != x else f"{100 * x:.2f}"  # None or NaN: not measured
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -400,7 +404,10 @@ def render_card(facts: dict) -> str:
               f"- Trained on {sum(s['hours'] for s in t['sets']):.1f} h of speech: {domains(t['sets'])}. "
               "Conversational, noisy, far-field or strongly accented speech is out of domain; expect far higher "
               "error rates there.",
-              "- English only; output is upper-case words without punctuation; no external language model.",
+              "- English only; output is upper-case words without punctuation; " + (
+                  "the preferred decoding spells only words of its lexicon (pocketsphinx's US-English LM, 72k words; "
+                  "add your own with `--words`)." if facts.get("decoding", {}).get("method") == "lexicon"
+                  else "no external language model."),
               f"- Utterances up to {cfg.max_duration:g} s in training: longer audio relies on the voice-activity "
               "chunking of `speech-transformer transcribe`."]
     if worse := worse_than_peers(facts["reports"]):
@@ -465,6 +472,7 @@ def ship(args: argparse.Namespace, argv: list[str]) -> Path:
             "model": {"config": config["model"], "params": model.num_parameters(), "dtype": args.dtype,
                       "info": config.get("info", {}),
                       "weights_mb": (stage / checkpoint.WEIGHTS_FILE).stat().st_size / 1e6},
+            "decoding": config.get("decoding", {}),
             "hardware": args.hardware, "eval_hardware": args.eval_hardware or cpu_description(),
             "recipe_command": recipe_command,
             "ship_command": shlex.join(["python", "recipes/default/ship.py", *argv]),

@@ -127,12 +127,14 @@ def train_step(model, optimizer, c: TrainConfig, states, targets, batch, step: i
     return float(loss.total.detach())
 
 
-def write_trainer_files(out: Path, manifests: list[str], dev: str, n_dev: int, c: TrainConfig, log: list[dict]) -> None:
+def write_trainer_files(out: Path, manifests: list[str], dev: str, n_dev: int, batch_seconds: float, c: TrainConfig,
+                        log: list[dict]) -> None:
     """OUT/train.yaml and OUT/train/metrics.jsonl in the trainer's form, so `ship.py --exp OUT` can write the
     card (training data, steps, wall time, audio seen, last dev score)."""
     import yaml
 
-    settings = {"train": manifests, "valid": dev, "valid_utterances": n_dev, "max_duration": 30.0, "preset": "whisper-student", "lr": c.lr,
+    settings = {"train": manifests, "valid": dev, "valid_utterances": n_dev, "max_duration": 30.0,
+                "batch_seconds": batch_seconds, "preset": "whisper-student", "lr": c.lr,
                 "warmup_steps": c.warmup_steps, "ctc_weight": c.ctc_weight, "freeze": c.freeze, "lr_scale": c.lr_scale,
                 "speed_perturb": [1.0], "spec_augment": None}
     (out / "train.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 done.append(record)
-                write_trainer_files(args.out, manifests, str(dev_path), args.dev_utterances, c, done)
+                write_trainer_files(args.out, manifests, str(dev_path), args.dev_utterances, args.batch_seconds, c, done)
                 print(json.dumps(record), flush=True)
                 info = {"train": manifests, "steps": step, "train_cpu_s": cpu, "frozen_blocks": args.frozen,
                         "recipe": "recipes/default/train_cached.py"}
