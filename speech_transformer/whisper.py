@@ -372,12 +372,10 @@ def resolve_source(name: str):
     return folder
 
 
-def student_tokenizer(model_dir: str | None) -> TextTokenizer:
+def student_tokenizer(model_dir: str) -> TextTokenizer:
     from speech_transformer.checkpoint import load_tokenizer, read_config
-    from speech_transformer.pretrained import default_model_dir
 
-    directory = Path(model_dir) if model_dir else default_model_dir()
-    return load_tokenizer(directory, read_config(directory))
+    return load_tokenizer(Path(model_dir), read_config(model_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,12 +390,12 @@ def main(argv: list[str] | None = None) -> int:
                    "first N encoder blocks, a new CTC head and decoder over the tokenizer of --tokenizer-from")
     p.add_argument("--decoder-layers", type=int, default=1, help="--student: blocks of its new decoder")
     p.add_argument("--tokenizer-from", default=None, help="--student: a model directory whose tokenizer it uses "
-                   "(default: the embedded default model's)")
+                   "(e.g. speech_transformer/pretrained/default)")
     args = p.parse_args(argv)
     try:
         if args.student:
-            if not args.output:
-                p.error("--student needs -o/--output")
+            if not args.output or not args.tokenizer_from:
+                p.error("--student needs -o/--output and --tokenizer-from MODEL_DIR")
             out = student(resolve_source(args.source), student_tokenizer(args.tokenizer_from), args.output,
                           args.student, args.decoder_layers)
         elif args.output:

@@ -99,12 +99,14 @@ def test_cached_student_training_learns_and_keeps_the_frozen_blocks(tmp_path, da
 
     from speech_transformer.checkpoint import load_model
     from speech_transformer.whisper import main as whisper_main
+    from speech_transformer.pretrained import default_model_dir
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
                            n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
     torch.manual_seed(0)
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, tmp_path / "t.pt")
-    assert whisper_main([str(tmp_path / "t.pt"), "--student", "2", "-o", str(tmp_path / "student")]) == 0
+    assert whisper_main([str(tmp_path / "t.pt"), "--student", "2", "-o", str(tmp_path / "student"),
+                        "--tokenizer-from", str(default_model_dir())]) == 0
     write_manifest(read_manifest(data_dir / "fsdd" / "train.tsv")[::50][:30], tmp_path / "train.jsonl")
     write_manifest(read_manifest(data_dir / "fsdd" / "test.tsv")[:3], tmp_path / "dev.jsonl")
     script = RECIPE.parent / "default" / "train_cached.py"

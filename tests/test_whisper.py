@@ -324,8 +324,10 @@ def test_student_keeps_whispers_lower_encoder_and_trains_with_frozen_blocks(tmp_
     torch.manual_seed(0)
     teacher = Whisper(dims)
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": teacher.state_dict()}, tmp_path / "t.pt")
-    assert whisper_main([str(tmp_path / "t.pt"), "--student", "3", "-o", str(tmp_path / "x")]) == 2  # 2 layers only
-    assert whisper_main([str(tmp_path / "t.pt"), "--student", "1", "-o", str(tmp_path / "student")]) == 0
+    assert whisper_main([str(tmp_path / "t.pt"), "--student", "3", "-o", str(tmp_path / "x"),
+                        "--tokenizer-from", str(default_model_dir())]) == 2  # 2 layers only
+    assert whisper_main([str(tmp_path / "t.pt"), "--student", "1", "-o", str(tmp_path / "student"),
+                        "--tokenizer-from", str(default_model_dir())]) == 0
     student, tokenizer, _ = load_model(tmp_path / "student")
     c = student.config
     assert (c.encoder_layers, c.decoder_layers, c.ctc, c.frontend) == (1, 1, True, "whisper_log_mel")
