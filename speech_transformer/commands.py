@@ -55,12 +55,12 @@ from speech_transformer.grammar import Grammar, GrammarError, WordGraph, epsilon
 
 # tuned with `python bench/commands.py --tune` on FSDD train, the in-grammar AN4 train commands and
 # LibriSpeech train (out of grammar): see docs/commands.md
-DEFAULT_REJECT_THRESHOLD = -23.2  # default model v2 (session 4; v1: -29.5)
+DEFAULT_REJECT_THRESHOLD = -21.6  # default model v2 with ctc_weight 0.85 (session 4; v1: -29.5)
 
 
 @dataclass(frozen=True)
 class MatchOptions:
-    ctc_weight: float = 0.5  # share of CTC in the joint score
+    ctc_weight: float = 0.85  # share of CTC in the joint score (default model v2; v1: 0.5)
     max_expansions: int = 5000  # grammars with more phrases are searched, not enumerated
     rescore: int = 8  # candidates rescored by the attention decoder
     beam_size: int = 8  # constrained search
