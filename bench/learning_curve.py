@@ -208,8 +208,8 @@ def make_students(spec: Spec, out: Path) -> None:
     for name, arguments in spec.students.items():
         if not (out / name / "config.json").is_file():
             arguments = dict(arguments)
-            source = whisper.resolve_source(arguments.pop("source", "base"))
-            whisper.student(source, Tokenizer(resolve(spec.tokenizer)), out / name, **arguments)
+            whisper.student(str(arguments.pop("source", "base")), Tokenizer(resolve(spec.tokenizer)), out / name,
+                            **arguments)
 
 
 def run_variant(spec: Spec, name: str, dev: DevSet, out: Path) -> None:

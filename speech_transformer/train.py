@@ -291,6 +291,12 @@ def build_optimizer(model: torch.nn.Module, c: TrainConfig, device: torch.device
                              lr=c.lr, betas=tuple(c.betas), fused=device.type == "cuda")
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, c: TrainConfig, step: int) -> None:
+    """The schedule's rate for `step`, times each parameter group's `lr_scale` (see `build_optimizer`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(c, step) * group.get("lr_scale", 1.0)
+
+
 @torch.no_grad()
 def validate(model: SpeechTransformer, tokenizer: Tokenizer, waves: list[np.ndarray], texts: list[str],
              batch_size: int = 16) -> dict:
@@ -483,8 +489,7 @@ def forward_backward(run: Run, batch: dict[str, torch.Tensor], step_utterances: 
 def optimizer_step(run: Run, batches, step_utterances: int, window: Window) -> bool:
     """One optimiser step over `accumulation` micro-batches; False when a non-finite loss skipped it."""
     c, state, optimizer = run.c, run.state, run.optimizer
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate(c, state.step) * group.get("lr_scale", 1.0)
+    set_learning_rate(optimizer, c, state.step)
     sums = torch.zeros(4, dtype=torch.float64)  # loss, ctc, attention (sums over utterances), non-finite
     for j in range(c.accumulation):
         t0 = time.perf_counter()
@@ -521,7 +526,7 @@ def log_window(run: Run, window: Window, bar) -> Window:
     run.state.audio_seconds += audio
     record = {"step": run.state.step, "epoch": run.state.epoch, "loss": window.loss / window.n,
               "ctc": window.ctc / window.n, "attention": window.att / window.n,
-              "lr": learning_rate(run.c, run.state.step), "audio_seconds_per_second": audio / elapsed,
+              "lr": learning_rate(run.c, run.state.step - 1), "audio_seconds_per_second": audio / elapsed,
               "steps_per_second": window.n / elapsed, "data_wait_share": window.wait / elapsed,
               "skipped": run.state.skipped, "elapsed_s": time.perf_counter() - run.started, "rss_mb": rss_mb()}
     run.metrics.write(**record)

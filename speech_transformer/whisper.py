@@ -236,7 +236,8 @@ STUDENT_KEPT = ("encoder.subsampling.", "encoder.positions.", "encoder.norm.")  
 
 def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder_layers: int = 4,
             decoder_layers: int = 1, dropout: float = 0.1, seed: int = 0) -> Path:
-    """A smaller model of ours that starts from Whisper's encoder, to fine-tune on our data.
+    """A smaller model of ours that starts from Whisper's encoder, to fine-tune on our data. `source`: what
+    `read_any` reads, or a name or path as a string (`resolve_source`: "base" finds the installed copy).
 
     It keeps Whisper's stem, position table, first `encoder_layers` encoder blocks and final LayerNorm; its
     CTC head and `decoder_layers`-block decoder are new, over `tokenizer` (ours: a few hundred pieces, not
@@ -244,7 +245,7 @@ def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder
     features without the 30 s window (frontend "whisper_log_mel"): it is trained on variable-length
     batches. `speech-transformer train --set init_from=OUTPUT` fine-tunes it.
     """
-    config, state, _, path = read_any(source)
+    config, state, _, path = read_any(resolve_source(source) if isinstance(source, str) else source)
     if not 1 <= encoder_layers <= config.encoder_layers:
         raise ValueError(f"{path}: the model has {config.encoder_layers} encoder layers, not {encoder_layers}")
     config = replace(config, vocab_size=tokenizer.vocab_size, encoder_layers=encoder_layers,
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.student:
             if not args.output or not args.tokenizer_from:
                 p.error("--student needs -o/--output and --tokenizer-from MODEL_DIR")
-            out = student(resolve_source(args.source), student_tokenizer(args.tokenizer_from), args.output,
+            out = student(args.source, student_tokenizer(args.tokenizer_from), args.output,
                           args.student, args.decoder_layers)
         elif args.output:
             out = import_whisper(args.source, args.output, args.vocab, args.language, args.task)

@@ -38,7 +38,7 @@ from speech_transformer.data import SpeechDataset, default_data_dir, filter_by_d
 from speech_transformer.features import pad_waveforms
 from speech_transformer.model import SpeechTransformer
 from speech_transformer.text import normalize_transcript
-from speech_transformer.train import TrainConfig, build_optimizer, learning_rate, validate
+from speech_transformer.train import TrainConfig, build_optimizer, set_learning_rate, validate
 
 SHARD = 256  # utterances per cache file
 TRAIN_SETS = ("librispeech/train.tsv", "an4/train.tsv", "fsdd/train.tsv", "ljspeech/clips.tsv",
@@ -118,8 +118,7 @@ def train_step(model, optimizer, c: TrainConfig, states, targets, batch, step: i
         padded[b, : len(t)] = torch.tensor(t)
     memory, memory_lengths, _ = model.encoder.blocks_from(x, lengths, frozen)
     loss = model.loss(memory, memory_lengths, padded, target_lengths, c.ctc_weight, c.label_smoothing)
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate(c, step) * group.get("lr_scale", 1.0)
+    set_learning_rate(optimizer, c, step)
     optimizer.zero_grad(set_to_none=True)
     loss.total.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], c.clip_grad)

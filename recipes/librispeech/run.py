@@ -54,8 +54,7 @@ def make_student(settings: dict, tokenizer_path: Path, directory: Path) -> None:
         print(f"{directory} exists")
         return
     settings = dict(settings)
-    source = whisper.resolve_source(str(settings.pop("source", "base")))
-    print(whisper.student(source, Tokenizer(str(tokenizer_path)), directory, **settings))
+    print(whisper.student(str(settings.pop("source", "base")), Tokenizer(str(tokenizer_path)), directory, **settings))
 
 
 def main(argv: list[str] | None = None) -> int:
