@@ -23,7 +23,6 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from speech_transformer.commands import (
 from speech_transformer.data import default_data_dir, read_manifest
 from speech_transformer.grammar import Grammar
 from speech_transformer.recognizer import Recognizer
+from speech_transformer.synthetic import Voice, speak
 
 ESPEAK_VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en-029", "en-us+m7"]
 FLITE_VOICES = ["kal", "slt", "awb", "rms"]
@@ -97,7 +97,7 @@ class Sphinx:
         return hyp.hypstr.upper() if hyp is not None else ""
 
 
-def ours(recognizer, waves, grammar, options=MatchOptions()):
+def ours(recognizer, waves, grammar, options=None):
     start = time.perf_counter()
     found = match_all(recognizer, waves, grammar, options)
     return found, time.perf_counter() - start
@@ -137,17 +137,14 @@ def tts_phrases(grammar: Grammar, n: int, seed: int = 0) -> list[str]:
 
 
 def synthesize(phrases: list[str], folder: Path) -> list[tuple[str, str, np.ndarray]]:
-    """(voice, phrase, 16 kHz waveform) for every phrase x voice."""
+    """(voice, phrase, 16 kHz waveform) for every phrase x voice, at each voice's own rate and pitch."""
+    voices = [Voice("espeak-ng", v, "espeak-ng") for v in ESPEAK_VOICES] + [Voice("flite", v, "flite") for v in FLITE_VOICES]
     out = []
     for k, text in enumerate(phrases):
-        spoken = text.lower()
-        voices = [("espeak-ng:" + v, ["espeak-ng", "-v", v, "-w", str(folder / f"e{k}-{i}.wav"), spoken])
-                  for i, v in enumerate(ESPEAK_VOICES)]
-        voices += [("flite:" + v, ["flite", "-voice", v, "-t", spoken, "-o", str(folder / f"f{k}-{i}.wav")])
-                   for i, v in enumerate(FLITE_VOICES)]
-        for name, cmd in voices:
-            subprocess.run(cmd, check=True, capture_output=True)
-            out.append((name, text, load_audio(cmd[cmd.index("-w") + 1] if "-w" in cmd else cmd[-1])))
+        for i, voice in enumerate(voices):
+            wav = folder / f"{k}-{i}.wav"
+            speak(voice, text.lower(), wav)
+            out.append((voice.label, text, load_audio(str(wav))))
     return out
 
 
@@ -157,7 +154,7 @@ def run(args) -> dict:
     data = args.data_dir
     recognizer = Recognizer.from_dir(args.model)
     desktop, digits = Grammar.load("desktop"), Grammar.load("digits")
-    t = args.threshold
+    t = MatchOptions.for_model(recognizer.info, reject_threshold=args.threshold).reject_threshold
     report: dict = {"threshold": t, "threads": torch.get_num_threads(), "sets": {}}
 
     def log(name, row):
@@ -294,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_REJECT_THRESHOLD)
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"rejection threshold (default: the model's config.json, else {DEFAULT_REJECT_THRESHOLD})")
     p.add_argument("--limit", type=int, default=None, help="first N utterances of each set (smoke runs)")
     p.add_argument("--sphinx-an4", type=int, default=40,
                    help="PocketSphinx decodes only the first N AN4 utterances (its loop-grammar search takes ~15 s each)")

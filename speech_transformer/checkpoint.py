@@ -2,8 +2,10 @@
 
 A model directory holds:
 - `config.json`: {"format": 1, "model": ModelConfig fields, "tokenizer": {"type": ...}, "weights_sha256": ...,
-  "tokenizer_sha256": ..., "info": {...}, "decoding": {...} (optional: the preferred DecodingOptions fields)}
-- `model.safetensors`: the weights (front-end feature statistics included)
+  "tokenizer_sha256": ..., "info": {...}, "decoding": {...} (optional: the preferred DecodingOptions fields),
+  "commands": {...} (optional: the grammar matcher's MatchOptions fields)}
+- `model.safetensors`: the weights (front-end feature statistics included); a matrix stored as int8 has its
+  per-row scales beside it under `NAME` + `SCALE_SUFFIX` (`quantize_int8`), dequantized by `load_state_dict`
 - `tokenizer.model`: the SentencePiece model, or `tokenizer.tiktoken` for an imported Whisper model
 """
 
@@ -27,6 +29,8 @@ from speech_transformer.tokenizer import load_tokenizer as _load_tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
+SCALE_SUFFIX = ":int8_scale"  # `NAME:int8_scale` holds the per-row scales of the int8 tensor NAME
+INT8_MAX = 127
 
 
 class CheckpointError(ValueError):
@@ -48,26 +52,62 @@ def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; int8 matrices come back as float32 (`dequantize_int8`)."""
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+    return dequantize_int8(state, path)
+
+
+def quantize_int8(state: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
+    """`state` with each float tensor of `names` of 2 or more dimensions `(R, ...)` stored as int8, symmetric
+    per row (first dimension), its float32 scales `(R,)` under NAME + SCALE_SUFFIX; the rest unchanged.
+    Per-row because rows of one matrix differ in range; symmetric so that zero stays exact."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if name not in names or value.dim() < 2 or not value.is_floating_point():
+            out[name] = value
+            continue
+        rows = value.detach().float().reshape(value.shape[0], -1)
+        scale = rows.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / INT8_MAX
+        out[name] = (rows / scale[:, None]).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8).reshape(value.shape)
+        out[name + SCALE_SUFFIX] = scale
+    return out
+
+
+def dequantize_int8(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """The inverse of `quantize_int8`: every int8 tensor with scales becomes float32 `q x scale`."""
+    out = {k: v for k, v in state.items() if not k.endswith(SCALE_SUFFIX)}
+    for key in state.keys() - out.keys():
+        name, scale = key[: -len(SCALE_SUFFIX)], state[key].float()
+        if name not in out or out[name].dtype != torch.int8 or scale.shape != out[name].shape[:1]:
+            raise CheckpointError(f"{source}: {key} has no int8 tensor {name} with {tuple(scale.shape)} rows")
+        out[name] = out[name].float() * scale.reshape(-1, *([1] * (out[name].dim() - 1)))
+    return out
 
 
 def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: str | os.PathLike,
-               info: dict | None = None, decoding: dict | None = None) -> Path:
+               info: dict | None = None, decoding: dict | None = None, int8: bool = False,
+               commands: dict | None = None) -> Path:
     """Write a complete model directory (into a temp dir, then moved into place).
 
-    `decoding` is the model's preferred decoding (DecodingOptions fields), used when a caller gives none.
+    `decoding` is the model's preferred decoding (DecodingOptions fields), used when a caller gives none;
+    `commands` its grammar-matching settings (`commands.MatchOptions` fields: joint weight, reject threshold).
+    `int8` stores the parameter matrices as int8 with per-row scales (`quantize_int8`): a quarter of float32.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    save_state_dict(model.state_dict(), tmp / WEIGHTS_FILE)
+    state = model.state_dict()
+    if int8:
+        state = quantize_int8(state, {name for name, _ in model.named_parameters(remove_duplicate=False)})
+    save_state_dict(state, tmp / WEIGHTS_FILE)
     (tmp / tokenizer.file_name).write_bytes(tokenizer.to_bytes())
     config = {"format": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": tokenizer.to_config(),
               "weights_sha256": sha256(tmp / WEIGHTS_FILE), "tokenizer_sha256": sha256(tmp / tokenizer.file_name),
-              "info": info or {}, **({"decoding": decoding} if decoding else {})}
+              "info": info or {}, **({"decoding": decoding} if decoding else {}),
+              **({"commands": commands} if commands else {})}
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # mkdtemp/safetensors make them private
         os.chmod(tmp / name, 0o644)

@@ -26,8 +26,9 @@ How an utterance is matched (`match`):
    leaves CTC's best path only a few nats above the command, while the decoder, which reads the whole
    utterance, gives "no" a far lower probability per token than its own transcript. Not the decoder alone:
    its transcript of a long sentence the weak model hardly understands is poor, and only per token does
-   it beat a grammar phrase. The default threshold is tuned on training data only
-   (`python bench/commands.py --tune`; docs/commands.md).
+   it beat a grammar phrase. The threshold and the joint weight belong to the model: its config.json's
+   "commands" entry (MatchOptions fields, `MatchOptions.for_model`), tuned on training data only
+   (`python bench/commands.py --tune`; docs/commands.md); the class defaults serve models without one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import numpy as np
@@ -53,9 +54,11 @@ from speech_transformer.decoding import (
 )
 from speech_transformer.grammar import Grammar, GrammarError, WordGraph, epsilon_closure
 
-# tuned with `python bench/commands.py --tune` on FSDD train, the in-grammar AN4 train commands and
-# LibriSpeech train (out of grammar): see docs/commands.md
+# for a model whose config.json has no "commands" entry; a shipped model carries its own, tuned with
+# `python bench/commands.py --tune` on FSDD train, the in-grammar AN4 train commands and LibriSpeech train
+# (out of grammar): see docs/commands.md
 DEFAULT_REJECT_THRESHOLD = -21.6  # default model v2 with ctc_weight 0.85 (session 4; v1: -29.5)
+CONFIG_KEY = "commands"  # config.json entry: the model's MatchOptions fields
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,16 @@ class MatchOptions:
             raise ValueError("ctc_weight must be in [0, 1]")
         if self.rescore < 1 or self.beam_size < 1:
             raise ValueError("rescore and beam_size must be >= 1")
+
+    @classmethod
+    def for_model(cls, config: dict | None, **overrides) -> "MatchOptions":
+        """The options a model's config.json names in its "commands" entry (class defaults for the rest),
+        then `overrides` (None values ignored)."""
+        entry = dict((config or {}).get(CONFIG_KEY) or {})
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(entry) - known):
+            raise ValueError(f'config.json "{CONFIG_KEY}": unknown fields {unknown}')
+        return replace(cls(**entry), **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass
@@ -281,8 +294,10 @@ def constrained_search(model, memory: Tensor, length: Tensor, log_probs: Tensor,
 
 @torch.no_grad()
 def match(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
-          options: MatchOptions = MatchOptions()) -> list[CommandMatch | None]:
-    """16 kHz waveforms `(T_i,)`, one utterance each -> the command each one is, or None (rejected)."""
+          options: MatchOptions | None = None) -> list[CommandMatch | None]:
+    """16 kHz waveforms `(T_i,)`, one utterance each -> the command each one is, or None (rejected).
+    `options` default to the model's (`MatchOptions.for_model(recognizer.info)`)."""
+    options = options or MatchOptions.for_model(recognizer.info)
     best = match_all(recognizer, waveforms, grammar, options)
     t = options.reject_threshold
     return [m if m is not None and (t is None or m.llr >= t) else None for m in best]
@@ -290,8 +305,9 @@ def match(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
 
 @torch.no_grad()
 def match_all(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
-              options: MatchOptions = MatchOptions()) -> list[CommandMatch | None]:
+              options: MatchOptions | None = None) -> list[CommandMatch | None]:
     """The best grammar phrase of every utterance, never rejected (None only when no phrase fits at all)."""
+    options = options or MatchOptions.for_model(recognizer.info)
     from speech_transformer.audio import SAMPLE_RATE
 
     if recognizer.model.ctc_head is None:
@@ -399,11 +415,12 @@ def _parser() -> argparse.ArgumentParser:
                                                     "desktop, digits")
     p.add_argument("--model", default=None, help="model folder or shipped name (default: the embedded model)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threshold", type=float, default=DEFAULT_REJECT_THRESHOLD,
-                   help="reject when the log-likelihood ratio to the unconstrained CTC best path is below this, "
-                        f"in nats (default {DEFAULT_REJECT_THRESHOLD})")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="reject when the log-likelihood ratio to unconstrained decoding is below this, in nats "
+                        f"(default: the model's config.json, else {DEFAULT_REJECT_THRESHOLD})")
     p.add_argument("--no-reject", action="store_true", help="always give the best command")
-    p.add_argument("--ctc-weight", type=float, default=MatchOptions.ctc_weight)
+    p.add_argument("--ctc-weight", type=float, default=None,
+                   help=f"share of CTC in the joint score (default: the model's, else {MatchOptions.ctc_weight})")
     p.add_argument("--split-seconds", type=float, default=6.0, help="longer inputs are split by the VAD")
     p.add_argument("--recursive", action="store_true", help="descend into subfolders of folder inputs")
     return p
@@ -416,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = _parser().parse_args(argv)
-        options = MatchOptions(ctc_weight=args.ctc_weight, reject_threshold=None if args.no_reject else args.threshold)
+        MatchOptions(ctc_weight=args.ctc_weight or 0.0)  # a bad weight is refused before any model loads
         grammar = Grammar.load(args.grammar)
     except SystemExit as e:
         return int(e.code or 0)
@@ -431,9 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if failed else 0
     try:
         recognizer = Recognizer.from_dir(args.model, device=args.device)
+        options = MatchOptions.for_model(recognizer.info, ctc_weight=args.ctc_weight, reject_threshold=args.threshold)
     except Exception as e:
         print(f"speech-transformer commands: cannot load the model: {reason(e)}", file=sys.stderr)
         return 1
+    if args.no_reject:
+        options = replace(options, reject_threshold=None)
     vad = None
     for f in files:
         line: dict = {"file": str(f.path)}

@@ -77,8 +77,9 @@ def describe(m: CommandMatch | None) -> str:
 
 
 def run_command(recognizer, audio, grammar_text: str, computer: Computer,
-                options: MatchOptions = MatchOptions()) -> tuple[str, str, Computer]:
-    """One spoken command -> (result Markdown, computer HTML, new computer state)."""
+                options: MatchOptions | None = None) -> tuple[str, str, Computer]:
+    """One spoken command -> (result Markdown, computer HTML, new computer state); `options` default to
+    the model's."""
     from speech_transformer.audio import AudioError, load_audio
 
     try:

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from speech_transformer.checkpoint import CheckpointError, average_state_dicts, load_model, save_model, \
-    save_state_dict
+from safetensors.torch import load_file, save_file
+
+from speech_transformer.checkpoint import SCALE_SUFFIX, CheckpointError, average_state_dicts, load_model, \
+    load_state_dict, save_model, save_state_dict
 from speech_transformer.model import SpeechTransformer, preset
 
 
@@ -28,6 +30,34 @@ def test_save_load_gives_identical_outputs(tmp_path, tokenizer):
     assert torch.equal(a, b)
     assert torch.equal(loaded.frontend.mean, model.frontend.mean)
     assert loaded.decoder.output.weight is loaded.decoder.embed.weight  # tying survives the round trip
+
+
+def test_int8_weights_a_quarter_of_the_size_and_close(tmp_path, tokenizer):
+    model = make_model(tokenizer)
+    full = save_model(model, tokenizer, tmp_path / "fp32")
+    small = save_model(model, tokenizer, tmp_path / "int8", int8=True)
+    stored = load_file(str(small / "model.safetensors"))
+    key = "encoder.blocks.0.attn.query.weight"
+    assert stored[key].dtype == torch.int8 and stored[key + SCALE_SUFFIX].shape == (stored[key].shape[0],)
+    assert stored["encoder.blocks.0.attn.query.bias"].dtype == torch.float32  # vectors stay as they are
+    assert (small / "model.safetensors").stat().st_size < 0.35 * (full / "model.safetensors").stat().st_size
+    loaded, _, _ = load_model(small)
+    for name, p in loaded.named_parameters():  # within half a step of each row's grid
+        original = dict(model.named_parameters())[name].detach()
+        step = original.reshape(len(original), -1).abs().amax(1) / 127 if original.dim() > 1 else torch.zeros(1)
+        error = (p - original).abs().reshape(len(original), -1).amax(1) if original.dim() > 1 else (p - original).abs()
+        assert p.dtype == torch.float32 and bool((error <= step / 2 + 1e-7).all()), name
+    assert loaded.decoder.output.weight is loaded.decoder.embed.weight
+    feats, lengths = torch.randn(2, 100, 80), torch.tensor([100, 70])
+    with torch.no_grad():
+        a, _ = model.encode(feats, lengths)
+        b, _ = loaded.encode(feats, lengths)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+
+    stored[key + SCALE_SUFFIX] = stored[key + SCALE_SUFFIX][:3]  # scales that do not fit: refused, named
+    save_file(stored, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CheckpointError, match=f"bad.safetensors: {key}{SCALE_SUFFIX}"):
+        load_state_dict(tmp_path / "bad.safetensors")
 
 
 def test_tampered_or_mismatched_files_are_refused(tmp_path, tokenizer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -117,7 +118,23 @@ def test_open_speech_is_rejected(recognizer, data_dir):
     desktop = Grammar.load("desktop")
     assert match(recognizer, waves, desktop) == [None] * len(clips)
     best = match(recognizer, waves, desktop, MatchOptions(reject_threshold=None))
-    assert all(m is not None and m.llr < DEFAULT_REJECT_THRESHOLD for m in best)
+    threshold = MatchOptions.for_model(recognizer.info).reject_threshold
+    assert all(m is not None and m.llr < threshold for m in best)
+
+
+def test_options_come_from_the_models_config(recognizer, fsdd):
+    config = {"commands": {"ctc_weight": 0.6, "reject_threshold": -3.5}}
+    assert MatchOptions.for_model(config) == MatchOptions(ctc_weight=0.6, reject_threshold=-3.5)
+    assert MatchOptions.for_model({}) == MatchOptions()
+    assert MatchOptions.for_model(config, reject_threshold=None, ctc_weight=1.0).ctc_weight == 1.0
+    with pytest.raises(ValueError, match="unknown fields \\['threshold'\\]"):
+        MatchOptions.for_model({"commands": {"threshold": 1.0}})
+    wave = [load_audio(fsdd[6].audio)]  # THREE
+    (m,) = match(recognizer, wave, Grammar.load("digits"))
+    assert m is not None and m.text == "THREE"
+    picky = copy.copy(recognizer)
+    picky.info = {**recognizer.info, "commands": {"reject_threshold": m.llr + 1.0}}
+    assert match(picky, wave, Grammar.load("digits")) == [None]  # the model's own threshold rejects it
 
 
 def _write(path, wave):

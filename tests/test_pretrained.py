@@ -85,6 +85,22 @@ def held_out_report(exp, data_dir) -> Path:
     return _evaluate(exp, read_manifest(data_dir / "an4" / "test.tsv")[:3], "an4-test")
 
 
+def test_stage_int8_matrices_decode_like_float32(ship, exp, overfit_clips, tmp_path):
+    stage = ship.stage_model(exp / "model", tmp_path / "int8", "int8", {"beam_size": 1})
+    stored = load_file(str(stage / checkpoint.WEIGHTS_FILE))
+    original, tokenizer, _ = checkpoint.load_model(exp / "model")
+    matrices = [k for k, p in original.named_parameters() if p.dim() > 1]
+    assert all(stored[k].dtype == torch.int8 and k + checkpoint.SCALE_SUFFIX in stored for k in matrices)
+    assert all(stored[k].dtype == torch.float16 for k, p in original.named_parameters() if p.dim() == 1)
+    fp32 = (exp / "model" / checkpoint.WEIGHTS_FILE).stat().st_size
+    assert (stage / checkpoint.WEIGHTS_FILE).stat().st_size < 0.35 * fp32
+    assert checkpoint.read_config(stage)["info"]["shipped"]["dtype"] == "int8"
+    audio = [load_audio(u.audio) for u in overfit_clips]
+    options = DecodingOptions(beam_size=3, ctc_weight=0.3)
+    int8 = [r.text for r in Recognizer.from_dir(stage).recognize(audio, options)]
+    assert int8 == [r.text for r in Recognizer(original, tokenizer).recognize(audio, options)]
+
+
 def test_ship_float16_copy_card_and_regression(ship, exp, held_out_report, overfit_clips, tmp_path, capsys):
     dest = tmp_path / "pretrained" / "default"
     argv = ["--exp", str(exp), "--dest", str(dest), "--hardware", HARDWARE, "--recipe-command", RECIPE_COMMAND,

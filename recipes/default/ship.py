@@ -5,8 +5,9 @@
         --report an4-test=reports/an4-test.json --report fsdd-test=reports/fsdd-test.json --regression
 
 Steps: load the model directory (default recipes/default/exp/cpu_tiny/model), store its parameters
-as float16 (`--dtype float32` keeps them; buffers such as the feature statistics always keep their
-dtype, and `checkpoint.load_model` copies the values back into the float32 model), write it with
+as float16 (`--dtype float32` keeps them; `--dtype int8` stores the matrices as int8 with per-row scales,
+`checkpoint.quantize_int8`, and the other parameters as float16; buffers such as the feature statistics
+always keep their dtype, and `checkpoint.load_model` copies the values back into the float32 model), write it with
 `checkpoint.save_model` (so config.json carries the right hashes) into a staging folder, optionally
 measure the regression WERs on that copy (`--regression`, writes regression.json), write
 MODEL_CARD.md from the training run (EXP/train.yaml, EXP/train/metrics.jsonl) and the
@@ -54,24 +55,29 @@ DATA_SETS = {"librispeech": ("audiobook readings (LibriSpeech)", "CC BY 4.0"),
              "arctic-cathy": ("one speaker reading ARCTIC prompts", "CC0 1.0")}
 
 
+DTYPE_WORDS = {"int8": "int8 (matrices, symmetric per-row scales; vectors float16)"}
+
+
 class ShipError(Exception):
     """Shipping refused: the message says why."""
 
 
 # --- the model files ---------------------------------------------------------------------------
 
-def stage_model(source: Path, stage: Path, dtype: str, decoding: dict) -> Path:
+def stage_model(source: Path, stage: Path, dtype: str, decoding: dict, commands: dict | None = None) -> Path:
     """Write `source` into `stage` through `checkpoint.save_model`, parameters cast to `dtype`, with its
-    preferred decoding; paths of the training machine become names relative to the data folder or the repo."""
+    preferred decoding and its grammar-matching settings (`commands`, default: the source's own); paths of the
+    training machine become names relative to the data folder or the repo."""
     model, tokenizer, config = checkpoint.load_model(source)
-    if dtype == "float16":
+    if dtype in ("float16", "int8"):
         for name, p in model.named_parameters():
             if p.is_floating_point() and p.detach().abs().max() > FLOAT16_MAX:
                 raise ShipError(f"{source}: parameter {name} exceeds the float16 range; ship with --dtype float32")
             p.data = p.data.to(torch.float16)
     info = portable_info(config.get("info", {}))
     info["shipped"] = {"source": repo_name(source), "dtype": dtype, "source_weights_sha256": config.get("weights_sha256")}
-    return checkpoint.save_model(model, tokenizer, stage, info, decoding)
+    commands = config.get("commands") if commands is None else commands
+    return checkpoint.save_model(model, tokenizer, stage, info, decoding, int8=dtype == "int8", commands=commands)
 
 
 def repo_name(path: Path) -> str:
@@ -349,7 +355,8 @@ def render_card(facts: dict) -> str:
         f"{mc['n_mels']}-bin log-mel input at 16 kHz.",
         f"- Parameters: {model['params']:,}.",
         f"- Vocabulary: {mc['vocab_size']}-piece SentencePiece (`tokenizer.model`).",
-        f"- Weights: `model.safetensors`, parameters stored as {model['dtype']} ({model['weights_mb']:.1f} MB; "
+        f"- Weights: `model.safetensors`, parameters stored as {DTYPE_WORDS.get(model['dtype'], model['dtype'])} "
+        f"({model['weights_mb']:.1f} MB; "
         f"loaded as float32); averaged checkpoints {', '.join(model['info'].get('averaged', [])) or '-'}.",
         f"- Shipped folder: {facts['folder_mb']:.1f} MB.", "",
         "## Training data", "",
@@ -426,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="the model directory to ship (default EXP/model)")
     p.add_argument("--dest", type=Path, default=pretrained.PRETRAINED_DIR / pretrained.DEFAULT_MODEL,
                    help="where to ship it (default: speech_transformer/pretrained/default)")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="how parameters are stored")
+    p.add_argument("--dtype", choices=["float16", "float32", "int8"], default="float16",
+                   help="how parameters are stored (int8: matrices int8 with per-row scales, the rest float16)")
     p.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
                    help="a `speech-transformer evaluate --output` JSON report (repeatable; the same NAME twice "
                         "merges the systems of two reports on one set, e.g. ours and a peer's)")
@@ -440,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoding", default='{"beam_size": 4, "ctc_weight": 0.3}',
                    help="the preferred decoding stored in config.json: DecodingOptions fields as JSON, or best:NAME[:SPEED] "
                         "= our fastest-enough lowest-WER system of report NAME (tune on dev; default: %(default)s)")
+    p.add_argument("--commands", type=json.loads, default=None,
+                   help="the grammar matcher's settings stored in config.json: MatchOptions fields as JSON, e.g. "
+                        '\'{"ctc_weight": 0.85, "reject_threshold": -21.6}\' (bench/commands.py --tune); '
+                        "default: the source model's")
     p.add_argument("--max-mb", type=float, default=40.0, help="refuse a shipped folder larger than this (10^6 bytes)")
     return p
 
@@ -458,7 +470,8 @@ def ship(args: argparse.Namespace, argv: list[str]) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".ship-", dir=dest.parent))
     try:
-        stage = stage_model(source, work / "model", args.dtype, preferred_decoding(args.decoding, reports))
+        stage = stage_model(source, work / "model", args.dtype, preferred_decoding(args.decoding, reports),
+                            args.commands)
         check_size(stage, args.max_mb)
         keep_model = same_model(stage, dest)
         model, tokenizer, config = checkpoint.load_model(stage)  # what users will load: float32 parameters
@@ -499,7 +512,7 @@ def check_size(directory: Path, max_mb: float) -> None:
     size = folder_bytes(directory)
     if size > max_mb * 1e6:
         raise ShipError(f"the shipped folder would be {size / 1e6:.1f} MB, over the {max_mb:g} MB limit "
-                        "(a wheel must stay small): ship a smaller model, or float16 weights")
+                        "(a wheel must stay small): ship a smaller model, or float16 or int8 weights")
 
 
 def main(argv: list[str] | None = None) -> int:
