@@ -82,8 +82,14 @@ class DecodingOptions:
         return cls(**(d or {}))
 
     def override(self, **changes: Any) -> "DecodingOptions":
-        """These options with the fields given (not None) changed: a flag overrides one field, not all."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """These options with the fields given (not None) changed: a flag overrides one field, not all.
+        Only the attention search reads `ctc_weight`: changing it without a `method` on options of another
+        method switches to "attention" (`beam=4,ctc=0.3` is the joint beam search whatever a model prefers),
+        without the word LM's weight (a token LM is another model)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "ctc_weight" in changes and "method" not in changes and self.method != "attention":
+            changes = {"method": "attention", "lm_weight": 0.0, **changes}
+        return replace(self, **changes)
 
     def describe(self) -> str:
         if self.method == "ctc":

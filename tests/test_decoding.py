@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,11 @@ def test_options_round_trip_through_a_model_directory_entry():
     assert o.to_dict() == {"beam_size": 4, "ctc_weight": 0.3}
     assert DecodingOptions.from_dict(o.to_dict()) == o and DecodingOptions.from_dict(None) == DecodingOptions()
     assert o.override(beam_size=None, ctc_weight=0.5) == DecodingOptions(beam_size=4, ctc_weight=0.5)
+    lexicon = DecodingOptions(method="lexicon", beam_size=200, lm_weight=1.0)
+    assert lexicon.override(beam_size=50) == replace(lexicon, beam_size=50)  # still the lexicon search
+    joint = lexicon.override(beam_size=4, ctc_weight=0.3)  # only attention reads ctc_weight: it switches
+    assert (joint.method, joint.beam_size, joint.ctc_weight, joint.lm_weight) == ("attention", 4, 0.3, 0.0)
+    assert lexicon.override(ctc_weight=0.3, method="lexicon").method == "lexicon"  # said explicitly
     try:
         DecodingOptions.from_dict({"beam": 4})
     except ValueError as e:
