@@ -193,15 +193,22 @@ class SpeechDataset(torch.utils.data.Dataset):
         return audio, self.targets[index]
 
 
+def pad_targets(token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids -> targets `(B, L)` (0-padded, L >= 1) and target_lengths `(B,)`."""
+    target_lengths = torch.tensor([len(t) for t in token_lists])
+    targets = torch.zeros(len(token_lists), max(1, int(target_lengths.max())), dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return targets, target_lengths
+
+
 def collate(items: list[tuple[torch.Tensor, list[int]]]) -> dict[str, torch.Tensor]:
     """-> audio `(B, T)`, audio_lengths `(B,)`, targets `(B, L)` (0-padded), target_lengths `(B,)`."""
     lengths = torch.tensor([len(a) for a, _ in items])
     audio = torch.zeros(len(items), int(lengths.max()))
-    target_lengths = torch.tensor([len(t) for _, t in items])
-    targets = torch.zeros(len(items), max(1, int(target_lengths.max())), dtype=torch.long)
-    for i, (a, t) in enumerate(items):
+    for i, (a, _) in enumerate(items):
         audio[i, : len(a)] = a
-        targets[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    targets, target_lengths = pad_targets([t for _, t in items])
     return {"audio": audio, "audio_lengths": lengths, "targets": targets, "target_lengths": target_lengths}
 
 

@@ -154,6 +154,20 @@ class SpecAugmentConfig:
     time_warp: int = 0  # frames; 0 disables warping
 
 
+def mask_time(x: Tensor, lengths: Tensor, masks: int, width_ratio: float) -> Tensor:
+    """`(B, F, D)` frames with `masks` random spans per utterance set to zero, each at most `width_ratio` x
+    that utterance's valid length `lengths (B,)` (log-mel frames here, cached encoder states in training)."""
+    B, F, _ = x.shape
+    frames = torch.arange(F, device=x.device)[None, :]
+    lengths = lengths.to(x.device)
+    for _ in range(masks):
+        width = (torch.rand(B, device=x.device) * lengths * width_ratio).long()
+        start = (torch.rand(B, device=x.device) * (lengths - width).clamp(min=1)).long()
+        masked = (frames >= start[:, None]) & (frames < (start + width)[:, None])
+        x = x.masked_fill(masked[..., None], 0.0)
+    return x
+
+
 class SpecAugment(nn.Module):
     """Frequency and time masking (and optional time warping) of `(B, F, n_mels)` features.
 
@@ -174,15 +188,7 @@ class SpecAugment(nn.Module):
         x = feats.transpose(1, 2)  # (B, n_mels, F): torchaudio masks along an axis of (..., freq, time)
         for _ in range(c.freq_masks):
             x = AF.mask_along_axis_iid(x, c.freq_width, 0.0, axis=x.dim() - 2)
-        x = x.transpose(1, 2)
-        B, F, _ = x.shape
-        frames = torch.arange(F, device=x.device)[None, :]
-        for _ in range(c.time_masks):
-            width = (torch.rand(B, device=x.device) * lengths * c.time_width_ratio).long()
-            start = (torch.rand(B, device=x.device) * (lengths - width).clamp(min=1)).long()
-            masked = (frames >= start[:, None]) & (frames < (start + width)[:, None])
-            x = x.masked_fill(masked[..., None], 0.0)
-        return x
+        return mask_time(x.transpose(1, 2), lengths, c.time_masks, c.time_width_ratio)
 
     def _time_warp(self, feats: Tensor, lengths: Tensor) -> Tensor:
         """Stretch the part before a random centre and squeeze the rest (or the reverse), per utterance."""

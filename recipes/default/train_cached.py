@@ -34,13 +34,14 @@ from safetensors.torch import load_file, save_file
 
 from speech_transformer import checkpoint
 from speech_transformer.audio import load_audio
-from speech_transformer.data import SpeechDataset, default_data_dir, filter_by_duration, read_manifest
-from speech_transformer.features import pad_waveforms
+from speech_transformer.data import SpeechDataset, default_data_dir, filter_by_duration, pad_targets, read_manifest
+from speech_transformer.features import mask_time, pad_waveforms
 from speech_transformer.model import SpeechTransformer
 from speech_transformer.text import normalize_transcript
 from speech_transformer.train import TrainConfig, build_optimizer, set_learning_rate, validate
 
 SHARD = 256  # utterances per cache file
+STATE_MASKS, STATE_MASK_RATIO = 2, 0.05  # time masks on the cached states: count, longest share of an utterance
 TRAIN_SETS = ("librispeech/train.tsv", "an4/train.tsv", "fsdd/train.tsv", "ljspeech/clips.tsv",
               "arctic-cathy/clips.tsv")
 
@@ -97,25 +98,11 @@ def batches(states: list[torch.Tensor], frames: int, rng: random.Random, pool: i
     return out
 
 
-def time_masks(x: torch.Tensor, lengths: torch.Tensor, rng: random.Random, n: int, ratio: float) -> torch.Tensor:
-    """Zero `n` random spans of at most `ratio` x length frames per utterance of `(B, S, D)` states."""
-    for b, length in enumerate(lengths.tolist()):
-        for _ in range(n):
-            width = rng.randint(0, max(0, int(ratio * length)))
-            start = rng.randint(0, max(0, length - width))
-            x[b, start:start + width] = 0.0
-    return x
-
-
-def train_step(model, optimizer, c: TrainConfig, states, targets, batch, step: int, frozen: int, rng) -> float:
+def train_step(model, optimizer, c: TrainConfig, states, targets, batch, step: int, frozen: int) -> float:
     x = torch.nn.utils.rnn.pad_sequence([states[i].float() for i in batch], batch_first=True)
     lengths = torch.tensor([len(states[i]) for i in batch])
-    x = time_masks(x, lengths, rng, n=2, ratio=0.05)
-    tokens = [targets[i] for i in batch]
-    target_lengths = torch.tensor([len(t) for t in tokens])
-    padded = torch.zeros(len(batch), max(1, int(target_lengths.max())), dtype=torch.long)
-    for b, t in enumerate(tokens):
-        padded[b, : len(t)] = torch.tensor(t)
+    x = mask_time(x, lengths, STATE_MASKS, STATE_MASK_RATIO)
+    padded, target_lengths = pad_targets([targets[i] for i in batch])
     memory, memory_lengths, _ = model.encoder.blocks_from(x, lengths, frozen)
     loss = model.loss(memory, memory_lengths, padded, target_lengths, c.ctc_weight, c.label_smoothing)
     set_learning_rate(optimizer, c, step)
@@ -196,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches(states, frames, rng):
             model.train()
             t, w = time.process_time(), time.monotonic()
-            loss = train_step(model, optimizer, c, states, dataset.targets, batch, step, args.frozen, rng)
+            loss = train_step(model, optimizer, c, states, dataset.targets, batch, step, args.frozen)
             cpu, wall = cpu + time.process_time() - t, wall + time.monotonic() - w
             audio_s += sum(len(states[i]) for i in batch) * model.encoder_frame_seconds
             step += 1
