@@ -112,7 +112,7 @@ def test_cached_student_training_learns_and_keeps_the_frozen_blocks(tmp_path, da
     script = RECIPE.parent / "default" / "train_cached.py"
     cmd = [sys.executable, str(script), "--student", str(tmp_path / "student"), "--out", str(tmp_path / "run"),
            "--frozen", "1", "--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"),
-           "--dev-utterances", "3", "--minutes", "0.15", "--valid-every", "10", "--lr", "0.003"]
+           "--dev-utterances", "3", "--average", "2", "--minutes", "0.15", "--valid-every", "10", "--lr", "0.003"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert len(list((tmp_path / "run").glob("cache-*.safetensors"))) == 1
@@ -123,6 +123,14 @@ def test_cached_student_training_learns_and_keeps_the_frozen_blocks(tmp_path, da
     for name, value in start.items():
         frozen = name.startswith(("encoder.subsampling.", "encoder.positions.", "encoder.blocks.0."))
         assert torch.equal(last[name], value) == frozen, name
+    # --average 2: the last two marks kept, their mean written and scored
+    marks = sorted((tmp_path / "run" / "marks").glob("step-*"))
+    assert [m.name for m in marks] == [f"step-{r['step']:06d}" for r in log[-2:]]
+    averaged = load_model(tmp_path / "run" / "averaged")[0].state_dict()
+    kept = [load_model(m)[0].state_dict() for m in marks]
+    torch.testing.assert_close(averaged["ctc_head.weight"], (kept[0]["ctc_head.weight"] + kept[1]["ctc_head.weight"]) / 2)
+    scored = json.loads((tmp_path / "run" / "averaged.json").read_text())
+    assert scored["averaged"] == [m.name for m in marks] and 0 <= scored["valid_ctc_cer"]
     # again: the cache is read back, training continues from `last`
     again = subprocess.run(cmd[:-6] + ["--minutes", "0.05", "--valid-every", "5", "--lr", "0.003"],
                            capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))

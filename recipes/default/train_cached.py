@@ -16,7 +16,9 @@ The dev subset (first `--dev-utterances` of `--dev`) is scored at every `--valid
 `train.validate` (the one inference path, from audio); OUT/log.jsonl has one line per mark with training
 CPU-seconds (`time.process_time()`, caching and evaluations counted separately), and OUT/best is the model
 directory with the lowest dev CTC-greedy CER so far. A second run continues from OUT/last with a fresh
-optimiser (its state is not kept: this is not the trainer's bit-exact resume).
+optimiser (its state is not kept: this is not the trainer's bit-exact resume). With `--average N` the
+models of the last N marks are kept in OUT/marks/ and, when the run ends, averaged into OUT/averaged
+(scored the same way, OUT/averaged.json).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +41,7 @@ from speech_transformer.data import SpeechDataset, default_data_dir, filter_by_d
 from speech_transformer.features import mask_time, pad_waveforms
 from speech_transformer.model import SpeechTransformer
 from speech_transformer.text import normalize_transcript
+from speech_transformer.checkpoint import average_state_dicts
 from speech_transformer.train import TrainConfig, build_optimizer, set_learning_rate, validate
 
 SHARD = 256  # utterances per cache file
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audio-cache", type=Path, default=None, help="decoded-audio cache (default OUT/audio)")
+    p.add_argument("--average", type=int, default=0, help="average the models of the last N marks at the end")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -204,10 +209,36 @@ def main(argv: list[str] | None = None) -> int:
                 if record["ctc_cer"] < best:
                     best = record["ctc_cer"]
                     checkpoint.save_model(model, tokenizer, args.out / "best", info)
+                if args.average > 1:
+                    keep_mark(model, tokenizer, args.out / "marks", step, info, args.average)
             if time.monotonic() >= deadline:
                 break
         epoch += 1
+    if args.average > 1:
+        write_average(args.out, tokenizer, dev_waves, dev_texts)
     return 0
+
+
+def keep_mark(model, tokenizer, marks: Path, step: int, info: dict, keep: int) -> None:
+    """OUT/marks/step-NNNNNN: the model at this mark; only the last `keep` marks stay."""
+    checkpoint.save_model(model, tokenizer, marks / f"step-{step:06d}", info)
+    for old in sorted(marks.glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+
+
+def write_average(out: Path, tokenizer, dev_waves, dev_texts) -> None:
+    """OUT/averaged: the mean of the kept marks' weights, scored on the dev subset (OUT/averaged.json)."""
+    chosen = sorted((out / "marks").glob("step-*"))
+    if len(chosen) < 2:
+        return
+    model, _, config = checkpoint.load_model(chosen[-1])
+    checkpoint.load_weights(model, average_state_dicts([m / checkpoint.WEIGHTS_FILE for m in chosen]), out / "marks")
+    info = {**config.get("info", {}), "averaged": [m.name for m in chosen]}
+    checkpoint.save_model(model, tokenizer, out / "averaged", info)
+    scores = validate(model, tokenizer, dev_waves, dev_texts)
+    record = {"averaged": info["averaged"], **{k: 100 * v for k, v in scores.items() if isinstance(v, float)}}
+    (out / "averaged.json").write_text(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
