@@ -1,9 +1,11 @@
-"""The default model v2's learning curve beside the learning-curve benchmark's: dev CTC-greedy CER against
-CPU-minutes (the benchmark's variants: training CPU on one thread; train_cached.py: caching + training CPU on
-two threads), on the same first 40 LibriSpeech dev utterances.
+"""The default model's learning curves: dev CTC-greedy CER against CPU-minutes, on the same first 40
+LibriSpeech dev utterances (train_cached.py's logs: caching + training CPU on two threads; the learning-curve
+benchmark's variants, if given: training CPU on one thread).
 
-    python bench/student_curve.py --bench /var/tmp/lc/run --cached /var/tmp/st14/cached \\
-        --out recipes/default/learning_curve_v2.png
+    python bench/student_curve.py --run "v3=/var/tmp/st15/c6" --run "v3 + TTS=/var/tmp/st15/c6b" \\
+        --run "v2=recipes/default/curves/v2.jsonl" [--bench /var/tmp/lc/run] --out recipes/default/learning_curve_v3.png
+
+A run is LABEL=PATH: a train_cached.py run folder (its log.jsonl) or such a log itself.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import argparse
 import json
 from pathlib import Path
 
+BENCH_VARIANTS = ["base", "bs30", "conformer", "whisper_student4", "whisper_student4_lr"]
+
+
+def read_log(path: Path) -> list[dict]:
+    log = path / "log.jsonl" if path.is_dir() else path
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench", type=Path, required=True, help="bench/learning_curve.py run folder")
-    p.add_argument("--cached", type=Path, required=True, help="recipes/default/train_cached.py run folder")
-    p.add_argument("--variants", nargs="*", default=["base", "bs30", "conformer", "whisper_student4",
-                                                    "whisper_student4_lr"])
+    p.add_argument("--run", action="append", default=[], metavar="LABEL=PATH", help="a train_cached.py run or log")
+    p.add_argument("--bench", type=Path, default=None, help="bench/learning_curve.py run folder")
+    p.add_argument("--variants", nargs="*", default=BENCH_VARIANTS)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     import matplotlib
@@ -26,20 +34,23 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    log = [json.loads(line) for line in (args.bench / "log.jsonl").read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name in args.variants:
-        marks = [r for r in log if r.get("variant") == name and "mark" in r]
-        ax.plot([r["cpu_s"] / 60 for r in marks], [r["ctc_cer"] for r in marks], marker="o", label=name)
-    cached = [json.loads(line) for line in (args.cached / "log.jsonl").read_text().splitlines()]
-    ax.plot([(r["cache_cpu_s"] + r["train_cpu_s"]) / 60 for r in cached], [r["ctc_cer"] for r in cached],
-            marker="s", color="black", label="train_cached.py (v2; CPU incl. caching)")
-    reference = next((r for r in log if r.get("variant") == "reference"), None)
-    if reference:
-        ax.axhline(reference["ctc_cer"], color="grey", linestyle="--", label="shipped model v1")
+    if args.bench:
+        log = read_log(args.bench)
+        for name in args.variants:
+            marks = [r for r in log if r.get("variant") == name and "mark" in r]
+            ax.plot([r["cpu_s"] / 60 for r in marks], [r["ctc_cer"] for r in marks], marker="o", label=name)
+        reference = next((r for r in log if r.get("variant") == "reference"), None)
+        if reference:
+            ax.axhline(reference["ctc_cer"], color="grey", linestyle="--", label="shipped model v1")
+    for spec in args.run:
+        label, _, path = spec.partition("=")
+        run = read_log(Path(path))
+        ax.plot([(r["cache_cpu_s"] + r["train_cpu_s"]) / 60 for r in run], [r["ctc_cer"] for r in run],
+                marker="s", label=f"{label} (train_cached.py; CPU incl. caching)")
     ax.set_xlabel("CPU-minutes")
     ax.set_ylabel("dev CTC-greedy CER % (first 40 utterances)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 60 if not args.bench else 105)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

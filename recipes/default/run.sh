@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Train the embedded default model, then ship it. The shipped model (v2) comes from the first line:
-#   ./run.sh student [--minutes 45]   # Whisper base's stem + 4 encoder blocks as exp/whisper-student4, then
-#                                     # train_cached.py: blocks 0-2 frozen and cached once, the rest trained
-#                                     # on the cache -> exp/cached/{best,last,log.jsonl}
+# Train the embedded default model, then ship it. The shipped model (v3) comes from the first line:
+#   ./run.sh student [--minutes 55]   # Whisper base's stem + all 6 encoder blocks and a new 2-block decoder
+#                                     # as exp/whisper-student6, then train_cached.py: blocks 0-4 frozen and
+#                                     # cached once, block 5 + heads trained on the cache
+#                                     # -> exp/cached6/{best,last,log.jsonl}
 # or with the LibriSpeech recipe's stages (see ../librispeech/run.py):
 #   ./run.sh                          # conf/cpu_tiny.yaml, stages 1-6 (data, tokenizer, train, average, decode)
 #   ./run.sh --stage 6                # rescore only
@@ -20,9 +21,9 @@ fi
 cd "$(dirname "$0")"
 if [[ ${1:-} == student ]]; then
     shift
-    [[ -f exp/whisper-student4/config.json ]] || "$python" -m speech_transformer.whisper base --student 4 \
-        --decoder-layers 1 --tokenizer-from ../../speech_transformer/pretrained/default -o exp/whisper-student4
-    exec "$python" train_cached.py --student exp/whisper-student4 --out exp/cached --frozen 3 --threads 2 "$@"
+    [[ -f exp/whisper-student6/config.json ]] || "$python" -m speech_transformer.whisper base --student 6 \
+        --decoder-layers 2 --tokenizer-from ../../speech_transformer/pretrained/default -o exp/whisper-student6
+    exec "$python" train_cached.py --student exp/whisper-student6 --out exp/cached6 --frozen 5 --threads 2 "$@"
 fi
 config=conf/cpu_tiny.yaml
 if [[ ${1:-} == --config ]]; then config=$2; shift 2; fi

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from speech_transformer import checkpoint, pretrained
+from speech_transformer import checkpoint, pretrained, synthetic
 from speech_transformer.data import default_data_dir, filter_by_duration, read_manifest
 from speech_transformer.decoding import DecodingOptions
 from speech_transformer.pretrained import regression
@@ -52,7 +52,11 @@ DATA_SETS = {"librispeech": ("audiobook readings (LibriSpeech)", "CC BY 4.0"),
              "an4": ("spelled letters, digits and commands (AN4)", "CMU AN4 terms (BSD-style)"),
              "fsdd": ("isolated digits (FSDD)", "CC BY-SA 4.0"),
              "ljspeech": ("one reader of non-fiction (LJ Speech)", "public domain"),
-             "arctic-cathy": ("one speaker reading ARCTIC prompts", "CC0 1.0")}
+             "arctic-cathy": ("one speaker reading ARCTIC prompts", "CC0 1.0"),
+             "synthetic": ("LJ Speech sentences and digits spoken by espeak-ng, flite and festival voices "
+                           "(speech_transformer.synthetic)",
+                           "text public domain; voices: espeak-ng GPL-3.0, flite and festival BSD-style "
+                           "(their output is not restricted)")}
 
 
 DTYPE_WORDS = {"int8": "int8 (matrices, symmetric per-row scales; vectors float16)"}
@@ -145,7 +149,10 @@ def install(stage: Path, dest: Path, keep_model: bool) -> None:
 # --- facts for the card ------------------------------------------------------------------------
 
 def data_name(path: str | Path) -> str:
-    """A manifest path relative to the shared data folder where it lies there."""
+    """A manifest path relative to the shared data folder where it lies there; a synthetic set (made by
+    `speech_transformer.synthetic`, anywhere) as synthetic/FOLDER."""
+    if Path(path).name == synthetic.MANIFEST:
+        return f"synthetic/{Path(path).parent.name}"
     try:
         return str(Path(path).resolve().relative_to(default_data_dir().resolve()))
     except ValueError:
