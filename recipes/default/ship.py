@@ -138,8 +138,8 @@ def install(stage: Path, dest: Path, keep_model: bool) -> None:
     """Move the staged files into `dest`; config.json after the files it vouches for, and always (the same
     weights may ship with another preferred decoding or grammar-matching settings)."""
     dest.mkdir(parents=True, exist_ok=True)
-    names = ([] if keep_model else list(MODEL_FILES[:-1])) + [checkpoint.CONFIG_FILE, CARD_FILE,
-                                                               regression.REGRESSION_FILE]
+    kept = [name for name in MODEL_FILES if name != checkpoint.CONFIG_FILE]
+    names = ([] if keep_model else kept) + [checkpoint.CONFIG_FILE, CARD_FILE, regression.REGRESSION_FILE]
     for name in names:
         if (stage / name).is_file():
             os.chmod(stage / name, 0o644)  # staged in a private temp folder: readable by all once installed

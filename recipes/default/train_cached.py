@@ -41,7 +41,6 @@ from speech_transformer.data import SpeechDataset, default_data_dir, filter_by_d
 from speech_transformer.features import mask_time, pad_waveforms
 from speech_transformer.model import SpeechTransformer
 from speech_transformer.text import normalize_transcript
-from speech_transformer.checkpoint import average_state_dicts
 from speech_transformer.train import TrainConfig, build_optimizer, set_learning_rate, validate
 
 SHARD = 256  # utterances per cache file
@@ -232,7 +231,7 @@ def write_average(out: Path, tokenizer, dev_waves, dev_texts) -> None:
     if len(chosen) < 2:
         return
     model, _, config = checkpoint.load_model(chosen[-1])
-    checkpoint.load_weights(model, average_state_dicts([m / checkpoint.WEIGHTS_FILE for m in chosen]), out / "marks")
+    checkpoint.load_weights(model, checkpoint.average_state_dicts([m / checkpoint.WEIGHTS_FILE for m in chosen]), out / "marks")
     info = {**config.get("info", {}), "averaged": [m.name for m in chosen]}
     checkpoint.save_model(model, tokenizer, out / "averaged", info)
     scores = validate(model, tokenizer, dev_waves, dev_texts)
