@@ -5,7 +5,7 @@ The same as `speech-transformer demo`; see docs/demo.md.
 
 import sys
 
-from speech_transformer.demo import main
+from speech_transformer.apps.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,16 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speech_transformer.audio import SAMPLE_RATE, load_audio
-from speech_transformer.commands import (
+from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
+from speech_transformer.commands.matching import (
     DEFAULT_REJECT_THRESHOLD,
     MatchOptions,
     match_all,
 )
-from speech_transformer.data import default_data_dir, read_manifest
-from speech_transformer.grammar import Grammar
+from speech_transformer.training.data import default_data_dir, read_manifest
+from speech_transformer.commands.grammar import Grammar
 from speech_transformer.recognizer import Recognizer
-from speech_transformer.synthetic import Voice, speak
+from speech_transformer.training.synthetic import Voice, speak
 
 ESPEAK_VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en-029", "en-us+m7"]
 FLITE_VOICES = ["kal", "slt", "awb", "rms"]

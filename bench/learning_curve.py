@@ -15,7 +15,7 @@ CPU time is this process's `time.process_time()` (user + system, all threads), c
 (setup and model building excluded), minus the CPU time of the evaluations at the marks; the loader runs in
 the process (num_workers 0), so data loading is counted. Wall time is logged beside it. At each mark the
 trainer writes a checkpoint, the model is scored (CTC-greedy CER/WER and attention-greedy WER through
-`speech_transformer.train.validate`, i.e. Recognizer.encode + decoding.decode), and one JSON line goes to
+`speech_transformer.training.trainer.validate`, i.e. Recognizer.encode + decoding.decode), and one JSON line goes to
 OUT/log.jsonl. A killed run, started again with the same command, skips finished variants and resumes the
 current one from the trainer's checkpoint at its last mark (bit-exact on CPU), with the CPU count of that mark.
 Writes OUT/results.json, OUT/results.md (tables) and OUT/learning_curve.png (CER vs CPU-minutes).
@@ -36,17 +36,18 @@ import numpy as np
 import torch
 import yaml
 
-from speech_transformer import checkpoint, whisper
-from speech_transformer.audio import load_audio
-from speech_transformer.data import (
+from speech_transformer.model import checkpoint
+from speech_transformer.importers import whisper
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.training.data import (
     SpeechDataset,
     default_data_dir,
     filter_by_duration,
     read_manifest,
 )
-from speech_transformer.text import normalize_transcript
-from speech_transformer.tokenizer import Tokenizer
-from speech_transformer.train import (
+from speech_transformer.text.normalize import normalize_transcript
+from speech_transformer.text.tokenizer import Tokenizer
+from speech_transformer.training.trainer import (
     Callback,
     Run,
     TrainConfig,

@@ -1,4 +1,4 @@
-"""Word-level CTC decoding (speech_transformer.lexicon) against token-level decoding: WER, CER, RTF.
+"""Word-level CTC decoding (speech_transformer.decoding.lexicon) against token-level decoding: WER, CER, RTF.
 
     python bench/lexicon_decoding.py lm [--out-dir bench/results/lexicon]
         builds the in-domain LM (train transcripts + text corpus), picks the mixture weight with the generic
@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from speech_transformer import arpa, lexicon
-from speech_transformer.data import default_data_dir, read_manifest
+from speech_transformer.decoding import arpa, lexicon
+from speech_transformer.training.data import default_data_dir, read_manifest
 
 TRAIN_TEXT = ("librispeech/train.tsv", "an4/train.tsv", "fsdd/train.tsv", "text/ljspeech-sentences.txt")
 OUT_DIR = ROOT / "bench" / "results" / "lexicon"
@@ -55,7 +55,7 @@ class Encoded:
 
 
 def encode_set(recognizer, manifest: str, limit: int | None, batch_seconds: float = 60.0) -> Encoded:
-    from speech_transformer.audio import load_audio
+    from speech_transformer.audio.loading import load_audio
 
     utts = read_manifest(default_data_dir() / manifest)[:limit]
     waves = [load_audio(u.audio) for u in utts]
@@ -72,14 +72,14 @@ def encode_set(recognizer, manifest: str, limit: int | None, batch_seconds: floa
 
 
 def score(refs: list[str], hyps: list[str]) -> dict:
-    from speech_transformer.scoring import score_utterances
+    from speech_transformer.text.scoring import score_utterances
 
     s = score_utterances(refs, hyps, "english-v1")
     return {"wer": s.wer, "cer": s.cer}
 
 
 def run_token_level(recognizer, enc: Encoded, method: str) -> dict:
-    from speech_transformer.decoding import DecodingOptions, ctc_greedy_search, decode
+    from speech_transformer.decoding.search import DecodingOptions, ctc_greedy_search, decode
 
     hyps = [""] * len(enc.refs)
     start = time.perf_counter()

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from speech_transformer.audio import SAMPLE_RATE
-from speech_transformer.decoding import DecodingOptions, decode
-from speech_transformer.model import SpeechTransformer, preset
-from speech_transformer.tokenizer import SOS_EOS_ID
+from speech_transformer.audio.loading import SAMPLE_RATE
+from speech_transformer.decoding.search import DecodingOptions, decode
+from speech_transformer.model.transformer import SpeechTransformer, preset
+from speech_transformer.text.tokenizer import SOS_EOS_ID
 
 
 class NoEos(torch.nn.Module):

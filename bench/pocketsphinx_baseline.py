@@ -14,8 +14,8 @@ import platform
 import sys
 from pathlib import Path
 
-from speech_transformer import evaluate
-from speech_transformer.data import default_data_dir
+from speech_transformer.apps import evaluate
+from speech_transformer.training.data import default_data_dir
 
 SETS = {"an4-test": "an4/test.tsv", "fsdd-test": "fsdd/test.tsv", "librispeech-dev": "librispeech/dev.tsv"}
 

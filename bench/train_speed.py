@@ -3,7 +3,7 @@
     python bench/train_speed.py --preset tiny --steps 30 --batch-seconds 60
     python bench/train_speed.py --preset small --steps 30 --batch-seconds 200     # on a GPU: bf16 is automatic
 
-Runs speech_transformer.train on the shared LibriSpeech train split (decoded once into an int16 cache
+Runs speech_transformer.training.trainer on the shared LibriSpeech train split (decoded once into an int16 cache
 first, as a real run's later epochs are), and reports the second half of the steps, after warm-up.
 """
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from speech_transformer.data import SpeechDataset, default_data_dir, filter_by_duration, read_manifest, \
+from speech_transformer.training.data import SpeechDataset, default_data_dir, filter_by_duration, read_manifest, \
     write_manifest
-from speech_transformer.text import normalize_transcript
-from speech_transformer.tokenizer import train_tokenizer
-from speech_transformer.train import TrainConfig, train
+from speech_transformer.text.normalize import normalize_transcript
+from speech_transformer.text.tokenizer import train_tokenizer
+from speech_transformer.training.trainer import TrainConfig, train
 
 
 def main() -> None:

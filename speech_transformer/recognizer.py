@@ -17,21 +17,22 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from speech_transformer import checkpoint, pretrained
-from speech_transformer.align import (
+from speech_transformer.model import checkpoint
+from speech_transformer import pretrained
+from speech_transformer.model.align import (
     TokenSpan,
     Word,
     align_tokens,
     token_times,
     words_from_tokens,
 )
-from speech_transformer.audio import SAMPLE_RATE
-from speech_transformer.decoding import DecodingOptions, Hypothesis, decode_with_fallback
-from speech_transformer.features import pad_waveforms
-from speech_transformer.lexicon import LexiconSearch
-from speech_transformer.lm import LM_FILE, NgramLM
-from speech_transformer.model import SpeechTransformer
-from speech_transformer.tokenizer import TextTokenizer
+from speech_transformer.audio.loading import SAMPLE_RATE
+from speech_transformer.decoding.search import DecodingOptions, Hypothesis, decode_with_fallback
+from speech_transformer.audio.features import pad_waveforms
+from speech_transformer.decoding.lexicon import LexiconSearch
+from speech_transformer.decoding.token_lm import LM_FILE, NgramLM
+from speech_transformer.model.transformer import SpeechTransformer
+from speech_transformer.text.tokenizer import TextTokenizer
 
 
 @dataclass
@@ -159,7 +160,7 @@ class Recognizer:
         r.words = words_from_tokens(r.tokens, times, self.tokenizer, 0.0, seconds)
 
     def _add_cross_attention(self, results: list[Recognition], enc: Encoding) -> None:
-        from speech_transformer.attention import cross_attention
+        from speech_transformer.model.attention_maps import cross_attention
 
         weights = cross_attention(self.model, enc.memory, enc.lengths, [r.tokens for r in results],
                                   self.tokenizer.special.prompt)

@@ -23,7 +23,7 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where every requirement must be installed: {reason}"
 
-from speech_transformer.data import DATA_DIR_ENV, default_data_dir, read_manifest
+from speech_transformer.training.data import DATA_DIR_ENV, default_data_dir, read_manifest
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def librispeech_train(data_dir):
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory, librispeech_train):
     """A 256-token unigram SentencePiece model trained on the LibriSpeech train transcripts."""
-    from speech_transformer.tokenizer import train_tokenizer
+    from speech_transformer.text.tokenizer import train_tokenizer
 
     return train_tokenizer([u.text for u in librispeech_train], tmp_path_factory.mktemp("tok") / "sp.model", 256)
 
@@ -56,11 +56,11 @@ def train_overfit_model(tokenizer, utterances, directory: Path, max_steps: int =
     """
     import torch
 
-    from speech_transformer.audio import load_audio
-    from speech_transformer.checkpoint import save_model
-    from speech_transformer.decoding import DecodingOptions
-    from speech_transformer.features import pad_waveforms
-    from speech_transformer.model import SpeechTransformer, preset
+    from speech_transformer.audio.loading import load_audio
+    from speech_transformer.model.checkpoint import save_model
+    from speech_transformer.decoding.search import DecodingOptions
+    from speech_transformer.audio.features import pad_waveforms
+    from speech_transformer.model.transformer import SpeechTransformer, preset
     from speech_transformer.recognizer import Recognizer
 
     waves = [load_audio(u.audio) for u in utterances]

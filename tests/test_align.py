@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from speech_transformer.align import TokenSpan, align_tokens, token_times, word_groups, words_from_tokens
+from speech_transformer.model.align import TokenSpan, align_tokens, token_times, word_groups, words_from_tokens
 
 
 def _brute_force_best(log_probs: np.ndarray, tokens: list[int]) -> float:
@@ -75,7 +75,7 @@ def test_unaligned_tokens_share_the_segment_by_length():
     ({"subsampling": "conv1d", "frontend": "whisper", "ctc": False}, -0.01),  # Whisper: centred, 20 ms frames
 ])
 def test_frame_timing_comes_from_the_models_stem(overrides, offset):
-    from speech_transformer.model import SpeechTransformer, preset
+    from speech_transformer.model.transformer import SpeechTransformer, preset
 
     model = SpeechTransformer(preset("tiny", vocab_size=10, **overrides))
     assert model.encoder_frame_offset == pytest.approx(offset)

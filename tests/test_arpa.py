@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from speech_transformer import arpa
-from speech_transformer.arpa import ArpaLM, build_kneser_ney, interpolate, read_arpa, write_arpa
+from speech_transformer.decoding import arpa
+from speech_transformer.decoding.arpa import ArpaLM, build_kneser_ney, interpolate, read_arpa, write_arpa
 
 # <s> a b </s> twice and <s> b </s>: bigram counts (<s> a)=2 (a b)=2 (b </s>)=3 (<s> b)=1
 CORPUS = [["a", "b"], ["a", "b"], ["b"]]

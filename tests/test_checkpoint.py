@@ -7,9 +7,9 @@ import torch
 
 from safetensors.torch import load_file, save_file
 
-from speech_transformer.checkpoint import SCALE_SUFFIX, CheckpointError, average_state_dicts, load_model, \
+from speech_transformer.model.checkpoint import SCALE_SUFFIX, CheckpointError, average_state_dicts, load_model, \
     load_state_dict, save_model, save_state_dict
-from speech_transformer.model import SpeechTransformer, preset
+from speech_transformer.model.transformer import SpeechTransformer, preset
 
 
 def make_model(tokenizer, seed=0):

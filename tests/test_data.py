@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from speech_transformer.data import DurationBatchSampler, SpeechDataset, Utterance, collate, filter_by_duration, \
+from speech_transformer.training.data import DurationBatchSampler, SpeechDataset, Utterance, collate, filter_by_duration, \
     read_manifest, write_manifest
 
 

@@ -23,8 +23,8 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image
 
-from speech_transformer.audio import load_audio
-from speech_transformer.demo import Demo, Limits, attention_image, colormap, find_examples, main, model_card, \
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.apps.demo import Demo, Limits, attention_image, colormap, find_examples, main, model_card, \
     peak_level_dbfs
 from speech_transformer.recognizer import Recognizer
 
@@ -280,7 +280,7 @@ def test_model_card_and_missing_model(demo, model, capsys):
 
 
 def test_the_installed_whisper_base_is_a_second_model_with_the_same_pictures(demo, data_dir, tmp_path, monkeypatch):
-    from speech_transformer.demo import installed_whisper
+    from speech_transformer.apps.demo import installed_whisper
 
     monkeypatch.setenv("SPEECH_TRANSFORMER_CACHE", str(tmp_path / "cache"))
     more = installed_whisper("cpu")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speech_transformer.audio import load_audio
-from speech_transformer.data import read_manifest
-from speech_transformer.demo_commands import Computer, build_commands_tab, run_command
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.training.data import read_manifest
+from speech_transformer.apps.demo_commands import Computer, build_commands_tab, run_command
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_spoken_commands_drive_the_computer(recognizer, data_dir):
 
 
 def test_the_computer_reacts_to_desktop_actions():
-    from speech_transformer.commands import CommandMatch
+    from speech_transformer.commands.matching import CommandMatch
 
     c = Computer()
     for text, action, slots in [("OPEN THE BROWSER", "open", {"app": "browser"}), ("OPEN MAIL", "open", {"app": "mail"}),

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speech_transformer import download as dl
-from speech_transformer.data import read_manifest
+from speech_transformer.training import download as dl
+from speech_transformer.training.data import read_manifest
 
 UTTS = {"1272-128104-0000": ("MISTER QUILTER IS THE APOSTLE", 0.5), "1272-128104-0001": ("NOR IS MISTER QUILTER", 0.25)}
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from speech_transformer import evaluate
-from speech_transformer.audio import SAMPLE_RATE, info
-from speech_transformer.data import default_data_dir, read_manifest
-from speech_transformer.systems import System
+from speech_transformer.apps import evaluate
+from speech_transformer.audio.loading import SAMPLE_RATE, info
+from speech_transformer.training.data import default_data_dir, read_manifest
+from speech_transformer.apps.systems import System
 
 DATA = default_data_dir()
 pytestmark = pytest.mark.skipif(not (DATA / "librispeech" / "samples" / "samples.tsv").exists(),

@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from speech_transformer.audio import HOP_LENGTH, N_FFT, N_MELS, load_audio
-from speech_transformer.features import FrontEnd, SpecAugment, SpecAugmentConfig, num_frames, pad_waveforms
+from speech_transformer.audio.loading import HOP_LENGTH, N_FFT, N_MELS, load_audio
+from speech_transformer.audio.features import FrontEnd, SpecAugment, SpecAugmentConfig, num_frames, pad_waveforms
 
 
 def test_shapes_and_lengths():
@@ -53,7 +53,7 @@ def test_spec_augment_masks_only_in_training():
 
 def test_whisper_features_without_the_window_equal_the_windowed_ones(librispeech_train):
     """`window=False` (models fine-tuned from Whisper) gives Whisper's features for the audio's own frames."""
-    from speech_transformer.features import WHISPER_WINDOW_FRAMES, WhisperFrontEnd
+    from speech_transformer.audio.features import WHISPER_WINDOW_FRAMES, WhisperFrontEnd
 
     waves = [load_audio(u.audio) for u in librispeech_train[:2]]
     audio, lengths = pad_waveforms(waves)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speech_transformer.grammar import MAX_REPEAT, Grammar, GrammarError
+from speech_transformer.commands.grammar import MAX_REPEAT, Grammar, GrammarError
 
 
 def phrases(g: Grammar) -> set[str]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from speech_transformer.data import read_manifest, write_manifest
-from speech_transformer.text import normalize_transcript
-from speech_transformer.tokenizer import train_tokenizer
+from speech_transformer.training.data import read_manifest, write_manifest
+from speech_transformer.text.normalize import normalize_transcript
+from speech_transformer.text.tokenizer import train_tokenizer
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "learning_curve.py"
 

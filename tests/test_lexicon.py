@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from speech_transformer import lexicon as lx
-from speech_transformer.arpa import build_kneser_ney, write_arpa
+from speech_transformer.decoding import lexicon as lx
+from speech_transformer.decoding.arpa import build_kneser_ney, write_arpa
 from speech_transformer.pretrained import default_model_dir
-from speech_transformer.tokenizer import Tokenizer
+from speech_transformer.text.tokenizer import Tokenizer
 
 pytest.importorskip("flashlight.lib.text")
 
@@ -142,15 +142,15 @@ def recognizer():
 
 @pytest.fixture(scope="module")
 def sample(recognizer, data_dir):
-    from speech_transformer.audio import load_audio
-    from speech_transformer.data import read_manifest
+    from speech_transformer.audio.loading import load_audio
+    from speech_transformer.training.data import read_manifest
 
     utt = read_manifest(data_dir / "librispeech" / "samples" / "samples.tsv")[0]
     return utt, recognizer.encode([load_audio(utt.audio)])
 
 
 def test_rescoring_reorders_when_the_attention_decoder_disagrees(recognizer, sample):
-    from speech_transformer.decoding import DecodingOptions, decode, sequence_log_probs
+    from speech_transformer.decoding.search import DecodingOptions, decode, sequence_log_probs
 
     _, enc = sample
     greedy = decode(recognizer.model, enc.memory, enc.lengths, DecodingOptions(), recognizer.tokenizer.special)[0]
@@ -172,15 +172,15 @@ def test_rescoring_reorders_when_the_attention_decoder_disagrees(recognizer, sam
 
 
 def Options(**fields):  # noqa: N802 - the lexicon method's options
-    from speech_transformer.decoding import DecodingOptions
+    from speech_transformer.decoding.search import DecodingOptions
 
     return DecodingOptions(**{"method": "lexicon", "beam_size": 20, "lm_weight": 0.5, "rescore_weight": 0.3,
                               "nbest": 5, "word_lm": None, **fields})
 
 
 def test_lexicon_search_on_real_speech(recognizer, sample, data_dir, tmp_path):
-    from speech_transformer.arpa import read_corpus
-    from speech_transformer.audio import load_audio
+    from speech_transformer.decoding.arpa import read_corpus
+    from speech_transformer.audio.loading import load_audio
 
     utt, enc = sample
     lm = write_arpa(build_kneser_ney(read_corpus(data_dir / "librispeech" / "train.tsv")[:400], 3), tmp_path / "lm.arpa")

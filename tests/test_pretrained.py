@@ -19,13 +19,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from speech_transformer import checkpoint, evaluate, pretrained
-from speech_transformer.audio import load_audio
-from speech_transformer.data import read_manifest, write_manifest
-from speech_transformer.decoding import DecodingOptions
+from speech_transformer.model import checkpoint
+from speech_transformer.apps import evaluate
+from speech_transformer import pretrained
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.training.data import read_manifest, write_manifest
+from speech_transformer.decoding.search import DecodingOptions
 from speech_transformer.pretrained import regression
 from speech_transformer.recognizer import Recognizer
-from speech_transformer.transcribe import transcribe
+from speech_transformer.apps.transcribe import transcribe
 
 REPO = Path(__file__).resolve().parents[1]
 SHIP = REPO / "recipes" / "default" / "ship.py"
@@ -224,7 +226,7 @@ def test_default_model_files():
 @needs_default
 def test_transcribe_without_model_uses_the_embedded_one(tmp_path, data_dir):
     jfk = data_dir / "samples" / "jfk.flac"
-    result = subprocess.run([sys.executable, "-m", "speech_transformer.cli", "transcribe", str(jfk), "-o",
+    result = subprocess.run([sys.executable, "-m", "speech_transformer.apps.cli", "transcribe", str(jfk), "-o",
                              str(tmp_path), "--format", "txt", "--no-progress"], capture_output=True, text=True,
                             env=ENV, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

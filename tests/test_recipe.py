@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from speech_transformer.data import read_manifest, write_manifest
+from speech_transformer.training.data import read_manifest, write_manifest
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "librispeech"
 
@@ -97,8 +97,8 @@ def test_cached_student_training_learns_and_keeps_the_frozen_blocks(tmp_path, da
     import torch
     from whisper.model import ModelDimensions, Whisper
 
-    from speech_transformer.checkpoint import load_model
-    from speech_transformer.whisper import main as whisper_main
+    from speech_transformer.model.checkpoint import load_model
+    from speech_transformer.apps.whisper_cli import main as whisper_main
     from speech_transformer.pretrained import default_model_dir
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,

@@ -3,8 +3,8 @@ and the loaded directory transcribes them with every search."""
 
 import pytest
 
-from speech_transformer.audio import load_audio
-from speech_transformer.decoding import DecodingOptions
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.decoding.search import DecodingOptions
 from speech_transformer.recognizer import Recognizer
 
 

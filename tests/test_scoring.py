@@ -2,7 +2,7 @@
 
 import pytest
 
-from speech_transformer.scoring import cer, get_normalizer, normalize_english, normalize_raw, score_utterances, wer
+from speech_transformer.text.scoring import cer, get_normalizer, normalize_english, normalize_raw, score_utterances, wer
 
 
 @pytest.mark.parametrize("text, expected", [

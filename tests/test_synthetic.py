@@ -7,11 +7,11 @@ import shutil
 import pytest
 import soundfile as sf
 
-from speech_transformer import synthetic
-from speech_transformer.commands import match
-from speech_transformer.data import read_manifest
-from speech_transformer.grammar import Grammar
-from speech_transformer.synthetic import VOICES, SynthesisError, Voice, make_set, sentences, speak
+from speech_transformer.training import synthetic
+from speech_transformer.commands.matching import match
+from speech_transformer.training.data import read_manifest
+from speech_transformer.commands.grammar import Grammar
+from speech_transformer.training.synthetic import VOICES, SynthesisError, Voice, make_set, sentences, speak
 
 
 ENGINES = ("espeak-ng", "flite", "festival")

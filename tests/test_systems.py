@@ -7,10 +7,10 @@ import types
 import numpy as np
 import pytest
 
-from speech_transformer.audio import SAMPLE_RATE, load_audio
-from speech_transformer.data import default_data_dir, read_manifest
-from speech_transformer.scoring import score_utterances
-from speech_transformer.systems import (CommandSystem, PocketSphinxSystem, SpeechTransformerSystem,
+from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
+from speech_transformer.training.data import default_data_dir, read_manifest
+from speech_transformer.text.scoring import score_utterances
+from speech_transformer.apps.systems import (CommandSystem, PocketSphinxSystem, SpeechTransformerSystem,
                                         TranscriptionError, parse_system)
 
 DATA = default_data_dir()

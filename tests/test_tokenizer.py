@@ -1,6 +1,6 @@
 import pytest
 
-from speech_transformer.tokenizer import BLANK_ID, SOS_EOS_ID, Tokenizer, train_tokenizer
+from speech_transformer.text.tokenizer import BLANK_ID, SOS_EOS_ID, Tokenizer, train_tokenizer
 
 
 def test_round_trip_and_special_ids(tokenizer, librispeech_train):

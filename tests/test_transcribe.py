@@ -22,13 +22,13 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from speech_transformer import subtitles
-from speech_transformer.audio import SAMPLE_RATE, AudioError, load_audio
-from speech_transformer.sources import FileSource, cut_chunks, expand_inputs, output_stems
-from speech_transformer.subtitles import Transcript
-from speech_transformer.transcribe import Transcriber, transcribe
-from speech_transformer.transcribe_cli import main
-from speech_transformer.vad import SpeechChunk
+from speech_transformer.apps import writers as subtitles
+from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, load_audio
+from speech_transformer.audio.sources import FileSource, cut_chunks, expand_inputs, output_stems
+from speech_transformer.apps.writers import Transcript
+from speech_transformer.apps.transcribe import Transcriber, transcribe
+from speech_transformer.apps.transcribe_cli import main
+from speech_transformer.audio.vad import SpeechChunk
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -198,7 +198,7 @@ def _make_inputs(folder: Path, clips, n: int) -> None:
 def test_sigkill_then_resume(tmp_path, model_dir, clips):
     src, out = tmp_path / "in", tmp_path / "out"
     _make_inputs(src, clips, 16)
-    cmd = [sys.executable, "-m", "speech_transformer.transcribe_cli", str(src), "-o", str(out), "--model", str(model_dir),
+    cmd = [sys.executable, "-m", "speech_transformer.apps.transcribe_cli", str(src), "-o", str(out), "--model", str(model_dir),
            "--batch-seconds", "0", "--no-progress"]
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -315,7 +315,7 @@ def test_torchrun_shards_inputs(tmp_path, model_dir, clips):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={port}", "-m", "speech_transformer.transcribe_cli", str(src), "-o", str(out),
+           f"--master-port={port}", "-m", "speech_transformer.apps.transcribe_cli", str(src), "-o", str(out),
            "--model", str(model_dir), "--format", "json,srt", "--resume", "--no-progress"]
     (out).mkdir()
     stems = sorted(f.stem for f in src.iterdir())  # the order both ranks shard by: broken, f00..f06
@@ -346,9 +346,9 @@ def test_no_speech_is_dropped_on_jfk(data_dir):
 
 
 def test_decoding_flags_change_one_field_of_the_models_preferred_decoding():
-    from speech_transformer.decoding import DecodingOptions
-    from speech_transformer.transcribe import TranscribeOptions
-    from speech_transformer.transcribe_cli import _parser
+    from speech_transformer.decoding.search import DecodingOptions
+    from speech_transformer.apps.transcribe import TranscribeOptions
+    from speech_transformer.apps.transcribe_cli import _parser
 
     preferred = DecodingOptions(beam_size=4, ctc_weight=0.3)
     assert TranscribeOptions().decoding(preferred) == preferred
@@ -365,8 +365,8 @@ def test_lexicon_decoding_through_transcribe_and_the_demo(data_dir, tmp_path):
     """method="lexicon" is one more decoding of the one path: the CLI's flags and the demo's control reach it."""
     import dataclasses
 
-    from speech_transformer.arpa import build_kneser_ney, read_corpus, write_arpa
-    from speech_transformer.demo import Demo
+    from speech_transformer.decoding.arpa import build_kneser_ney, read_corpus, write_arpa
+    from speech_transformer.apps.demo import Demo
     from speech_transformer.recognizer import Recognizer
 
     lm = write_arpa(build_kneser_ney(read_corpus(data_dir / "librispeech" / "train.tsv")[:400], 3), tmp_path / "lm.arpa")

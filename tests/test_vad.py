@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from speech_transformer.audio import SAMPLE_RATE, load_audio
-from speech_transformer.vad import WINDOW, SileroVad, VadOptions
+from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
+from speech_transformer.audio.vad import WINDOW, SileroVad, VadOptions
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,12 @@ from whisper.decoding import DecodingOptions as TheirOptions  # noqa: E402
 from whisper.decoding import decode as their_decode  # noqa: E402
 from whisper.model import ModelDimensions, Whisper  # noqa: E402
 
-from speech_transformer.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from speech_transformer.checkpoint import CheckpointError, load_model, save_state_dict  # noqa: E402
-from speech_transformer.data import read_manifest  # noqa: E402
-from speech_transformer.decoding import DecodingOptions, decode  # noqa: E402
+from speech_transformer.audio.loading import SAMPLE_RATE, load_audio  # noqa: E402
+from speech_transformer.model.checkpoint import CheckpointError, load_model, save_state_dict  # noqa: E402
+from speech_transformer.training.data import read_manifest  # noqa: E402
+from speech_transformer.decoding.search import DecodingOptions, decode  # noqa: E402
 from speech_transformer.recognizer import Recognizer  # noqa: E402
-from speech_transformer.whisper import WhisperTokenizer, download_checkpoint, import_whisper, resolve  # noqa: E402
+from speech_transformer.importers.whisper import WhisperTokenizer, download_checkpoint, import_whisper, resolve  # noqa: E402
 
 TOLERANCE = 1e-4
 # (d_model, heads, layers): Whisper tiny and base; vocabularies: English-only and multilingual
@@ -178,7 +178,7 @@ def test_tokenizer_ids_match_openai_whisper(multilingual):
     from whisper.tokenizer import get_tokenizer
 
     theirs = get_tokenizer(multilingual, language="en" if multilingual else None, task="transcribe")
-    from speech_transformer.whisper import packaged_vocabulary
+    from speech_transformer.importers.whisper import packaged_vocabulary
 
     ours = WhisperTokenizer(packaged_vocabulary(multilingual), multilingual)
     for text in ["And so, my fellow Americans: ask not what your country can do for you.",
@@ -216,7 +216,7 @@ def test_recognizer_and_beam_search_run_on_an_imported_model(root, speech):
 
 
 def test_transcribe_cli_runs_a_whisper_model_with_vad_chunking(root, data_dir, tmp_path):
-    from speech_transformer import transcribe_cli as transcribe
+    from speech_transformer.apps import transcribe_cli as transcribe
 
     _, checkpoint, _ = converted("tiny", "en", root)
     sample = data_dir / "samples" / "jfk.flac"
@@ -271,22 +271,22 @@ def test_download_checks_the_sha256_in_the_url(tmp_path):
 
 
 def test_demo_draws_pictures_for_a_whisper_model(root, data_dir):
-    from speech_transformer.demo import Demo
+    from speech_transformer.apps.demo import Demo
 
     _, _, directory = converted("tiny", "en", root)
     demo = Demo(Recognizer.from_dir(directory))
     text, details, spectrogram, attention = demo.transcribe(str(data_dir / "samples" / "jfk.flac"), beam_size=2)
     assert "beam 2" in details and spectrogram.ndim == attention.ndim == 3
     assert spectrogram.shape[1] == attention.shape[1]  # one time axis for both pictures
-    from speech_transformer.demo import model_card
+    from speech_transformer.apps.demo import model_card
 
     assert "Whisper features" in model_card(demo.recognizer, directory)
 
 
 def test_fine_tune_an_imported_model_with_our_trainer(tmp_path, data_dir):
     """`init_from` a converted Whisper model: the trainer learns (loss falls), exports a loadable Whisper-format dir."""
-    from speech_transformer.data import write_manifest
-    from speech_transformer.train import main as train_main
+    from speech_transformer.training.data import write_manifest
+    from speech_transformer.training.trainer import main as train_main
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
                            n_vocab=VOCABS["en"], n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
@@ -314,10 +314,10 @@ def test_fine_tune_an_imported_model_with_our_trainer(tmp_path, data_dir):
 def test_student_keeps_whispers_lower_encoder_and_trains_with_frozen_blocks(tmp_path, data_dir):
     """`whisper.student`: Whisper's stem and first blocks, new CTC head and decoder over our tokenizer;
     fine-tuned with `freeze`, the frozen weights stay Whisper's and the rest learns."""
-    from speech_transformer.data import write_manifest
+    from speech_transformer.training.data import write_manifest
     from speech_transformer.pretrained import default_model_dir
-    from speech_transformer.train import main as train_main
-    from speech_transformer.whisper import main as whisper_main
+    from speech_transformer.training.trainer import main as train_main
+    from speech_transformer.apps.whisper_cli import main as whisper_main
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
                            n_vocab=VOCABS["en"], n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)

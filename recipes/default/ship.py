@@ -35,12 +35,14 @@ from pathlib import Path
 
 import torch
 
-from speech_transformer import checkpoint, pretrained, synthetic
-from speech_transformer.data import default_data_dir, filter_by_duration, read_manifest
-from speech_transformer.decoding import DecodingOptions
+from speech_transformer.model import checkpoint
+from speech_transformer import pretrained
+from speech_transformer.training import synthetic
+from speech_transformer.training.data import default_data_dir, filter_by_duration, read_manifest
+from speech_transformer.decoding.search import DecodingOptions
 from speech_transformer.pretrained import regression
 from speech_transformer.recognizer import Recognizer
-from speech_transformer.train import TrainConfig
+from speech_transformer.training.trainer import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 CARD_FILE = "MODEL_CARD.md"
@@ -54,7 +56,7 @@ DATA_SETS = {"librispeech": ("audiobook readings (LibriSpeech)", "CC BY 4.0"),
              "ljspeech": ("one reader of non-fiction (LJ Speech)", "public domain"),
              "arctic-cathy": ("one speaker reading ARCTIC prompts", "CC0 1.0"),
              "synthetic": ("LJ Speech sentences and digits spoken by espeak-ng, flite and festival voices "
-                           "(speech_transformer.synthetic)",
+                           "(speech_transformer.training.synthetic)",
                            "text public domain; voices: espeak-ng GPL-3.0, flite and festival BSD-style "
                            "(their output is not restricted)")}
 
@@ -152,7 +154,7 @@ def install(stage: Path, dest: Path, keep_model: bool) -> None:
 
 def data_name(path: str | Path) -> str:
     """A manifest path relative to the shared data folder where it lies there; a synthetic set (made by
-    `speech_transformer.synthetic`, anywhere) as synthetic/FOLDER."""
+    `speech_transformer.training.synthetic`, anywhere) as synthetic/FOLDER."""
     if Path(path).name == synthetic.MANIFEST:
         return f"synthetic/{Path(path).parent.name}"
     try:

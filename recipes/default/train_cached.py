@@ -35,13 +35,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from speech_transformer import checkpoint
-from speech_transformer.audio import load_audio
-from speech_transformer.data import SpeechDataset, default_data_dir, filter_by_duration, pad_targets, read_manifest
-from speech_transformer.features import mask_time, pad_waveforms
-from speech_transformer.model import SpeechTransformer
-from speech_transformer.text import normalize_transcript
-from speech_transformer.train import TrainConfig, build_optimizer, set_learning_rate, validate
+from speech_transformer.model import checkpoint
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.training.data import SpeechDataset, default_data_dir, filter_by_duration, pad_targets, read_manifest
+from speech_transformer.audio.features import mask_time, pad_waveforms
+from speech_transformer.model.transformer import SpeechTransformer
+from speech_transformer.text.normalize import normalize_transcript
+from speech_transformer.training.trainer import TrainConfig, build_optimizer, set_learning_rate, validate
 
 SHARD = 256  # utterances per cache file
 STATE_MASKS, STATE_MASK_RATIO = 2, 0.05  # time masks on the cached states: count, longest share of an utterance

@@ -11,7 +11,7 @@ Stages (each skips work already done; training resumes from its last checkpoint)
   2 manifests  one JSONL manifest per set in EXP/data/
   3 tokenizer  SentencePiece on the training transcripts -> EXP/tokenizer.model; with `student:` in the
                recipe, also EXP/student (Whisper's stem and first encoder blocks + new heads) to train from
-  4 train      speech_transformer.train (under torchrun when --nproc-per-node > 1)
+  4 train      speech_transformer.training.trainer (under torchrun when --nproc-per-node > 1)
   5 average    average the last checkpoints -> EXP/model
   6 decode     beam search on each test set + score -> EXP/decode/<set>.json and EXP/RESULTS.md
 """
@@ -27,12 +27,14 @@ from pathlib import Path
 
 import yaml
 
-from speech_transformer import download, evaluate, whisper
-from speech_transformer.cli import tokenizer as tokenizer_command
-from speech_transformer.data import DATA_DIR_ENV, default_data_dir
-from speech_transformer.tokenizer import Tokenizer
-from speech_transformer.train import TrainConfig, export_model
-from speech_transformer.train import main as train_main
+from speech_transformer.training import download
+from speech_transformer.apps import evaluate
+from speech_transformer.importers import whisper
+from speech_transformer.apps.cli import tokenizer as tokenizer_command
+from speech_transformer.training.data import DATA_DIR_ENV, default_data_dir
+from speech_transformer.text.tokenizer import Tokenizer
+from speech_transformer.training.trainer import TrainConfig, export_model
+from speech_transformer.training.trainer import main as train_main
 
 HERE = Path(__file__).resolve().parent
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [a for s in args.set for a in ("--set", s)]
         if args.nproc_per_node > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc_per_node}",
-                   "-m", "speech_transformer.train", *train_args, *overrides]
+                   "-m", "speech_transformer.training.trainer", *train_args, *overrides]
             if subprocess.call(cmd) != 0:
                 return 1
         elif train_main(train_args + overrides) != 0:

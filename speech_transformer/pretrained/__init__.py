@@ -27,7 +27,7 @@ def resolve(name_or_dir: str | Path | None) -> Path:
     if name_or_dir is None or str(name_or_dir) == DEFAULT_MODEL:
         return default_model_dir()
     if str(name_or_dir).startswith("whisper:"):
-        from speech_transformer import whisper
+        from speech_transformer.importers import whisper
 
         return whisper.resolve(str(name_or_dir)[len("whisper:"):])
     path = Path(name_or_dir)

@@ -3,7 +3,7 @@
 `recipes/default/ship.py --regression` measures the shipped copy and writes `regression.json` beside
 it; `tests/test_pretrained.py` measures again and fails when a set's WER exceeds its bound. The clips
 are never trained on: `samples/` (JFK, and four LibriSpeech test-clean utterances) and the first
-utterances of the AN4 test split, from the shared data folder (`speech_transformer.data.default_data_dir`).
+utterances of the AN4 test split, from the shared data folder (`speech_transformer.training.data.default_data_dir`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from speech_transformer.audio import load_audio
-from speech_transformer.data import Utterance, read_manifest
-from speech_transformer.decoding import DecodingOptions
-from speech_transformer.scoring import DEFAULT_NORMALIZER, score_utterances
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.training.data import Utterance, read_manifest
+from speech_transformer.decoding.search import DecodingOptions
+from speech_transformer.text.scoring import DEFAULT_NORMALIZER, score_utterances
 
 REGRESSION_FILE = "regression.json"
 AN4_UTTERANCES = 20

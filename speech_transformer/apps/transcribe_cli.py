@@ -1,0 +1,224 @@
+"""`speech-transformer transcribe`: the command line around `speech_transformer.apps.transcribe`.
+
+    speech-transformer transcribe talks/ -o out --recursive --format srt,json --resume
+    torchrun --nproc-per-node 8 -m speech_transformer.apps.transcribe_cli archive/ -o out --recursive --resume
+
+Decoding flags left out take the model's preferred decoding (config.json "decoding"); a flag changes one
+field of it. Exit codes, as in every subcommand: 0 all inputs done, 1 some inputs failed (the others are
+written), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from speech_transformer.apps import exitcodes, writers as subtitles
+from speech_transformer.decoding.search import METHODS
+from speech_transformer.audio.sources import InputFile, expand_inputs, output_stems, reason
+from speech_transformer.apps.transcribe import TranscribeOptions, Transcriber, load_model
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="speech-transformer transcribe",
+        description="Transcribe audio files, folders, globs or manifests (.tsv/.jsonl); one output per input "
+                    "and format. Under torchrun the inputs are shared out across the processes.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("-o", "--output-dir", default=".", help="where outputs go (default: the current folder)")
+    p.add_argument("--format", default="all", help="comma list of txt,json,srt,vtt,tsv, or all (default: all)")
+    p.add_argument("--model", default=None, help="model folder, shipped model name or whisper:NAME|PATH "
+                                                 "(default: the embedded model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    add_decoding_arguments(p)
+    p.add_argument("--batch-seconds", type=float, default=120.0,
+                   help="padded audio per batch, 0: one chunk at a time (default: 120)")
+    p.add_argument("--pool-seconds", type=float, default=None,
+                   help="chunk audio collected across files before sorting into batches (default: 4 x batch)")
+    p.add_argument("--max-chunk-seconds", type=float, default=20.0, help="longest VAD chunk (default: 20)")
+    p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability threshold (default: 0.5)")
+    p.add_argument("--recursive", action="store_true", help="descend into subfolders of folder inputs")
+    p.add_argument("--resume", action="store_true", help="skip inputs whose outputs all exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    """Decoding flags; each one left out keeps that field of the model's preferred decoding."""
+    d = p.add_argument_group("decoding", "Default: the model's preferred decoding (its config.json \"decoding\"; "
+                             "the embedded model: beam 4, CTC weight 0.3). Each flag changes that one field.")
+    d.add_argument("--method", choices=METHODS, help="attention (greedy or beam search), ctc (CTC greedy) or lexicon")
+    d.add_argument("--beam", type=int, help="beam size; 1 with no CTC or LM weight is greedy")
+    d.add_argument("--ctc-weight", type=float, help="share of the CTC prefix score in beam search, 0..1")
+    d.add_argument("--lm-weight", type=float, help="weight of the LM: lm.json in beam search, the word LM in lexicon")
+    d.add_argument("--temperatures", type=_temperatures, metavar="T,T,...",
+                   help="temperature fallback: decode again, sampling at each next temperature, where a result "
+                        "loops or is unsure (imported Whisper models: 0,0.2,...,1; 0 turns it off)")
+    d.add_argument("--word-score", type=float, help="lexicon: bonus per word")
+    d.add_argument("--rescore-weight", type=float, help="lexicon: share of the attention decoder in n-best rescoring")
+    d.add_argument("--word-lm", help="lexicon: 'generic' (pocketsphinx's English 3-gram), an ARPA file, or 'none'")
+    d.add_argument("--words", metavar="FILE", help="lexicon: your own words (names, jargon), one a line, optional "
+                                                   "boost after a tab; added to the lexicon without retraining")
+
+
+def _temperatures(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+
+
+def decoding_changes(args: argparse.Namespace) -> dict:
+    """The DecodingOptions fields the decoding flags set."""
+    changes = {"method": args.method, "beam_size": args.beam, "ctc_weight": args.ctc_weight,
+               "lm_weight": args.lm_weight, "word_score": args.word_score, "rescore_weight": args.rescore_weight,
+               "words_file": args.words, "word_lm": args.word_lm, "temperatures": args.temperatures}
+    return {k: v for k, v in changes.items() if v is not None}
+
+
+def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) under torchrun (gloo: only the summary travels), else (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" and world > 1 else device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # a long timeout: ranks finish their shares far apart
+            dist.init_process_group("gloo", timeout=timedelta(days=7))
+        return dist.get_rank(), world, dev
+    return 0, 1, dev
+
+
+@dataclass
+class Summary:
+    ok: int = 0
+    skipped: int = 0  # already complete (--resume)
+    silent: int = 0  # ok, but no speech found
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    def merge(self, other: "Summary") -> None:
+        self.ok += other.ok
+        self.skipped += other.skipped
+        self.silent += other.silent
+        self.failed += other.failed
+        self.audio_seconds += other.audio_seconds
+        self.wall_seconds = max(self.wall_seconds, other.wall_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        formats = subtitles.parse_formats(args.format)
+        options = TranscribeOptions.from_kwargs(
+            decoding_changes=decoding_changes(args), batch_seconds=args.batch_seconds,
+            pool_seconds=args.pool_seconds, max_chunk_seconds=args.max_chunk_seconds, threshold=args.vad_threshold)
+        options.decoding()  # validates
+    except SystemExit as e:
+        return int(e.code or 0)
+    except ValueError as e:
+        print(f"speech-transformer transcribe: error: {e}", file=sys.stderr)
+        return exitcodes.USAGE_ERROR
+    start = time.perf_counter()
+    rank, world, device = _setup_distributed(args.device)
+    out_dir = Path(args.output_dir)
+    files, problems = expand_inputs(args.paths, args.recursive)
+    stems = output_stems(files, out_dir)
+    mine = [k for k in range(len(files)) if k % world == rank]
+    summary = Summary(failed=list(problems) if rank == 0 else [])
+    todo = []
+    for k in mine:
+        subtitles.remove_stale_temps(stems[k], formats)
+        if args.resume and subtitles.is_complete(stems[k], formats):
+            summary.skipped += 1
+        else:
+            todo.append(k)
+    try:
+        transcriber = Transcriber(load_model(args.model, str(device)), options) if todo else None
+    except Exception as e:
+        print(f"speech-transformer transcribe: cannot load the model: {reason(e)}", file=sys.stderr)
+        return exitcodes.USAGE_ERROR
+    if transcriber is not None:
+        try:
+            _transcribe_files(transcriber, [files[k] for k in todo], [stems[k] for k in todo], formats, summary,
+                              progress=not args.no_progress and rank == 0)
+        except KeyboardInterrupt:
+            print(f"interrupted: {summary.ok} file(s) finished and kept; run again with --resume to go on",
+                  file=sys.stderr)
+            return exitcodes.INTERRUPTED
+    summary.wall_seconds = time.perf_counter() - start
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Summary | None] = [None] * world
+        dist.all_gather_object(gathered, summary)
+        summary = Summary()
+        for s in gathered:
+            summary.merge(s)
+        dist.destroy_process_group()
+    if rank == 0:
+        _print_summary(summary, out_dir, world)
+    return exitcodes.INPUTS_FAILED if summary.failed else exitcodes.OK
+
+
+def _transcribe_files(transcriber: Transcriber, files: list[InputFile], stems: list[Path], formats: list[str],
+                      summary: Summary, progress: bool) -> None:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    bar = tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    decoded = 0.0
+
+    def show() -> None:
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(audio=f"{summary.audio_seconds / 3600:.2f}h", speech=f"{decoded / 3600:.2f}h",
+                        rtf=f"{elapsed / summary.audio_seconds:.3f}" if summary.audio_seconds else "-")
+
+    def on_batch(seconds: float) -> None:
+        nonlocal decoded
+        decoded += seconds
+        show()
+
+    transcriber.on_batch = on_batch
+    for i, t in transcriber.run([str(f.path) for f in files]):
+        if t.ok:
+            try:
+                subtitles.write_outputs(t, stems[i], formats)
+            except OSError as e:
+                t.error = f"cannot write outputs ({e})"
+        if t.ok:
+            summary.ok += 1
+            summary.silent += not t.segments
+            summary.audio_seconds += t.duration
+        else:
+            summary.failed.append((t.source, t.error))
+            bar.write(f"FAILED {t.source}: {t.error}", file=sys.stderr)
+        bar.update(1)
+        show()
+    bar.close()
+
+
+def _print_summary(s: Summary, out_dir: Path, world: int) -> None:
+    rtf = f"{s.wall_seconds / s.audio_seconds:.3f}" if s.audio_seconds else "-"
+    print(f"transcribed {s.ok} file(s) ({s.silent} without speech), skipped {s.skipped} already done, "
+          f"failed {len(s.failed)}; {s.audio_seconds / 3600:.3f} h of audio in {s.wall_seconds:.1f} s "
+          f"(real-time factor {rtf}{f', {world} processes' if world > 1 else ''}); outputs in {out_dir}")
+    for name, why in s.failed:
+        print(f"  failed: {name}: {why}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Features: waveform -> normalised 80-bin log-mel frames, plus SpecAugment for training.
+
+`WhisperFrontEnd` reproduces OpenAI Whisper's features for imported Whisper models.
+
+Frames are computed without centre padding so that a frame depends only on the samples under
+its window: an utterance padded inside a batch keeps exactly the same valid frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchaudio
+import torchaudio.functional as AF
+from torch import Tensor, nn
+
+from speech_transformer.audio.loading import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
+
+LOG_FLOOR = 1e-10
+
+
+def num_frames(num_samples: Tensor | int) -> Tensor | int:
+    """Frames produced for `num_samples` samples (at least 0)."""
+    if isinstance(num_samples, Tensor):
+        return torch.clamp((num_samples - N_FFT) // HOP_LENGTH + 1, min=0)
+    return max(0, (num_samples - N_FFT) // HOP_LENGTH + 1)
+
+
+def pad_waveforms(waveforms: list[np.ndarray | Tensor]) -> tuple[Tensor, Tensor]:
+    """List of `(T_i,)` waveforms -> zero-padded `(B, T)` batch and `(B,)` lengths."""
+    tensors = [torch.as_tensor(w, dtype=torch.float32) for w in waveforms]
+    lengths = torch.tensor([len(t) for t in tensors], dtype=torch.long)
+    batch = torch.zeros(len(tensors), int(lengths.max()) if tensors else 0)
+    for i, t in enumerate(tensors):
+        batch[i, : len(t)] = t
+    return batch, lengths
+
+
+class FrontEnd(nn.Module):
+    """Waveforms `(B, T)` at 16 kHz -> log-mel `(B, F, N_MELS)` and frame lengths `(B,)`.
+
+    normalization: "global" subtracts the mean and divides by the std stored in the `mean`/`std`
+    buffers (computed from training data with `fit_global_stats`, saved with the model);
+    "utterance" uses each utterance's own statistics over its valid frames; "none" leaves log-mels as they are.
+    """
+
+    def __init__(self, n_mels: int = N_MELS, normalization: str = "global"):
+        super().__init__()
+        if normalization not in ("global", "utterance", "none"):
+            raise ValueError(f"unknown normalization {normalization!r}")
+        self.normalization = normalization
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=n_mels, center=False, power=2.0)
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    def log_mel(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Un-normalised log-mel `(B, F, n_mels)`; frames past each length are zero."""
+        if waveforms.shape[-1] < N_FFT:  # a too-short batch still gives one (empty) frame slot
+            waveforms = nn.functional.pad(waveforms, (0, N_FFT - waveforms.shape[-1]))
+        with torch.autocast(waveforms.device.type, enabled=False):
+            mel = self.mel(waveforms.float()).transpose(1, 2)  # (B, F, n_mels)
+        feats = torch.log(mel.clamp(min=LOG_FLOOR))
+        frame_lengths = num_frames(lengths)
+        valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None]
+        return feats * valid[..., None], frame_lengths
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        feats, frame_lengths = self.log_mel(waveforms, lengths)
+        valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None])[..., None]
+        if self.normalization == "global":
+            feats = (feats - self.mean) / self.std
+        elif self.normalization == "utterance":
+            count = frame_lengths.clamp(min=1)[:, None].to(feats.dtype)
+            mean = (feats * valid).sum(1) / count
+            var = (((feats - mean[:, None]) * valid) ** 2).sum(1) / count
+            feats = (feats - mean[:, None]) / (var[:, None] + 1e-5).sqrt()
+        return feats * valid, frame_lengths
+
+    @torch.no_grad()
+    def fit_global_stats(self, waveforms: list[np.ndarray]) -> None:
+        """Set the global mean/std from a sample of training waveforms (16 kHz, 1-D)."""
+        total = torch.zeros(self.mean.shape[0], dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for w in waveforms:
+            feats, n = self.log_mel(torch.as_tensor(w, dtype=torch.float32)[None], torch.tensor([len(w)]))
+            f = feats[0, : int(n[0])].double()
+            total += f.sum(0)
+            total_sq += (f**2).sum(0)
+            count += f.shape[0]
+        if count == 0:
+            raise ValueError("no frames to compute feature statistics from")
+        mean = total / count
+        self.mean.copy_(mean.float())
+        self.std.copy_((total_sq / count - mean**2).clamp(min=1e-8).sqrt().float())
+
+
+WHISPER_WINDOW_SECONDS = 30
+WHISPER_WINDOW_SAMPLES = WHISPER_WINDOW_SECONDS * SAMPLE_RATE
+WHISPER_WINDOW_FRAMES = WHISPER_WINDOW_SAMPLES // HOP_LENGTH  # 3000
+
+
+class WhisperFrontEnd(nn.Module):
+    """Whisper's log-mel: waveforms `(B, T)`, T <= 30 s -> `(B, 3000, n_mels)` and lengths `(B,)` (all 3000).
+
+    Every waveform is zero-padded to a 30 s window (the encoder always reads whole windows, as Whisper was
+    trained), framed by a centred 400-sample Hann STFT whose last frame is dropped, projected onto Slaney
+    mel filters, then log10, floored 8 below the window's maximum and scaled to (x + 4) / 4.
+
+    With `window=False` the same features cover only the audio given, `(B, F, n_mels)` with F = T // 160
+    frames per waveform: for encoders fine-tuned from Whisper on variable-length batches, which need not
+    pay for 30 s of silence per utterance.
+    """
+
+    def __init__(self, n_mels: int = N_MELS, window: bool = True):
+        super().__init__()
+        self.window_audio = window
+        import librosa  # only Whisper's front end needs it
+
+        filters = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels)  # the filters Whisper ships
+        self.register_buffer("filters", torch.from_numpy(filters).float(), persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+
+    def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        if waveforms.shape[-1] > WHISPER_WINDOW_SAMPLES:
+            raise ValueError(f"a Whisper model reads at most {WHISPER_WINDOW_SECONDS} s at a time, got "
+                             f"{waveforms.shape[-1] / SAMPLE_RATE:.1f} s (split longer audio, e.g. with "
+                             "`speech-transformer transcribe`)")
+        pad = (WHISPER_WINDOW_SAMPLES if self.window_audio else N_FFT) - waveforms.shape[-1]
+        audio = nn.functional.pad(waveforms.float(), (0, max(0, pad)))
+        with torch.autocast(waveforms.device.type, enabled=False):
+            stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
+            mel = self.filters @ stft[..., :-1].abs() ** 2  # (B, n_mels, F)
+            log = mel.clamp(min=LOG_FLOOR).log10()
+            log = torch.maximum(log, log.amax(dim=(1, 2), keepdim=True) - 8.0)
+        frames = torch.full_like(lengths, WHISPER_WINDOW_FRAMES) if self.window_audio else lengths // HOP_LENGTH
+        return ((log + 4.0) / 4.0).transpose(1, 2), frames
+
+    def log_mel(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The same features (Whisper's are already scaled) with the frames that hold audio: `(B, F, n_mels)`."""
+        feats, _ = self.forward(waveforms, lengths)
+        return feats, torch.clamp(lengths // HOP_LENGTH, max=WHISPER_WINDOW_FRAMES)
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    freq_masks: int = 2
+    freq_width: int = 27  # bins, as in SpecAugment LD
+    time_masks: int = 5
+    time_width_ratio: float = 0.05  # a time mask covers at most this share of the utterance
+    time_warp: int = 0  # frames; 0 disables warping
+
+
+def mask_time(x: Tensor, lengths: Tensor, masks: int, width_ratio: float) -> Tensor:
+    """`(B, F, D)` frames with `masks` random spans per utterance set to zero, each at most `width_ratio` x
+    that utterance's valid length `lengths (B,)` (log-mel frames here, cached encoder states in training)."""
+    B, F, _ = x.shape
+    frames = torch.arange(F, device=x.device)[None, :]
+    lengths = lengths.to(x.device)
+    for _ in range(masks):
+        width = (torch.rand(B, device=x.device) * lengths * width_ratio).long()
+        start = (torch.rand(B, device=x.device) * (lengths - width).clamp(min=1)).long()
+        masked = (frames >= start[:, None]) & (frames < (start + width)[:, None])
+        x = x.masked_fill(masked[..., None], 0.0)
+    return x
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masking (and optional time warping) of `(B, F, n_mels)` features.
+
+    Each utterance gets its own masks; time masks scale with its valid length, so short
+    utterances are not wiped out and padding is never counted as masked speech.
+    """
+
+    def __init__(self, config: SpecAugmentConfig = SpecAugmentConfig()):
+        super().__init__()
+        self.config = config
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        if not self.training:
+            return feats
+        c = self.config
+        if c.time_warp > 0:
+            feats = self._time_warp(feats, lengths)
+        x = feats.transpose(1, 2)  # (B, n_mels, F): torchaudio masks along an axis of (..., freq, time)
+        for _ in range(c.freq_masks):
+            x = AF.mask_along_axis_iid(x, c.freq_width, 0.0, axis=x.dim() - 2)
+        return mask_time(x.transpose(1, 2), lengths, c.time_masks, c.time_width_ratio)
+
+    def _time_warp(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """Stretch the part before a random centre and squeeze the rest (or the reverse), per utterance."""
+        out = feats.clone()
+        w = self.config.time_warp
+        for b in range(feats.shape[0]):
+            n = int(lengths[b])
+            if n <= 2 * w + 2:
+                continue
+            centre = int(torch.randint(w + 1, n - w - 1, ()))
+            new_centre = centre + int(torch.randint(-w, w + 1, ()))
+            x = feats[b, :n].T[None]  # (1, n_mels, n)
+            left = nn.functional.interpolate(x[..., :centre], size=new_centre, mode="linear", align_corners=False)
+            right = nn.functional.interpolate(x[..., centre:], size=n - new_centre, mode="linear", align_corners=False)
+            out[b, :n] = torch.cat([left, right], dim=-1)[0].T
+        return out

@@ -1,0 +1,489 @@
+"""Voice commands: match utterances against a grammar, or say "not understood".
+
+    speech-transformer commands --grammar desktop clip.wav more/ --recursive
+
+How an utterance is matched (`match`):
+
+1. The encoder runs once per batch; its CTC head gives log-posteriors `(S, V)` per utterance.
+2. Candidates. A grammar with at most `max_expansions` phrases is scored whole: the CTC forced-alignment
+   log-likelihood log p_ctc(phrase | audio) of every phrase (one batched `ctc_loss`, reduction='none').
+   A bigger one (loops such as `{letter}+`) is searched instead: a beam search over the grammar's token
+   graph where only grammar-allowed tokens (and <eos> where a phrase may end) extend a hypothesis,
+   scored by the attention decoder joined with CTC prefix scores, as in `decoding.beam_search`.
+3. Rescoring. The `rescore` best candidates get the decoder's teacher-forced log p_att(phrase | audio);
+   the joint score is `ctc_weight * log p_ctc + (1 - ctc_weight) * log p_att`, and the best joint wins.
+   Confidence is its share of the candidates' joint probability (softmax over the rescored candidates).
+4. Rejection (the filler model). Unconstrained decoding scores what the audio "really" sounds like: the
+   CTC best path (the most likely frame-by-frame labelling, no grammar) and the attention decoder's greedy
+   transcript. Each head gives a log-likelihood ratio of the winner to its own unconstrained output, in
+   nats (the decoder's per token, times the tokens of its transcript, as the two differ in length), and
+   `llr` is the smaller of the two: both heads must find the grammar phrase about as likely as
+   what they would say freely (about 0, or above, when the phrase is what the model hears anyway; far below
+   for speech the grammar cannot say); `fit` is `llr` per encoder frame. An utterance with
+   `llr < reject_threshold` is rejected (None). Not per frame: CTC frames are mostly blank for both paths,
+   so per frame a 10 s sentence the grammar cannot say looks as good as a short command the model mishears a
+   little. Not CTC alone: a short sentence with a command word in it ("... wait no longer" against "no")
+   leaves CTC's best path only a few nats above the command, while the decoder, which reads the whole
+   utterance, gives "no" a far lower probability per token than its own transcript. Not the decoder alone:
+   its transcript of a long sentence the weak model hardly understands is poor, and only per token does
+   it beat a grammar phrase. The threshold and the joint weight belong to the model: its config.json's
+   "commands" entry (MatchOptions fields, `MatchOptions.for_model`), tuned on training data only
+   (`python bench/commands.py --tune`; docs/commands.md); the class defaults serve models without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from speech_transformer.decoding.search import (
+    NEG_INF,
+    CTCPrefixScorer,
+    DecodingOptions,
+    greedy_search,
+    sequence_log_probs,
+)
+from speech_transformer.commands.grammar import Grammar, GrammarError, WordGraph, epsilon_closure
+
+# for a model whose config.json has no "commands" entry; a shipped model carries its own, tuned with
+# `python bench/commands.py --tune` on FSDD train, the in-grammar AN4 train commands and LibriSpeech train
+# (out of grammar): see docs/commands.md
+DEFAULT_REJECT_THRESHOLD = -21.6  # default model v2 with ctc_weight 0.85 (session 4; v1: -29.5)
+CONFIG_KEY = "commands"  # config.json entry: the model's MatchOptions fields
+
+
+@dataclass(frozen=True)
+class MatchOptions:
+    ctc_weight: float = 0.85  # share of CTC in the joint score (default model v2; v1: 0.5)
+    max_expansions: int = 5000  # grammars with more phrases are searched, not enumerated
+    rescore: int = 8  # candidates rescored by the attention decoder
+    beam_size: int = 8  # constrained search
+    max_tokens_per_frame: float = 0.5
+    reject_threshold: float | None = DEFAULT_REJECT_THRESHOLD  # None: never reject
+    batch_seconds: float = 60.0  # padded audio per encoder batch
+
+    def __post_init__(self):
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError("ctc_weight must be in [0, 1]")
+        if self.rescore < 1 or self.beam_size < 1:
+            raise ValueError("rescore and beam_size must be >= 1")
+
+    @classmethod
+    def for_model(cls, config: dict | None, **overrides) -> "MatchOptions":
+        """The options a model's config.json names in its "commands" entry (class defaults for the rest),
+        then `overrides` (None values ignored)."""
+        entry = dict((config or {}).get(CONFIG_KEY) or {})
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(entry) - known):
+            raise ValueError(f'config.json "{CONFIG_KEY}": unknown fields {unknown}')
+        return replace(cls(**entry), **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class CommandMatch:
+    text: str  # the phrase, normalised words ("OPEN THE BROWSER")
+    action: str | None  # the command's action name (`-> name`), None if it has none
+    slots: dict[str, str]  # slot values by name ({"app": "browser"})
+    confidence: float  # the winner's share of the rescored candidates' probability, in [0, 1]
+    score: float  # joint log-likelihood of the winner
+    llr: float  # joint log-likelihood ratio of the winner to unconstrained decoding, nats: the rejection statistic
+    fit: float  # llr per encoder frame
+    command: int = -1  # index into grammar.commands
+
+    def to_dict(self) -> dict:
+        return {"command": self.text, "action": self.action, "slots": self.slots,
+                "confidence": round(self.confidence, 4), "llr": round(self.llr, 3)}
+
+
+# --- the grammar in the model's tokens ---------------------------------------------------------
+
+class TokenGraph:
+    """The grammar's word graph with every word spelled in tokens, determinised lazily.
+
+    A state is a frozenset of NFA states; `next(state)` maps each allowed token to the following state.
+    """
+
+    def __init__(self, graph: WordGraph, tokenizer):
+        self.arcs: list[list[tuple[int, int]]] = [[] for _ in graph.words]
+        self.eps = [list(e) for e in graph.eps]
+        spelled: dict[str, list[int]] = {}
+        for s, arcs in enumerate(graph.words):
+            for word, t in arcs:
+                ids = spelled.setdefault(word, tokenizer.encode(word))
+                prev = s
+                for k, tok in enumerate(ids):
+                    if k == len(ids) - 1:
+                        nxt = t
+                    else:
+                        nxt = len(self.arcs)
+                        self.arcs.append([])
+                        self.eps.append([])
+                    self.arcs[prev].append((tok, nxt))
+                    prev = nxt
+        self.final_nfa = set(graph.final)
+        self.start = self._closure({0})
+        self._next: dict[frozenset, dict[int, frozenset]] = {}
+
+    def _closure(self, states) -> frozenset:
+        return epsilon_closure(self.eps, states)
+
+    def next(self, state: frozenset) -> dict[int, frozenset]:
+        if state not in self._next:
+            moves: dict[int, set[int]] = {}
+            for s in state:
+                for tok, t in self.arcs[s]:
+                    moves.setdefault(tok, set()).add(t)
+            self._next[state] = {tok: self._closure(ts) for tok, ts in moves.items()}
+        return self._next[state]
+
+    def is_final(self, state: frozenset) -> bool:
+        return not self.final_nfa.isdisjoint(state)
+
+
+class CompiledGrammar:
+    """A grammar ready for one tokenizer: every phrase's tokens when they are few, else the token graph."""
+
+    def __init__(self, grammar: Grammar, tokenizer, max_expansions: int):
+        self.grammar, self.tokenizer = grammar, tokenizer
+        self.phrases = grammar.expand() if grammar.count() <= max_expansions else None
+        self.graph: TokenGraph | None = None
+        if self.phrases is not None:
+            spelled: dict[str, list[int]] = {}
+            self.tokens = [[t for w in p.words for t in spelled.setdefault(w, tokenizer.encode(w))]
+                           for p in self.phrases]
+        else:
+            self.graph = TokenGraph(grammar.automaton(), tokenizer)
+
+
+_COMPILED: dict[tuple[int, int, int], tuple[Grammar, object, CompiledGrammar]] = {}
+
+
+def compile_grammar(grammar: Grammar, tokenizer, max_expansions: int = 5000) -> CompiledGrammar:
+    """Cached per (grammar, tokenizer, limit) object."""
+    key = (id(grammar), id(tokenizer), max_expansions)
+    hit = _COMPILED.get(key)
+    if hit is None or hit[0] is not grammar or hit[1] is not tokenizer:
+        if len(_COMPILED) > 16:
+            _COMPILED.clear()
+        hit = _COMPILED[key] = (grammar, tokenizer, CompiledGrammar(grammar, tokenizer, max_expansions))
+    return hit[2]
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+def ctc_log_likelihoods(log_probs: Tensor, sequences: list[list[int]], blank: int = 0,
+                        chunk: int = 512) -> Tensor:
+    """log p_ctc(sequence | audio) of each sequence, summed over all alignments, for one utterance.
+
+    log_probs `(S, V)` (its valid frames) -> `(N,)`; -inf where a sequence cannot fit in S frames.
+    """
+    S, V = log_probs.shape
+    out = []
+    for i in range(0, len(sequences), chunk):
+        part = sequences[i:i + chunk]
+        lens = torch.tensor([len(s) for s in part], dtype=torch.long)
+        targets = torch.zeros(len(part), max(1, int(lens.max())), dtype=torch.long)
+        for k, s in enumerate(part):
+            targets[k, :len(s)] = torch.tensor(s, dtype=torch.long)
+        nll = F.ctc_loss(log_probs[:, None].expand(S, len(part), V), targets,
+                         torch.full((len(part),), S, dtype=torch.long), lens, blank=blank, reduction="none",
+                         zero_infinity=False)
+        out.append(-nll)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _grammar_candidates(graph: TokenGraph, states: list, scores: Tensor, eos: int, at_limit: bool
+                        ) -> tuple[Tensor, Tensor]:
+    """The tokens the grammar allows after each of W hypotheses (<eos> in a final state; only <eos> at the
+    length limit): candidates `(W, K)` and which of them are real `(W, K)`."""
+    allowed = []
+    for w, state in enumerate(states):
+        live = scores[w] > NEG_INF
+        a = (list(graph.next(state)) if live else []) + ([eos] if live and graph.is_final(state) else [])
+        allowed.append(([eos] if eos in a else []) if at_limit else a)
+    K = max(1, max(len(a) for a in allowed))
+    candidates = torch.full((len(states), K), eos, dtype=torch.long)
+    valid = torch.zeros(len(states), K, dtype=torch.bool)
+    for w, a in enumerate(allowed):
+        if a:
+            candidates[w, :len(a)] = torch.tensor(a)
+            valid[w, :len(a)] = True
+    return candidates, valid
+
+
+def _extend(graph: TokenGraph, states: list, sequences: list[list[int]], scores: Tensor,
+            finished: list[tuple[float, list[int]]], rows: Tensor, columns: Tensor, candidates: Tensor, eos: int
+            ) -> tuple[list, list[list[int]]]:
+    """The hypotheses after choosing (rows, columns); those that chose <eos> move to `finished` (score -inf)."""
+    new_states, new_sequences = [], []
+    for i, (row, col) in enumerate(zip(rows.tolist(), columns.tolist())):
+        token = int(candidates[row, col])
+        if scores[i] > NEG_INF and token == eos:
+            finished.append((float(scores[i]), sequences[row]))
+            scores[i] = NEG_INF
+        if scores[i] == NEG_INF:
+            new_states.append(graph.start)
+            new_sequences.append([])
+            continue
+        new_states.append(graph.next(states[row])[token])
+        new_sequences.append(sequences[row] + [token])
+    return new_states, new_sequences
+
+
+@torch.no_grad()
+def constrained_search(model, memory: Tensor, length: Tensor, log_probs: Tensor, graph: TokenGraph,
+                       options: MatchOptions, special) -> list[list[int]]:
+    """Beam search of one utterance (memory `(1, S, D)`, log_probs `(S, V)`) over grammar paths only.
+
+    Returns up to `beam_size` finished token sequences, best first by the joint score.
+    """
+    W, lam = options.beam_size, options.ctc_weight
+    S = int(length)
+    limit = max(1, int(S * options.max_tokens_per_frame))
+    lengths = length.reshape(1).expand(W)
+    memory_kv = model.decoder.memory_kv(memory.expand(W, -1, -1))
+    ctc = CTCPrefixScorer(log_probs[None].expand(W, -1, -1), lengths, special.blank, special.eos)
+    states = [graph.start] * W
+    sequences: list[list[int]] = [[] for _ in range(W)]
+    scores = torch.full((W,), NEG_INF)
+    scores[0] = 0.0
+    finished: list[tuple[float, list[int]]] = []
+    tokens = torch.tensor(special.prompt).expand(W, len(special.prompt))
+    cache = None
+    for step in range(limit + 1):
+        logits, cache = model.decoder(tokens, memory_kv, lengths, cache)
+        att = logits[:, -1].float().log_softmax(-1)
+        candidates, valid = _grammar_candidates(graph, states, scores, special.eos, at_limit=step == limit)
+        K = candidates.shape[1]
+        if not valid.any():
+            break
+        psi, r = ctc.extend(candidates)
+        joint = (1 - lam) * att.gather(1, candidates) + lam * (psi - ctc.score[:, None])
+        total = (scores[:, None] + joint).masked_fill(~valid, NEG_INF).flatten()
+        best, flat = total.topk(min(W, total.numel()))
+        rows, columns = flat // K, flat % K
+        if len(rows) < W:
+            pad = W - len(rows)
+            best = torch.cat([best, torch.full((pad,), NEG_INF)])
+            rows, columns = torch.cat([rows, rows[:1].expand(pad)]), torch.cat([columns, columns[:1].expand(pad)])
+        scores = best.clone()
+        states, sequences = _extend(graph, states, sequences, scores, finished, rows, columns, candidates, special.eos)
+        live_best = float(scores.max())
+        if len(finished) >= W or live_best == NEG_INF:
+            break
+        cache = [(k[rows], v[rows]) for k, v in cache]
+        ctc.select(rows, columns, candidates, psi, r)
+        tokens = candidates[rows, columns][:, None]
+    finished.sort(key=lambda f: -f[0])
+    out, seen = [], set()
+    for _, seq in finished:
+        if tuple(seq) not in seen:
+            seen.add(tuple(seq))
+            out.append(seq)
+    return out[:W]
+
+
+@torch.no_grad()
+def match(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
+          options: MatchOptions | None = None) -> list[CommandMatch | None]:
+    """16 kHz waveforms `(T_i,)`, one utterance each -> the command each one is, or None (rejected).
+    `options` default to the model's (`MatchOptions.for_model(recognizer.info)`)."""
+    options = options or MatchOptions.for_model(recognizer.info)
+    best = match_all(recognizer, waveforms, grammar, options)
+    t = options.reject_threshold
+    return [m if m is not None and (t is None or m.llr >= t) else None for m in best]
+
+
+@torch.no_grad()
+def match_all(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
+              options: MatchOptions | None = None) -> list[CommandMatch | None]:
+    """The best grammar phrase of every utterance, never rejected (None only when no phrase fits at all)."""
+    options = options or MatchOptions.for_model(recognizer.info)
+    from speech_transformer.audio.loading import SAMPLE_RATE
+
+    if recognizer.model.ctc_head is None:
+        raise ValueError("grammar matching needs a model with a CTC head")
+    compiled = compile_grammar(grammar, recognizer.tokenizer, options.max_expansions)
+    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
+    results: list[CommandMatch | None] = [None] * len(waveforms)
+    batch: list[int] = []
+    for i in order + [None]:
+        if i is not None and (not batch or (len(batch) + 1) * len(waveforms[i]) <= options.batch_seconds * SAMPLE_RATE):
+            batch.append(i)
+            continue
+        if batch:
+            for j, m in zip(batch, _match_batch(recognizer, [waveforms[j] for j in batch], compiled, options)):
+                results[j] = m
+        batch = [] if i is None else [i]
+    return results
+
+
+def _candidates(model, enc, compiled: CompiledGrammar, options: MatchOptions, special
+                ) -> tuple[list[list[list[int]]], list[Tensor], list[list[int]]]:
+    """Per utterance: its best grammar token sequences by CTC (all phrases scored, or the constrained search),
+    their CTC log-likelihoods, and their phrase indices (-1: found by the search)."""
+    log_probs, lengths = enc.ctc_log_probs.cpu(), enc.lengths.cpu()
+    candidates, ctc_scores, phrase_ids = [], [], []
+    for b in range(len(enc)):
+        n = int(lengths[b])
+        lp = log_probs[b, :n]
+        if compiled.phrases is not None:
+            ll = ctc_log_likelihoods(lp, compiled.tokens, special.blank)
+            top = ll.topk(min(options.rescore, len(ll))).indices.tolist()
+            top = [t for t in top if ll[t] > NEG_INF] or top[:1]
+            candidates.append([compiled.tokens[t] for t in top])
+            ctc_scores.append(ll[top])
+            phrase_ids.append(top)
+        else:
+            seqs = constrained_search(model, enc.memory[b:b + 1], enc.lengths[b], enc.ctc_log_probs[b, :n],
+                                      compiled.graph, options, special)[:options.rescore] or [[]]
+            candidates.append(seqs)
+            ctc_scores.append(ctc_log_likelihoods(lp, seqs, special.blank))
+            phrase_ids.append([-1] * len(seqs))
+    return candidates, ctc_scores, phrase_ids
+
+
+def _match_batch(recognizer, waveforms: list[np.ndarray], compiled: CompiledGrammar,
+                 options: MatchOptions) -> list[CommandMatch | None]:
+    model, special = recognizer.model, recognizer.tokenizer.special
+    enc = recognizer.encode(waveforms)
+    log_probs = enc.ctc_log_probs.cpu()
+    lengths = enc.lengths.cpu()
+    candidates, ctc_scores, phrase_ids = _candidates(model, enc, compiled, options, special)
+    counts = torch.tensor([len(c) for c in candidates])
+    flat = [s for c in candidates for s in c]
+    if options.ctc_weight < 1.0:
+        att = sequence_log_probs(model, enc.memory.repeat_interleave(counts.to(enc.memory.device), dim=0),
+                                 enc.lengths.repeat_interleave(counts.to(enc.lengths.device)), flat, special).cpu()
+        greedy = [(h.score, len(h.tokens) + 1)
+                  for h in greedy_search(model, enc.memory, enc.lengths, DecodingOptions(), special)]
+    else:
+        att = torch.zeros(len(flat))
+        greedy = [(0.0, 1)] * len(candidates)
+    out: list[CommandMatch | None] = []
+    offset = 0
+    lam = options.ctc_weight
+    for b, seqs in enumerate(candidates):
+        n = int(lengths[b])
+        a = att[offset:offset + len(seqs)]
+        offset += len(seqs)
+        c = ctc_scores[b]
+        joint = lam * c + (1 - lam) * a
+        if not torch.isfinite(joint).any():
+            out.append(None)
+            continue
+        k = int(joint.argmax())
+        confidence = float(torch.softmax(joint, 0)[k])
+        best_path = float(log_probs[b, :n].max(-1).values.sum())
+        # the decoder's gap per token (with <eos>), over as many tokens as its free transcript has
+        g_score, g_len = greedy[b]
+        att_gap = (float(a[k]) / (len(seqs[k]) + 1) - g_score / g_len) * g_len
+        ctc_gap = float(c[k]) - best_path
+        llr = min(ctc_gap, att_gap) if lam < 1.0 else ctc_gap
+        if phrase_ids[b][k] >= 0:
+            phrase = compiled.phrases[phrase_ids[b][k]]
+        else:
+            phrase = compiled.grammar.parse(recognizer.tokenizer.decode(seqs[k]).split())
+            if phrase is None:  # cannot happen for a path of the grammar's own graph
+                out.append(None)
+                continue
+        command = compiled.grammar.commands[phrase.command]
+        out.append(CommandMatch(" ".join(phrase.words), command.action, dict(phrase.slots), confidence,
+                                float(joint[k]), llr, llr / max(1, n), phrase.command))
+    return out
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="speech-transformer commands",
+        description="Match spoken commands against a grammar; one JSON line per input on stdout: "
+                    "file, command, action, slots, confidence, or rejected. Recordings longer than "
+                    "--split-seconds are cut into utterances by the VAD first (their line lists them).")
+    p.add_argument("paths", nargs="+", metavar="AUDIO", help="files, folders, globs or manifests")
+    p.add_argument("--grammar", required=True, help="grammar file (line format or JSGF), or a shipped name: "
+                                                    "desktop, digits")
+    p.add_argument("--model", default=None, help="model folder or shipped name (default: the embedded model)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threshold", type=float, default=None,
+                   help="reject when the log-likelihood ratio to unconstrained decoding is below this, in nats "
+                        f"(default: the model's config.json, else {DEFAULT_REJECT_THRESHOLD})")
+    p.add_argument("--no-reject", action="store_true", help="always give the best command")
+    p.add_argument("--ctc-weight", type=float, default=None,
+                   help=f"share of CTC in the joint score (default: the model's, else {MatchOptions.ctc_weight})")
+    p.add_argument("--split-seconds", type=float, default=6.0, help="longer inputs are split by the VAD")
+    p.add_argument("--recursive", action="store_true", help="descend into subfolders of folder inputs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
+    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.audio.sources import expand_inputs, reason
+
+    try:
+        args = _parser().parse_args(argv)
+        MatchOptions(ctc_weight=args.ctc_weight or 0.0)  # a bad weight is refused before any model loads
+        grammar = Grammar.load(args.grammar)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except (GrammarError, ValueError) as e:
+        print(f"speech-transformer commands: error: {e}", file=sys.stderr)
+        return 2
+    files, problems = expand_inputs(args.paths, args.recursive)
+    failed = len(problems)
+    for arg, why in problems:
+        print(json.dumps({"file": arg, "error": why}), flush=True)
+    if not files:
+        return 1 if failed else 0
+    try:
+        recognizer = Recognizer.from_dir(args.model, device=args.device)
+        options = MatchOptions.for_model(recognizer.info, ctc_weight=args.ctc_weight, reject_threshold=args.threshold)
+    except Exception as e:
+        print(f"speech-transformer commands: cannot load the model: {reason(e)}", file=sys.stderr)
+        return 1
+    if args.no_reject:
+        options = replace(options, reject_threshold=None)
+    vad = None
+    for f in files:
+        line: dict = {"file": str(f.path)}
+        try:
+            start = time.perf_counter()
+            wave = load_audio(str(f.path))
+            duration = len(wave) / SAMPLE_RATE
+            line["duration"] = round(duration, 3)
+            if duration > args.split_seconds:
+                if vad is None:
+                    from speech_transformer.audio.vad import SileroVad
+
+                    vad = SileroVad()
+                chunks = vad(wave)
+                found = match(recognizer, [wave[c.start:c.end] for c in chunks], grammar, options)
+                line["utterances"] = [{"start": round(c.start_s, 3), "end": round(c.end_s, 3), **_result(m)}
+                                      for c, m in zip(chunks, found)]
+            else:
+                line.update(_result(match(recognizer, [wave], grammar, options)[0]))
+            line["seconds"] = round(time.perf_counter() - start, 3)
+        except Exception as e:
+            line = {"file": str(f.path), "error": reason(e)}
+            failed += 1
+        print(json.dumps(line), flush=True)
+    return 1 if failed else 0
+
+
+def _result(m: CommandMatch | None) -> dict:
+    return {"rejected": True} if m is None else {"rejected": False, **m.to_dict()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Model directories and checkpoint averaging. Nothing here unpickles.
+
+A model directory holds:
+- `config.json`: {"format": 1, "model": ModelConfig fields, "tokenizer": {"type": ...}, "weights_sha256": ...,
+  "tokenizer_sha256": ..., "info": {...}, "decoding": {...} (optional: the preferred DecodingOptions fields),
+  "commands": {...} (optional: the grammar matcher's MatchOptions fields)}
+- `model.safetensors`: the weights (front-end feature statistics included); a matrix stored as int8 has its
+  per-row scales beside it under `NAME` + `SCALE_SUFFIX` (`quantize_int8`), dequantized by `load_state_dict`
+- `tokenizer.model`: the SentencePiece model, or `tokenizer.tiktoken` for an imported Whisper model
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from speech_transformer.files import atomic_path
+from speech_transformer.model.transformer import ModelConfig, SpeechTransformer
+from speech_transformer.text.tokenizer import TextTokenizer, tokenizer_class
+from speech_transformer.text.tokenizer import load_tokenizer as _load_tokenizer
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
+SCALE_SUFFIX = ":int8_scale"  # `NAME:int8_scale` holds the per-row scales of the int8 tensor NAME
+INT8_MAX = 127
+
+
+class CheckpointError(ValueError):
+    """A model directory or checkpoint file is missing, corrupt, or does not match its config."""
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors, written atomically. Tensors are copied: safetensors refuses tied (shared) storage."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp))
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; int8 matrices come back as float32 (`dequantize_int8`)."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+    return dequantize_int8(state, path)
+
+
+def quantize_int8(state: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
+    """`state` with each float tensor of `names` of 2 or more dimensions `(R, ...)` stored as int8, symmetric
+    per row (first dimension), its float32 scales `(R,)` under NAME + SCALE_SUFFIX; the rest unchanged.
+    Per-row because rows of one matrix differ in range; symmetric so that zero stays exact."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if name not in names or value.dim() < 2 or not value.is_floating_point():
+            out[name] = value
+            continue
+        rows = value.detach().float().reshape(value.shape[0], -1)
+        scale = rows.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / INT8_MAX
+        out[name] = (rows / scale[:, None]).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8).reshape(value.shape)
+        out[name + SCALE_SUFFIX] = scale
+    return out
+
+
+def dequantize_int8(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """The inverse of `quantize_int8`: every int8 tensor with scales becomes float32 `q x scale`."""
+    out = {k: v for k, v in state.items() if not k.endswith(SCALE_SUFFIX)}
+    for key in state.keys() - out.keys():
+        name, scale = key[: -len(SCALE_SUFFIX)], state[key].float()
+        if name not in out or out[name].dtype != torch.int8 or scale.shape != out[name].shape[:1]:
+            raise CheckpointError(f"{source}: {key} has no int8 tensor {name} with {tuple(scale.shape)} rows")
+        out[name] = out[name].float() * scale.reshape(-1, *([1] * (out[name].dim() - 1)))
+    return out
+
+
+def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: str | os.PathLike,
+               info: dict | None = None, decoding: dict | None = None, int8: bool = False,
+               commands: dict | None = None) -> Path:
+    """Write a complete model directory (into a temp dir, then moved into place).
+
+    `decoding` is the model's preferred decoding (DecodingOptions fields), used when a caller gives none;
+    `commands` its grammar-matching settings (`commands.MatchOptions` fields: joint weight, reject threshold).
+    `int8` stores the parameter matrices as int8 with per-row scales (`quantize_int8`): a quarter of float32.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    state = model.state_dict()
+    if int8:
+        state = quantize_int8(state, {name for name, _ in model.named_parameters(remove_duplicate=False)})
+    save_state_dict(state, tmp / WEIGHTS_FILE)
+    (tmp / tokenizer.file_name).write_bytes(tokenizer.to_bytes())
+    config = {"format": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": tokenizer.to_config(),
+              "weights_sha256": sha256(tmp / WEIGHTS_FILE), "tokenizer_sha256": sha256(tmp / tokenizer.file_name),
+              "info": info or {}, **({"decoding": decoding} if decoding else {}),
+              **({"commands": commands} if commands else {})}
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # mkdtemp/safetensors make them private
+        os.chmod(tmp / name, 0o644)
+    os.chmod(tmp, 0o755)
+    if directory.exists():
+        for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # config last: it vouches for the others
+            os.replace(tmp / name, directory / name)
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, directory)
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a model directory (no {CONFIG_FILE})")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if config.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported format {config.get('format')!r} (expected {FORMAT_VERSION})")
+    return config
+
+
+def tokenizer_file(config: dict) -> str:
+    try:
+        return tokenizer_class(config.get("tokenizer")).file_name
+    except ValueError as e:
+        raise CheckpointError(f"{CONFIG_FILE}: {e}") from None
+
+
+def load_tokenizer(directory: Path, config: dict) -> TextTokenizer:
+    """The tokenizer that config.json names: SentencePiece (ours) or Whisper's (tiktoken)."""
+    return _load_tokenizer(Path(directory) / tokenizer_file(config), config.get("tokenizer"))
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SpeechTransformer, TextTokenizer, dict]:
+    """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes."""
+    directory = Path(directory)
+    config = read_config(directory)
+    for name, key in ((WEIGHTS_FILE, "weights_sha256"), (tokenizer_file(config), "tokenizer_sha256")):
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: missing {name}")
+        if config.get(key) and sha256(path) != config[key]:
+            raise CheckpointError(f"{path}: contents do not match the sha256 recorded in {CONFIG_FILE} "
+                                  "(file corrupt or modified)")
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: bad model config ({e})") from None
+    tokenizer = load_tokenizer(directory, config)
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model expects "
+                              f"{model_config.vocab_size}")
+    model = SpeechTransformer(model_config)
+    load_weights(model, load_state_dict(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
+    return model.to(device).eval(), tokenizer, config
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{source}: weights do not match the config (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]})")
+    model.load_state_dict(state)
+
+
+def average_state_dicts(paths: list[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of several safetensors files with the same keys (integer buffers from the last)."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state = load_state_dict(Path(path))
+        if total and set(state) != set(total):
+            raise CheckpointError(f"{path}: keys differ from {paths[0]}")
+        for k, v in state.items():
+            total[k] = v.double() + total[k] if k in total and v.is_floating_point() else (
+                v.double() if v.is_floating_point() else v)
+    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}

@@ -1,0 +1,2 @@
+"""Training: manifests, datasets and samplers (`data`), the trainer (`trainer`, also under torchrun),
+LibriSpeech downloads (`download`), synthetic speech from offline voices (`synthetic`)."""

@@ -1,0 +1,151 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speech_transformer.decoding.search import CTCPrefixScorer, DecodingOptions, beam_search, ctc_greedy_search, \
+    greedy_search, repeats_too_often
+from speech_transformer.model.transformer import SpeechTransformer, preset
+from speech_transformer.text.tokenizer import SOS_EOS_ID
+
+
+def test_ctc_prefix_scorer_full_sequence_matches_ctc_loss():
+    torch.manual_seed(0)
+    S, V = 30, 7
+    log_probs = torch.randn(2, S, V).log_softmax(-1)
+    lengths = torch.tensor([S, 22])
+    target = [3, 4, 4, 2]
+    scorer = CTCPrefixScorer(log_probs, lengths)
+    for token in target:  # extend both hypotheses token by token, then ask for <eos>
+        psi, r = scorer.extend(torch.tensor([[token], [token]]))
+        scorer.select(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([[token], [token]]), psi, r)
+    final, _ = scorer.extend(torch.tensor([[SOS_EOS_ID], [SOS_EOS_ID]]))
+    expected = -F.ctc_loss(log_probs.transpose(0, 1), torch.tensor([target, target]), lengths,
+                           torch.tensor([4, 4]), reduction="none")
+    torch.testing.assert_close(final[:, 0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_repetition_guard():
+    assert repeats_too_often([5] * 5, max_repeats=4)
+    assert not repeats_too_often([5] * 4, max_repeats=4)
+    assert repeats_too_often([1, 2, 3] + [7, 8] * 5, max_repeats=4)
+    assert not repeats_too_often([1, 2, 3, 4, 5, 6, 7, 8, 9], max_repeats=4)
+
+
+def test_beam_size_one_equals_greedy():
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = SpeechTransformer(preset("tiny", vocab_size=50, encoder_layers=2, decoder_layers=2)).eval()
+        with torch.no_grad():
+            memory, lengths = model.encode(torch.randn(3, 400, 80), torch.tensor([400, 300, 120]))
+            # avoid the untrained model's <eos> right at the start, so sequences have some length
+            model.decoder.output.weight.data[SOS_EOS_ID] *= 0.0
+        options = DecodingOptions(beam_size=1, ctc_weight=0.0, max_length=30)
+        greedy = greedy_search(model, memory, lengths, options)
+        beam = beam_search(model, memory, lengths, options)
+        assert [h.tokens for h in greedy] == [h.tokens for h in beam]
+        assert any(len(h.tokens) > 3 for h in greedy)
+        for g, b in zip(greedy, beam):
+            assert abs(g.score - b.score) < 1e-3
+
+
+def test_pure_ctc_beam_agrees_with_ctc_greedy_on_a_peaked_ctc():
+    torch.manual_seed(1)
+    model = SpeechTransformer(preset("tiny", vocab_size=20, encoder_layers=1, decoder_layers=1)).eval()
+    path = [0, 5, 5, 0, 7, 0, 0, 9, 9, 9, 0, 5, 0] * 3  # blank-separated tokens: 5 7 9 5 repeated
+    logits = torch.full((1, len(path), 20), -10.0)
+    logits[0, torch.arange(len(path)), torch.tensor(path)] = 10.0
+    model.ctc_log_probs = lambda memory: logits.log_softmax(-1)  # a CTC head that is sure of its path
+    memory = torch.randn(1, len(path), model.config.d_model)
+    lengths = torch.tensor([len(path)])
+    ctc = ctc_greedy_search(logits.log_softmax(-1), lengths)[0]
+    beam = beam_search(model, memory, lengths, DecodingOptions(beam_size=3, ctc_weight=1.0, max_tokens_per_frame=1.0))[0]
+    assert ctc.tokens == [5, 7, 9, 5] * 3
+    assert beam.tokens == ctc.tokens
+
+
+def test_greedy_means_greedy_and_ctc_weight_makes_a_joint_search(monkeypatch):
+    from speech_transformer.decoding import search as decoding
+
+    torch.manual_seed(0)
+    model = SpeechTransformer(preset("tiny", vocab_size=30, encoder_layers=1, decoder_layers=1)).eval()
+    with torch.no_grad():
+        memory, lengths = model.encode(torch.randn(2, 200, 80), torch.tensor([200, 150]))
+    called = []
+    monkeypatch.setattr(decoding, "beam_search", lambda *a, **k: called.append("beam") or [])
+    monkeypatch.setattr(decoding, "greedy_search", lambda *a, **k: called.append("greedy") or [])
+    decoding.decode(model, memory, lengths, DecodingOptions(beam_size=1))
+    decoding.decode(model, memory, lengths, DecodingOptions(beam_size=1, ctc_weight=0.3))
+    assert called == ["greedy", "beam"]
+    assert DecodingOptions(beam_size=1).is_greedy and DecodingOptions().describe() == "greedy"
+    assert DecodingOptions(beam_size=4, ctc_weight=0.3).describe() == "beam 4, CTC weight 0.3"
+
+
+def test_options_round_trip_through_a_model_directory_entry():
+    o = DecodingOptions(beam_size=4, ctc_weight=0.3)
+    assert o.to_dict() == {"beam_size": 4, "ctc_weight": 0.3}
+    assert DecodingOptions.from_dict(o.to_dict()) == o and DecodingOptions.from_dict(None) == DecodingOptions()
+    assert o.override(beam_size=None, ctc_weight=0.5) == DecodingOptions(beam_size=4, ctc_weight=0.5)
+    lexicon = DecodingOptions(method="lexicon", beam_size=200, lm_weight=1.0)
+    assert lexicon.override(beam_size=50) == replace(lexicon, beam_size=50)  # still the lexicon search
+    joint = lexicon.override(beam_size=4, ctc_weight=0.3)  # only attention reads ctc_weight: it switches
+    assert (joint.method, joint.beam_size, joint.ctc_weight, joint.lm_weight) == ("attention", 4, 0.3, 0.0)
+    assert lexicon.override(ctc_weight=0.3, method="lexicon").method == "lexicon"  # said explicitly
+    try:
+        DecodingOptions.from_dict({"beam": 4})
+    except ValueError as e:
+        assert "beam" in str(e)
+    else:
+        raise AssertionError("an unknown field must be refused")
+
+
+# --- Whisper's decoding pieces, on the real Whisper base weights that the test extra installs -------------
+
+@pytest.fixture(scope="module")
+def whisper_base(tmp_path_factory):
+    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.importers.whisper import resolve
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECH_TRANSFORMER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return Recognizer.from_dir(resolve("base"))
+
+
+def test_whisper_suppresses_non_speech_tokens_and_a_blank_start_as_openai_whisper_does(whisper_base):
+    import whisper.tokenizer
+
+    theirs = whisper.tokenizer.get_tokenizer(True, num_languages=99, language="en", task="transcribe")
+    special = whisper_base.tokenizer.special
+    assert set(theirs.non_speech_tokens) <= set(special.suppress)
+    assert special.suppress_at_start == (*theirs.encode(" "), theirs.eot) and special.no_speech == theirs.no_speech
+
+
+def test_whisper_noise_gives_no_text_and_speech_gives_text(whisper_base, data_dir):
+    from speech_transformer.audio.loading import load_audio
+
+    noise = (np.random.default_rng(0).standard_normal(3 * 16_000) * 0.01).astype(np.float32)
+    jfk = load_audio(data_dir / "samples" / "jfk.flac")
+    speech, hiss = whisper_base.recognize([jfk, noise], DecodingOptions())
+    assert speech.text.startswith("And so my fellow Americans") and speech.no_speech_prob < 0.1
+    assert hiss.no_speech_prob > 0.6 and hiss.text == "" and hiss.tokens == []
+
+
+def test_temperature_fallback_samples_again_only_where_needed(whisper_base, data_dir):
+    from speech_transformer.audio.loading import load_audio
+    from speech_transformer.decoding.search import compression_ratio, decode_with_fallback, needs_fallback, sample_search
+
+    assert compression_ratio("the cat " * 20) > 2.4 > compression_ratio("And so my fellow Americans, ask not")
+    model, special, text = whisper_base.model, whisper_base.tokenizer.special, whisper_base.tokenizer.decode
+    enc = whisper_base.encode([load_audio(data_dir / "samples" / "jfk.flac")])
+    plain = DecodingOptions(max_length=12)
+    fallback = DecodingOptions(max_length=12, temperatures=(0.0, 1.0), best_of=2)
+    first = decode_with_fallback(model, enc.memory, enc.lengths, plain, special, text)
+    assert not needs_fallback(first[0], text(first[0].tokens), fallback)  # a sure result is kept as it is
+    assert decode_with_fallback(model, enc.memory, enc.lengths, fallback, special, text)[0].tokens == first[0].tokens
+    unsure = DecodingOptions(max_length=12, temperatures=(0.0, 1.0), best_of=2, logprob_threshold=0.0)  # all unsure
+    again = decode_with_fallback(model, enc.memory, enc.lengths, unsure, special, text)
+    sampled = sample_search(model, enc.memory, enc.lengths, unsure, special, 1.0,
+                            torch.Generator().manual_seed(unsure.seed))
+    assert again[0].tokens == sampled[0].tokens  # the temperature-1 samples, seeded, replaced the greedy result

@@ -1,0 +1,148 @@
+import torch
+
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.decoding.search import DecodingOptions, decode
+from speech_transformer.audio.features import pad_waveforms
+from speech_transformer.model.transformer import PRESETS, SpeechTransformer, preset
+
+
+def tiny_model(vocab_size: int = 64, seed: int = 0) -> SpeechTransformer:
+    torch.manual_seed(seed)
+    return SpeechTransformer(preset("tiny", vocab_size=vocab_size, encoder_layers=2, decoder_layers=2)).eval()
+
+
+def test_presets_have_the_advertised_sizes():
+    sizes = {name: SpeechTransformer(c).num_parameters() / 1e6 for name, c in PRESETS.items()}
+    assert 4 <= sizes["tiny"] <= 6 and 20 <= sizes["small"] <= 30 and 60 <= sizes["base"] <= 80
+
+
+def test_padding_invariance_of_encoder_and_decoding(librispeech_train):
+    model = tiny_model()
+    waves = [load_audio(u.audio) for u in librispeech_train[:3]]
+    with torch.no_grad():
+        feats, n = model.frontend(*pad_waveforms(waves))
+        memory, lengths = model.encode(feats, n)
+        batch_hyps = decode(model, memory, lengths, DecodingOptions(beam_size=2, ctc_weight=0.3, max_length=20))
+        for i, w in enumerate(waves):
+            f1, n1 = model.frontend(*pad_waveforms([w]))
+            m1, l1 = model.encode(f1, n1)
+            torch.testing.assert_close(memory[i, : int(l1[0])], m1[0], atol=1e-4, rtol=1e-4)
+            alone = decode(model, m1, l1, DecodingOptions(beam_size=2, ctc_weight=0.3, max_length=20))[0]
+            assert alone.tokens == batch_hyps[i].tokens
+
+
+def test_kv_cache_equals_full_recomputation():
+    model = tiny_model()
+    feats = torch.randn(2, 200, 80)
+    memory, lengths = model.encode(feats, torch.tensor([200, 150]))
+    memory_kv = model.decoder.memory_kv(memory)
+    tokens = torch.randint(2, 64, (2, 12))
+    with torch.no_grad():
+        full, _ = model.decoder(tokens, memory_kv, lengths)
+        cache, steps = None, []
+        for t in range(tokens.shape[1]):
+            logits, cache = model.decoder(tokens[:, t: t + 1], memory_kv, lengths, cache)
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_is_finite_and_backpropagates():
+    model = tiny_model().train()
+    feats = torch.randn(3, 120, 80)
+    targets = torch.randint(2, 64, (3, 7))
+    loss = model(feats, torch.tensor([120, 100, 60]), targets, torch.tensor([7, 5, 2]))
+    assert torch.isfinite(loss.total) and loss.tokens == 7 + 5 + 2 + 3
+    loss.total.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_decoding_terminates_on_untrained_models():
+    for seed in range(3):
+        model = tiny_model(seed=seed)
+        feats = torch.randn(2, 300, 80)
+        memory, lengths = model.encode(feats, torch.tensor([300, 90]))
+        for options in (DecodingOptions(beam_size=1, ctc_weight=0.0), DecodingOptions(beam_size=3),
+                        DecodingOptions(method="ctc")):
+            for hyp, n in zip(decode(model, memory, lengths, options), lengths.tolist()):
+                assert len(hyp.tokens) <= max(n, int(n * options.max_tokens_per_frame))
+
+
+def test_whisper_style_switches_build_one_configurable_model():
+    import pytest
+
+    from speech_transformer.model.transformer import ModelConfig
+
+    with pytest.raises(ValueError, match="subsampling must be one of"):
+        ModelConfig(subsampling="conv3d")
+    c = preset("tiny", vocab_size=64, encoder_layers=1, decoder_layers=1, subsampling="conv1d", ctc=False,
+               encoder_positions="learned", decoder_positions="learned", max_source_positions=60,
+               max_target_positions=8, scale_embeddings=False, key_bias=False)
+    torch.manual_seed(0)
+    model = SpeechTransformer(c)
+    assert model.ctc_head is None and model.encoder_frame_seconds == 0.02
+    assert model.encoder.blocks[0].attn.key.bias is None and model.encoder.blocks[0].attn.query.bias is not None
+    feats = torch.randn(2, 101, 80)
+    memory, lengths = model.encode(feats, torch.tensor([101, 80]))
+    assert memory.shape == (2, 51, c.d_model) and lengths.tolist() == [51, 40]
+    targets = torch.randint(2, 64, (2, 5))
+    loss = model(feats, torch.tensor([101, 80]), targets, torch.tensor([5, 3]), ctc_weight=0.0,
+                 prompt=(1, 7, 9), eos=1)
+    loss.total.backward()
+    assert torch.isfinite(loss.total) and float(loss.ctc) == 0.0
+    with pytest.raises(ValueError, match="no CTC head"):
+        model(feats, torch.tensor([101, 80]), targets, torch.tensor([5, 3]), ctc_weight=0.3)
+    with pytest.raises(ValueError, match="only 60"):
+        model.encode(torch.randn(1, 200, 80), torch.tensor([200]))  # 100 frames > the 60-row table
+
+
+def test_importing_the_model_pulls_in_no_demo_or_feature_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys, speech_transformer.model.transformer, speech_transformer.decoding.search; "
+            "print(sorted(m for m in ('gradio', 'librosa', 'sentencepiece', 'tiktoken', 'jiwer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def encoder_variant(seed: int = 0, **overrides) -> SpeechTransformer:
+    torch.manual_seed(seed)
+    c = preset("tiny", vocab_size=64, encoder_layers=2, decoder_layers=1, dropout=0.0, **overrides)
+    return SpeechTransformer(c).eval()
+
+
+def test_cheaper_stems_and_conformer_blocks_never_see_padding():
+    """Stacking (x4, x6), conv2d x6/x8 and the Conformer convolution: a padded batch row equals the row alone."""
+    import pytest
+
+    feats = torch.randn(2, 203, 80)
+    lengths = torch.tensor([203, 117])
+    for overrides, factor in (({"subsampling": "stack"}, 4), ({"subsampling": "stack", "subsampling_factor": 6}, 6),
+                              ({"subsampling_factor": 6}, 6), ({"subsampling_factor": 8}, 8),
+                              ({"conformer_conv": True, "conv_kernel": 7}, 4)):
+        model = encoder_variant(**overrides)
+        assert model.encoder_frame_seconds == pytest.approx(factor * 0.01)
+        with torch.no_grad():
+            memory, out_lengths = model.encode(feats, lengths)
+            alone, alone_lengths = model.encode(feats[1:, :117], lengths[1:])
+        assert memory.shape[1] == int(out_lengths[0]) and abs(int(out_lengths[0]) - 203 // factor) <= 1
+        assert out_lengths[1] == alone_lengths[0]
+        torch.testing.assert_close(memory[1, : int(alone_lengths[0])], alone[0], atol=1e-4, rtol=1e-4)
+    assert encoder_variant(subsampling="stack").num_parameters() < encoder_variant().num_parameters()
+    with pytest.raises(ValueError, match="4, 6 or 8"):
+        preset("tiny", subsampling_factor=5)
+
+
+def test_intermediate_ctc_is_a_training_loss_only():
+    """Same weights with and without the intermediate layer: identical encoder output, a different CTC loss."""
+    plain, inter = encoder_variant(), encoder_variant(intermediate_ctc_layer=1)
+    inter.load_state_dict(plain.state_dict())  # no extra parameters
+    feats, lengths = torch.randn(2, 150, 80), torch.tensor([150, 120])
+    targets, target_lengths = torch.randint(2, 64, (2, 6)), torch.tensor([6, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(inter.encode(feats, lengths)[0], plain.encode(feats, lengths)[0])
+        a = plain(feats, lengths, targets, target_lengths, intermediate_ctc_weight=0.5)
+        b = inter(feats, lengths, targets, target_lengths, intermediate_ctc_weight=0.5)
+        c = inter(feats, lengths, targets, target_lengths, intermediate_ctc_weight=0.0)
+    assert float(a.ctc) == float(c.ctc) and float(b.ctc) != float(a.ctc)
+    assert float(a.attention) == float(b.attention)
