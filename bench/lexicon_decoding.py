@@ -79,7 +79,8 @@ def score(refs: list[str], hyps: list[str]) -> dict:
 
 
 def run_token_level(recognizer, enc: Encoded, method: str) -> dict:
-    from speech_transformer.decoding.search import DecodingOptions, ctc_greedy_search, decode
+    from speech_transformer.decoding.options import DecodingOptions
+    from speech_transformer.decoding.search import ctc_greedy_search, decode
 
     hyps = [""] * len(enc.refs)
     start = time.perf_counter()

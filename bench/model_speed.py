@@ -14,7 +14,8 @@ import time
 import torch
 
 from speech_transformer.audio.loading import SAMPLE_RATE
-from speech_transformer.decoding.search import DecodingOptions, decode
+from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.decoding.search import decode
 from speech_transformer.model.transformer import SpeechTransformer, preset
 from speech_transformer.text.tokenizer import SOS_EOS_ID
 

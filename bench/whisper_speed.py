@@ -23,7 +23,8 @@ from whisper.model import ModelDimensions, Whisper
 
 from model_speed import timed  # bench/ is on sys.path when this script runs
 from speech_transformer.model.checkpoint import load_model
-from speech_transformer.decoding.search import DecodingOptions, decode
+from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.decoding.search import decode
 from speech_transformer.importers.whisper import import_whisper
 
 SIZES = {"tiny": (384, 6, 4), "base": (512, 8, 6), "small": (768, 12, 12)}

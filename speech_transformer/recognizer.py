@@ -27,7 +27,8 @@ from speech_transformer.model.align import (
     words_from_tokens,
 )
 from speech_transformer.audio.loading import SAMPLE_RATE
-from speech_transformer.decoding.search import DecodingOptions, Hypothesis, decode_with_fallback
+from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.decoding.search import Hypothesis, decode_with_fallback
 from speech_transformer.audio.features import pad_waveforms
 from speech_transformer.decoding.lexicon import LexiconSearch
 from speech_transformer.decoding.token_lm import LM_FILE, NgramLM

@@ -58,7 +58,7 @@ def train_overfit_model(tokenizer, utterances, directory: Path, max_steps: int =
 
     from speech_transformer.audio.loading import load_audio
     from speech_transformer.model.checkpoint import save_model
-    from speech_transformer.decoding.search import DecodingOptions
+    from speech_transformer.decoding.options import DecodingOptions
     from speech_transformer.audio.features import pad_waveforms
     from speech_transformer.model.transformer import SpeechTransformer, preset
     from speech_transformer.recognizer import Recognizer

@@ -220,7 +220,8 @@ def test_converted_model_matches_openai_whisper_on_real_speech(folder, converted
     import whisper
 
     from speech_transformer.importers.ctranslate2 import openai_whisper_model
-    from speech_transformer.decoding.search import DecodingOptions, decode
+    from speech_transformer.decoding.options import DecodingOptions
+    from speech_transformer.decoding.search import decode
     from speech_transformer.audio.features import pad_waveforms
 
     torch.set_num_threads(1)

@@ -150,7 +150,8 @@ def sample(recognizer, data_dir):
 
 
 def test_rescoring_reorders_when_the_attention_decoder_disagrees(recognizer, sample):
-    from speech_transformer.decoding.search import DecodingOptions, decode, sequence_log_probs
+    from speech_transformer.decoding.options import DecodingOptions
+    from speech_transformer.decoding.search import decode, sequence_log_probs
 
     _, enc = sample
     greedy = decode(recognizer.model, enc.memory, enc.lengths, DecodingOptions(), recognizer.tokenizer.special)[0]
@@ -172,7 +173,7 @@ def test_rescoring_reorders_when_the_attention_decoder_disagrees(recognizer, sam
 
 
 def Options(**fields):  # noqa: N802 - the lexicon method's options
-    from speech_transformer.decoding.search import DecodingOptions
+    from speech_transformer.decoding.options import DecodingOptions
 
     return DecodingOptions(**{"method": "lexicon", "beam_size": 20, "lm_weight": 0.5, "rescore_weight": 0.3,
                               "nbest": 5, "word_lm": None, **fields})

@@ -24,7 +24,7 @@ from speech_transformer.apps import evaluate
 from speech_transformer import pretrained
 from speech_transformer.audio.loading import load_audio
 from speech_transformer.training.data import read_manifest, write_manifest
-from speech_transformer.decoding.search import DecodingOptions
+from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.pretrained import regression
 from speech_transformer.recognizer import Recognizer
 from speech_transformer.apps.transcribe import transcribe

@@ -4,7 +4,7 @@ and the loaded directory transcribes them with every search."""
 import pytest
 
 from speech_transformer.audio.loading import load_audio
-from speech_transformer.decoding.search import DecodingOptions
+from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.recognizer import Recognizer
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from speech_transformer.apps.cli import main as cli
-from speech_transformer.decoding.search import DecodingOptions, decode
+from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.decoding.search import decode
 from speech_transformer.decoding.token_lm import LM_FILE, NgramLM
 from speech_transformer.model.transformer import SpeechTransformer, preset
 

@@ -128,7 +128,7 @@ def test_validate_scores_what_the_recognizer_decodes(data_dir, setup):
     import jiwer
 
     from speech_transformer.audio.loading import load_audio
-    from speech_transformer.decoding.search import DecodingOptions
+    from speech_transformer.decoding.options import DecodingOptions
     from speech_transformer.model.transformer import SpeechTransformer, preset
     from speech_transformer.recognizer import Recognizer
     from speech_transformer.text.tokenizer import Tokenizer

@@ -346,7 +346,7 @@ def test_no_speech_is_dropped_on_jfk(data_dir):
 
 
 def test_decoding_flags_change_one_field_of_the_models_preferred_decoding():
-    from speech_transformer.decoding.search import DecodingOptions
+    from speech_transformer.decoding.options import DecodingOptions
     from speech_transformer.apps.transcribe import TranscribeOptions
     from speech_transformer.apps.transcribe_cli import _parser
 

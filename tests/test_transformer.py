@@ -1,7 +1,8 @@
 import torch
 
 from speech_transformer.audio.loading import load_audio
-from speech_transformer.decoding.search import DecodingOptions, decode
+from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.decoding.search import decode
 from speech_transformer.audio.features import pad_waveforms
 from speech_transformer.model.transformer import PRESETS, SpeechTransformer, preset
 

@@ -27,7 +27,8 @@ from whisper.model import ModelDimensions, Whisper  # noqa: E402
 from speech_transformer.audio.loading import SAMPLE_RATE, load_audio  # noqa: E402
 from speech_transformer.model.checkpoint import CheckpointError, load_model, save_state_dict  # noqa: E402
 from speech_transformer.training.data import read_manifest  # noqa: E402
-from speech_transformer.decoding.search import DecodingOptions, decode  # noqa: E402
+from speech_transformer.decoding.options import DecodingOptions  # noqa: E402
+from speech_transformer.decoding.search import decode  # noqa: E402
 from speech_transformer.recognizer import Recognizer  # noqa: E402
 from speech_transformer.importers.whisper import WhisperTokenizer, download_checkpoint, import_whisper, resolve  # noqa: E402
 

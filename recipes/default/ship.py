@@ -39,7 +39,7 @@ from speech_transformer.model import checkpoint
 from speech_transformer import pretrained
 from speech_transformer.training import synthetic
 from speech_transformer.training.data import default_data_dir, filter_by_duration, read_manifest
-from speech_transformer.decoding.search import DecodingOptions
+from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.pretrained import regression
 from speech_transformer.recognizer import Recognizer
 from speech_transformer.training.trainer import TrainConfig

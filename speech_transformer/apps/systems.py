@@ -149,7 +149,7 @@ class SpeechTransformerSystem(System):
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", name: str | None = None,
                  **decoding: Any):
         """`decoding`: DecodingOptions fields that change the model's preferred decoding (None: keep it)."""
-        from speech_transformer.decoding.search import DecodingOptions
+        from speech_transformer.decoding.options import DecodingOptions
 
         self.model_dir = Path(model_dir)
         self.decoding: dict[str, Any] = {k: v for k, v in decoding.items() if v is not None}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, describe
-from speech_transformer.decoding.search import DecodingOptions
+from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.recognizer import Recognition, Recognizer
 from speech_transformer.audio.sources import (
     ArraySource,

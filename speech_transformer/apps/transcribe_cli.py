@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from speech_transformer.apps import exitcodes, writers as subtitles
-from speech_transformer.decoding.search import METHODS
+from speech_transformer.decoding.options import METHODS
 from speech_transformer.audio.sources import InputFile, expand_inputs, output_stems, reason
 from speech_transformer.apps.transcribe import TranscribeOptions, Transcriber, load_model
 

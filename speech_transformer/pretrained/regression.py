@@ -14,7 +14,7 @@ from pathlib import Path
 
 from speech_transformer.audio.loading import load_audio
 from speech_transformer.training.data import Utterance, read_manifest
-from speech_transformer.decoding.search import DecodingOptions
+from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.text.scoring import DEFAULT_NORMALIZER, score_utterances
 
 REGRESSION_FILE = "regression.json"

@@ -307,7 +307,9 @@ def validate(model: SpeechTransformer, tokenizer: Tokenizer, waves: list[np.ndar
     """
     import jiwer
 
-    from speech_transformer.decoding.search import DecodingOptions, decode, sequence_log_probs
+    from speech_transformer.decoding.options import DecodingOptions
+
+    from speech_transformer.decoding.search import decode, sequence_log_probs
     from speech_transformer.recognizer import Recognizer
 
     recognizer = Recognizer(model, tokenizer)  # puts the model in eval mode
