@@ -25,7 +25,7 @@ from speech_transformer import pretrained
 from speech_transformer.audio.loading import load_audio
 from speech_transformer.training.data import read_manifest, write_manifest
 from speech_transformer.decoding.options import DecodingOptions
-from speech_transformer.pretrained import regression
+from speech_transformer.apps import regression
 from speech_transformer.recognizer import Recognizer
 from speech_transformer.apps.transcribe import transcribe
 
@@ -133,7 +133,7 @@ def test_ship_float16_copy_card_and_regression(ship, exp, held_out_report, overf
 
     # regression.json: the measured WER of the shipped copy, bound = measured + 3 points
     record = regression.read(dest)
-    assert record["decoding"] == regression.DEFAULT_DECODING and record["margin"] == 0.03
+    assert record["decoding"] == checkpoint.read_config(dest)["decoding"] and record["margin"] == 0.03
     assert set(record["sets"]) == {"samples", "an4-test-first20"}
     for s in record["sets"].values():
         assert s["max_wer"] == pytest.approx(s["wer"] + 0.03) and s["n_utts"] == len(s["hyps"])
@@ -170,7 +170,8 @@ def test_ship_again_keeps_the_model_files(ship, exp, held_out_report, tmp_path, 
     assert ship.main([*common, "--hardware", HARDWARE, "--decoding", '{"beam_size": 2}',
                       "--commands", '{"reject_threshold": -5.0}']) == 0
     config = checkpoint.read_config(dest)
-    assert config["decoding"] == {"beam_size": 2} and config["commands"] == {"reject_threshold": -5.0}
+    assert DecodingOptions.from_dict(config["decoding"]) == DecodingOptions(beam_size=2)
+    assert config["commands"] == {"reject_threshold": -5.0}
     checkpoint.load_model(dest)  # hashes still match the kept files
 
     # float32 keeps the weights exactly

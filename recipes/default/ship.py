@@ -40,7 +40,7 @@ from speech_transformer import pretrained
 from speech_transformer.training import synthetic
 from speech_transformer.training.data import default_data_dir, filter_by_duration, read_manifest
 from speech_transformer.decoding.options import DecodingOptions
-from speech_transformer.pretrained import regression
+from speech_transformer.apps import regression
 from speech_transformer.recognizer import Recognizer
 from speech_transformer.training.trainer import TrainConfig
 
@@ -211,7 +211,7 @@ def training_facts(exp: Path, up_to_step: int | None) -> dict:
 
 
 def decoding_label(decoding: dict) -> str:
-    o = DecodingOptions(**decoding)
+    o = DecodingOptions.from_dict(decoding)
     if o.method == "ctc":
         return "CTC greedy"
     if o.method == "lexicon":
@@ -252,11 +252,10 @@ def system_spec(block: dict, dest: Path) -> str:
         return "pocketsphinx"
     if config["class"] == "CommandSystem":
         return f"cmd:{block['name']}={config['command']}"
-    decoding = config.get("decoding", {})
-    options = [f"beam={decoding['beam_size']}"] if "beam_size" in decoding else []
-    options += [f"ctc={decoding['ctc_weight']:g}"] if "ctc_weight" in decoding else []
-    options += [f"method={decoding['method']}"] if "method" in decoding else []
-    options += [f"lm={decoding['lm_weight']:g}"] if "lm_weight" in decoding else []
+    decoding = DecodingOptions.from_dict(config.get("decoding", {}))
+    chosen = decoding.to_dict().get(decoding.method, {})
+    options = [f"method={decoding.method}", *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in chosen.items())]
     model_dir = Path(config["model_dir"])
     head = "default" if model_dir.resolve() == dest.resolve() else f"model:{model_dir}"
     return ",".join([head, *options, f"name={block['name']}"])
@@ -487,8 +486,9 @@ def ship(args: argparse.Namespace, argv: list[str]) -> Path:
         keep_model = same_model(stage, dest)
         model, tokenizer, config = checkpoint.load_model(stage)  # what users will load: float32 parameters
         if args.regression:
-            measured = regression.measure(Recognizer(model, tokenizer), default_data_dir())
-            regression.write(stage, measured, margin=args.margin)
+            preferred = DecodingOptions.from_dict(checkpoint.read_config(stage).get("decoding"))
+            measured = regression.measure(Recognizer(model, tokenizer, options=preferred), default_data_dir())
+            regression.write(stage, measured, preferred, margin=args.margin)
         elif keep_model and (dest / regression.REGRESSION_FILE).is_file():
             shutil.copy2(dest / regression.REGRESSION_FILE, stage / regression.REGRESSION_FILE)
         facts = {

@@ -1,9 +1,10 @@
 """Model directories and checkpoint averaging. Nothing here unpickles.
 
 A model directory holds:
-- `config.json`: {"format": 1, "model": ModelConfig fields, "tokenizer": {"type": ...}, "weights_sha256": ...,
-  "tokenizer_sha256": ..., "info": {...}, "decoding": {...} (optional: the preferred DecodingOptions fields),
-  "commands": {...} (optional: the grammar matcher's MatchOptions fields)}
+- `config.json`, read and written as a `ModelDirectory`: {"format": 1, "model": ModelConfig fields,
+  "tokenizer": {"type": ...}, "weights_sha256": ..., "tokenizer_sha256": ..., "info": {...},
+  "decoding": {...} (optional: the preferred method and each search's tuned settings, `DecodingOptions.to_dict`),
+  "commands": {...} (optional: the grammar matcher's `MatchOptions` fields)}
 - `model.safetensors`: the weights (front-end feature statistics included); a matrix stored as int8 has its
   per-row scales beside it under `NAME` + `SCALE_SUFFIX` (`quantize_int8`), dequantized by `load_state_dict`
 - `tokenizer.model`: the SentencePiece model, or `tokenizer.tiktoken` for an imported Whisper model
@@ -16,13 +17,16 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from speech_transformer.files import atomic_path
+from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.files import atomic_path, atomic_write
 from speech_transformer.model.transformer import ModelConfig, SpeechTransformer
 from speech_transformer.text.tokenizer import TextTokenizer, tokenizer_class
 from speech_transformer.text.tokenizer import load_tokenizer as _load_tokenizer
@@ -88,11 +92,11 @@ def dequantize_int8(state: dict[str, torch.Tensor], source: Path) -> dict[str, t
 
 
 def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: str | os.PathLike,
-               info: dict | None = None, decoding: dict | None = None, int8: bool = False,
+               info: dict | None = None, decoding: DecodingOptions | dict | None = None, int8: bool = False,
                commands: dict | None = None) -> Path:
     """Write a complete model directory (into a temp dir, then moved into place).
 
-    `decoding` is the model's preferred decoding (DecodingOptions fields), used when a caller gives none;
+    `decoding` is the model's preferred decoding (`DecodingOptions`, or its dict), used when a caller gives none;
     `commands` its grammar-matching settings (`commands.MatchOptions` fields: joint weight, reject threshold).
     `int8` stores the parameter matrices as int8 with per-row scales (`quantize_int8`): a quarter of float32.
     """
@@ -104,11 +108,10 @@ def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: st
         state = quantize_int8(state, {name for name, _ in model.named_parameters(remove_duplicate=False)})
     save_state_dict(state, tmp / WEIGHTS_FILE)
     (tmp / tokenizer.file_name).write_bytes(tokenizer.to_bytes())
-    config = {"format": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": tokenizer.to_config(),
-              "weights_sha256": sha256(tmp / WEIGHTS_FILE), "tokenizer_sha256": sha256(tmp / tokenizer.file_name),
-              "info": info or {}, **({"decoding": decoding} if decoding else {}),
-              **({"commands": commands} if commands else {})}
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if not isinstance(decoding, DecodingOptions):
+        decoding = DecodingOptions.from_dict(decoding)
+    ModelDirectory(model.config, tokenizer.to_config(), decoding, commands or {}, info or {},
+                   sha256(tmp / WEIGHTS_FILE), sha256(tmp / tokenizer.file_name)).write(tmp)
     for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # mkdtemp/safetensors make them private
         os.chmod(tmp / name, 0o644)
     os.chmod(tmp, 0o755)
@@ -119,6 +122,51 @@ def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: st
     else:
         os.replace(tmp, directory)
     return directory
+
+
+@dataclass
+class ModelDirectory:
+    """config.json, section by section: what a model directory says about itself."""
+
+    model: ModelConfig
+    tokenizer: dict[str, Any]
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)  # preferred method + tuned settings
+    commands: dict[str, Any] = field(default_factory=dict)  # `commands.matching.MatchOptions` fields
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: training, shipping
+    weights_sha256: str | None = None
+    tokenizer_sha256: str | None = None
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> "ModelDirectory":
+        """Parse and check `directory/config.json`; CheckpointError names the file and the bad section."""
+        config, path = read_config(directory), Path(directory) / CONFIG_FILE
+        sections = {"model": (ModelConfig.from_dict, config.get("model")),
+                    "decoding": (DecodingOptions.from_dict, config.get("decoding"))}
+        parsed = {}
+        for name, (parse, value) in sections.items():
+            try:
+                parsed[name] = parse(value)
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: bad {name} entry ({e})") from None
+        return cls(parsed["model"], dict(config.get("tokenizer") or {}), parsed["decoding"],
+                   dict(config.get("commands") or {}), dict(config.get("info") or {}),
+                   config.get("weights_sha256"), config.get("tokenizer_sha256"))
+
+    def to_config(self) -> dict[str, Any]:
+        config = {"format": FORMAT_VERSION, "model": self.model.to_dict(), "tokenizer": self.tokenizer,
+                  "weights_sha256": self.weights_sha256, "tokenizer_sha256": self.tokenizer_sha256,
+                  "info": self.info}
+        if self.decoding != DecodingOptions():
+            config["decoding"] = self.decoding.to_dict()
+        if self.commands:
+            config["commands"] = self.commands
+        return config
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """`directory/config.json`, written atomically."""
+        path = Path(directory) / CONFIG_FILE
+        atomic_write(path, json.dumps(self.to_config(), indent=2) + "\n")
+        return path
 
 
 def read_config(directory: str | os.PathLike) -> dict:
@@ -157,10 +205,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         if config.get(key) and sha256(path) != config[key]:
             raise CheckpointError(f"{path}: contents do not match the sha256 recorded in {CONFIG_FILE} "
                                   "(file corrupt or modified)")
-    try:
-        model_config = ModelConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: bad model config ({e})") from None
+    model_config = ModelDirectory.read(directory).model
     tokenizer = load_tokenizer(directory, config)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model expects "

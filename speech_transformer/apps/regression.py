@@ -20,7 +20,6 @@ from speech_transformer.text.scoring import DEFAULT_NORMALIZER, score_utterances
 REGRESSION_FILE = "regression.json"
 AN4_UTTERANCES = 20
 DEFAULT_MARGIN = 0.03  # absolute WER added to the measurement to give the bound
-DEFAULT_DECODING = {"beam_size": 4, "ctc_weight": 0.3}
 
 
 def regression_sets(data_dir: str | os.PathLike) -> dict[str, list[Utterance]]:
@@ -33,8 +32,9 @@ def regression_sets(data_dir: str | os.PathLike) -> dict[str, list[Utterance]]:
 
 
 def measure(recognizer, data_dir: str | os.PathLike, decoding: dict | None = None) -> dict[str, dict]:
-    """Set name -> {wer, n_utts, n_words, errors, hyps} of `recognizer` (a `Recognizer`) on `regression_sets`."""
-    options = DecodingOptions(**(DEFAULT_DECODING if decoding is None else decoding))
+    """Set name -> {wer, n_utts, n_words, errors, hyps} of `recognizer` (a `Recognizer`) on `regression_sets`,
+    with `decoding` (a stored `DecodingOptions.to_dict()`; default: the recognizer's preferred decoding)."""
+    options = recognizer.options if decoding is None else DecodingOptions.from_dict(decoding)
     out = {}
     for name, utterances in regression_sets(data_dir).items():
         hyps = [r.text for r in recognizer.recognize([load_audio(u.audio) for u in utterances], options)]
@@ -44,12 +44,10 @@ def measure(recognizer, data_dir: str | os.PathLike, decoding: dict | None = Non
     return out
 
 
-def write(directory: str | os.PathLike, measured: dict[str, dict], decoding: dict | None = None,
+def write(directory: str | os.PathLike, measured: dict[str, dict], decoding: DecodingOptions,
           margin: float = DEFAULT_MARGIN) -> Path:
     """`regression.json`: per set the measured WER and the bound (measured + margin), and the decoding used."""
-    options = dict(DEFAULT_DECODING if decoding is None else decoding)
-    DecodingOptions(**options)  # validates
-    record = {"normalizer": DEFAULT_NORMALIZER, "decoding": options, "margin": margin,
+    record = {"normalizer": DEFAULT_NORMALIZER, "decoding": decoding.to_dict(), "margin": margin,
               "sets": {name: {"wer": m["wer"], "max_wer": m["wer"] + margin, "n_utts": m["n_utts"],
                               "n_words": m["n_words"], "hyps": m["hyps"]} for name, m in measured.items()}}
     path = Path(directory) / REGRESSION_FILE
