@@ -103,3 +103,27 @@ def test_no_pickle_loading_anywhere():
                          capture_output=True, text=True).stdout
     offending = [line for line in out.splitlines() if "weights_only=True" not in line and "test_checkpoint.py" not in line]
     assert not offending, offending
+
+
+def test_model_directory_reads_and_writes_the_config_sections(tmp_path, tokenizer):
+    import json
+
+    from speech_transformer.decoding.options import DecodingOptions
+    from speech_transformer.model.checkpoint import ModelDirectory
+
+    tuned = DecodingOptions(beam_size=4, ctc_weight=0.3).override(method="lexicon", beam_size=100).override(
+        method="attention")
+    directory = save_model(make_model(tokenizer), tokenizer, tmp_path / "m", info={"note": "test"}, decoding=tuned,
+                           commands={"reject_threshold": -3.0})
+    settings = ModelDirectory.read(directory)
+    assert settings.decoding == tuned and settings.decoding.override(method="lexicon").lexicon.beam_size == 100
+    assert settings.commands == {"reject_threshold": -3.0} and settings.info == {"note": "test"}
+    assert settings.model == make_model(tokenizer).config and settings.weights_sha256
+    settings.info["shipped"] = True
+    settings.write(directory)  # same weights: the hashes still vouch for them
+    assert load_model(directory)[2]["info"]["shipped"] is True
+    config = json.loads((directory / "config.json").read_text())
+    config["decoding"] = {"attention": {"beam": 3}}
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: bad decoding entry .*attention.beam"):
+        ModelDirectory.read(directory)
