@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -30,19 +29,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
 from speech_transformer.decoding import arpa, lexicon
+from speech_transformer.memory import rss_mb
 from speech_transformer.training.data import default_data_dir, read_manifest
 
 TRAIN_TEXT = ("librispeech/train.tsv", "an4/train.tsv", "fsdd/train.tsv", "text/ljspeech-sentences.txt")
 OUT_DIR = ROOT / "bench" / "results" / "lexicon"
-
-
-def rss_mb() -> float:
-    """Resident memory now (VmRSS), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
@@ -55,19 +48,11 @@ class Encoded:
 
 
 def encode_set(recognizer, manifest: str, limit: int | None, batch_seconds: float = 60.0) -> Encoded:
-    from speech_transformer.audio.loading import load_audio
-
     utts = read_manifest(default_data_dir() / manifest)[:limit]
     waves = [load_audio(u.audio) for u in utts]
-    order = sorted(range(len(utts)), key=lambda i: len(waves[i]))
-    batches, batch, start = [], [], time.perf_counter()
-    for i in order + [None]:
-        if i is not None and (not batch or (len(batch) + 1) * len(waves[i]) <= batch_seconds * 16000):
-            batch.append(i)
-            continue
-        batches.append((batch, recognizer.encode([waves[j] for j in batch])))
-        batch = [] if i is None else [i]
-    seconds = sum(len(w) for w in waves) / 16000
+    start = time.perf_counter()
+    batches = list(recognizer.batches(waves, batch_seconds))
+    seconds = sum(len(w) for w in waves) / SAMPLE_RATE
     return Encoded([u.text for u in utts], [u.speaker for u in utts], seconds, time.perf_counter() - start, batches)
 
 

@@ -102,10 +102,10 @@ def make_system(key: str, threads: int):
         if folder is None:
             raise SystemExit(f"no installed Whisper base (looked in: {'; '.join(looked)})")
         if key.endswith("oursuppress"):
-            from speech_transformer.model.checkpoint import load_tokenizer, read_config
+            from speech_transformer.model.checkpoint import model_tokenizer
 
             directory = resolve("base")
-            suppress = ",".join(map(str, load_tokenizer(directory, read_config(directory)).special.suppress))
+            suppress = ",".join(map(str, model_tokenizer(directory).special.suppress))
             return OpenAIWhisperSystem(folder, label, None, suppress, suppress_blank=False)
         return OpenAIWhisperSystem(folder, label, 5 if "beam" in key else None)
     compute = "int8" if "int8" in key else "float32"

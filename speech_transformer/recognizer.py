@@ -29,7 +29,7 @@ from speech_transformer.model.align import (
 from speech_transformer.audio.loading import SAMPLE_RATE
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.decoding.search import Hypothesis, decode_with_fallback
-from speech_transformer.audio.features import pad_waveforms
+from speech_transformer.audio.features import length_sorted_batches, pad_waveforms
 from speech_transformer.decoding.lexicon import LexiconSearch
 from speech_transformer.decoding.token_lm import LM_FILE, NgramLM
 from speech_transformer.model.transformer import SpeechTransformer
@@ -113,15 +113,8 @@ class Recognizer:
 
     def batches(self, waveforms: list[np.ndarray], batch_seconds: float = 120.0) -> Iterator[tuple[list[int], Encoding]]:
         """Length-sorted padded batches of at most `batch_seconds` padded audio: (indices, their Encoding)."""
-        order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
-        batch: list[int] = []
-        for i in order + [None]:
-            if i is not None and (not batch or (len(batch) + 1) * len(waveforms[i]) <= batch_seconds * SAMPLE_RATE):
-                batch.append(i)
-                continue
-            if batch:
-                yield batch, self.encode([waveforms[j] for j in batch])
-            batch = [] if i is None else [i]
+        for batch in length_sorted_batches([len(w) for w in waveforms], batch_seconds):
+            yield batch, self.encode([waveforms[j] for j in batch])
 
     @torch.inference_mode()
     def encode(self, waveforms: list[np.ndarray]) -> Encoding:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from speech_transformer.audio.loading import load_audio
+from speech_transformer.files import CACHE_ENV
 from speech_transformer.model.checkpoint import load_model
 from speech_transformer.importers.ctranslate2 import (
     CTranslate2Error,
@@ -156,7 +157,7 @@ def converted(folder, tmp_path_factory) -> Path:
     from speech_transformer.importers import whisper
 
     mp = pytest.MonkeyPatch()
-    mp.setenv(whisper.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+    mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
     mp.delenv(whisper.WHISPER_DIR_ENV, raising=False)
     mp.setattr(whisper, "download_checkpoint", lambda *a, **k: pytest.fail("whisper:base tried to download"))
     try:

@@ -63,3 +63,14 @@ def test_whisper_features_without_the_window_equal_the_windowed_ones(librispeech
     assert frames.tolist() == [len(w) // HOP_LENGTH for w in waves] and unpadded.shape[1] == max(frames)
     for i, n in enumerate(frames.tolist()):  # the last frames see the end of the audio: reflection vs zeros
         torch.testing.assert_close(unpadded[i, : n - 2], windowed[i, : n - 2], atol=1e-5, rtol=1e-5)
+
+
+def test_length_sorted_batches():
+    from speech_transformer.audio.features import length_sorted_batches
+
+    lengths = [16000 * s for s in (3, 1, 2, 10, 1)]
+    # shortest first; each group padded to its longest item holds at most 4 s; 10 s alone
+    assert length_sorted_batches(lengths, 4.0) == [[1, 4], [2], [0], [3]]
+    assert length_sorted_batches(lengths, float("inf")) == [[1, 4, 2, 0, 3]]
+    assert length_sorted_batches(lengths, 0) == [[1], [4], [2], [0], [3]]
+    assert length_sorted_batches([], 4.0) == []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, info, load_audio
+from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, info, load_audio, reason, sniff
 
 
 def tone(rate: int, seconds: float = 1.0, channels: int = 1) -> np.ndarray:
@@ -80,3 +80,38 @@ def test_bad_inputs_raise_audio_error_naming_the_file(tmp_path):
         load_audio(b"")
     with pytest.raises(AudioError, match="too low"):
         load_audio((100, np.zeros(100, dtype=np.float32)))
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n" * 20, "a PDF document"),
+    (b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(range(256)) * 4, "a ZIP archive"),
+    (b"Meeting notes: the quarterly numbers are due on Friday.\n" * 40, "text"),
+])
+def test_a_file_that_is_not_audio_says_what_it_is(tmp_path, content, kind):
+    """A non-audio file named .mp3 names the real reason, not libsndfile's "not a regular file (possibly a pipe?)"."""
+    path = tmp_path / "song.mp3"
+    path.write_bytes(content)
+    for read in (load_audio, info):
+        with pytest.raises(AudioError) as e:
+            read(path)
+        assert e.value.reason == f"not an audio format we can decode (looks like {kind})"
+        assert "pipe" not in str(e.value) and str(path) in str(e.value)
+    random_bytes = tmp_path / "noise.mp3"
+    random_bytes.write_bytes(np.random.default_rng(1).integers(0, 128, 5000, dtype=np.uint8).tobytes() + b"\x00" * 9)
+    with pytest.raises(AudioError, match="not an audio format we can decode .no known audio header"):
+        load_audio(random_bytes)
+
+
+def test_damaged_audio_names_its_format(tmp_path):
+    path = tmp_path / "cut.wav"
+    path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")
+    with pytest.raises(AudioError, match=r"not a readable audio file \(WAV that libsndfile cannot decode"):
+        load_audio(path)
+    assert sniff(b"fLaC\x00\x00\x00\x22") == ("FLAC", True)
+    assert sniff(b"\x00\x00\x00\x20ftypM4A ") == ("an MP4/M4A file (AAC)", False)
+
+
+def test_reason_is_one_line_for_a_report():
+    assert reason(AudioError("a.wav", "file not found")) == "file not found"
+    assert reason(RuntimeError("traceback line\nout of memory")) == "RuntimeError: out of memory"
+    assert reason(KeyError()) == "KeyError"

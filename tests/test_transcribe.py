@@ -174,8 +174,8 @@ def test_messy_folder(tmp_path, model_dir, clips, capsys):
     assert "transcribed 8 file(s) (2 without speech)" in report and "failed 3" in report
     reasons = dict(re.findall(r"failed: (\S+): (.+)", report))
     assert "empty file" in reasons[str(src / "empty.wav")]
-    assert "not a readable audio file" in reasons[str(src / "random.wav")]
-    assert "not a readable audio file" in reasons[str(src / "text.flac")]
+    assert "not an audio format we can decode (no known audio header" in reasons[str(src / "random.wav")]
+    assert "not an audio format we can decode (looks like text)" in reasons[str(src / "text.flac")]
     texts = {}
     for stem in ["clip0", "sub/clip1", "clip2", "clip3", "clip4_8k", "clip0_48k_stereo", "silence", "noise"]:
         t = check_outputs(out / stem)

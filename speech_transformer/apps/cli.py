@@ -95,8 +95,7 @@ def lm(argv: list[str]) -> int:
     p.add_argument("--output", help="default: DIR/lm.json")
     args = p.parse_args(argv)
     directory = Path(args.model)
-    config = checkpoint.read_config(directory)
-    tok = checkpoint.load_tokenizer(directory, config)
+    tok = checkpoint.model_tokenizer(directory)
     texts = [normalize_transcript(u.text) for m in args.manifest for u in read_manifest(m)]
     for path in args.text:
         texts += [normalize_transcript(line.split("\t")[-1]) for line in Path(path).read_text().splitlines()]

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from speech_transformer.apps import exitcodes
-from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, info, load_audio
+from speech_transformer.audio.loading import SAMPLE_RATE, info, load_audio, reason
 from speech_transformer.training.data import Utterance, read_manifest
 from speech_transformer.files import atomic_write
+from speech_transformer.runtime import reset_peak_rss, rss_mb
 from speech_transformer.text.scoring import (
     DEFAULT_NORMALIZER,
     NORMALIZER_DESCRIPTIONS,
@@ -111,27 +112,6 @@ class ResultCache:
                 f.write(json.dumps(d, ensure_ascii=False) + "\n")
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0), so each system gets its own peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB: VmHWM, else ru_maxrss (peak since process start)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
 def _call_system(system: System, inputs: list) -> list[str | Exception]:
     """Transcripts for a batch; when the batch fails, each input is retried alone to isolate the failure."""
     fn = system.transcribe_paths if system.reads_files else system.transcribe
@@ -147,9 +127,7 @@ def _call_system(system: System, inputs: list) -> list[str | Exception]:
 
 
 def _reason(e: Exception) -> str:
-    if isinstance(e, AudioError):
-        return e.reason
-    return str(e) if isinstance(e, TranscriptionError) else f"{type(e).__name__}: {e}"
+    return str(e) if isinstance(e, TranscriptionError) else reason(e)  # a TranscriptionError is a reason already
 
 
 def _cpu_seconds(children: bool) -> float:
@@ -203,7 +181,7 @@ def run_system(system: System, utterances: Sequence[Utterance], batch_size: int 
 
     cache = cache or ResultCache(None)
     run_start = time.perf_counter()
-    own_peak = _reset_peak_rss()
+    own_peak = reset_peak_rss()
     cached = cache.load()
     done = {(u.id, u.audio): cached[(u.id, u.audio)] for u in utterances if (u.id, u.audio) in cached}
     todo = list({(u.id, u.audio): u for u in utterances if (u.id, u.audio) not in done}.values())
@@ -223,7 +201,7 @@ def run_system(system: System, utterances: Sequence[Utterance], batch_size: int 
     if system.reads_files:
         peak, scope = None, "not measured (external command)"
     else:
-        peak, scope = _peak_rss_mb(), "this process during this system's run" if own_peak else "this process"
+        peak, scope = rss_mb(peak=True), "this process during this system's run" if own_peak else "this process"
     return SystemRun(system, [done[(u.id, u.audio)] for u in utterances], load_seconds, time.perf_counter() - run_start,
                      peak, scope)
 

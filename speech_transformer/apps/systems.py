@@ -257,8 +257,9 @@ class FasterWhisperSystem(System):
 
     def model_dir(self) -> Path:
         """The folder ctranslate2 loads: `model` itself, or an installed copy concatenated into the cache."""
+        from speech_transformer.files import cache_dir
         from speech_transformer.importers.ctranslate2 import FasterWhisperFolder
-        from speech_transformer.importers.whisper import cache_dir, installed_folder
+        from speech_transformer.importers.whisper import installed_folder
 
         path = Path(self.model).expanduser()
         if path.is_dir():

@@ -20,15 +20,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, describe
-from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.audio.features import length_sorted_batches
+from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, describe, reason
+from speech_transformer.decoding.options import OPTIONS, DecodingOptions
 from speech_transformer.recognizer import Recognition, Recognizer
 from speech_transformer.audio.sources import (
     ArraySource,
     FileSource,
     cut_chunks,
     open_source,
-    reason,
 )
 from speech_transformer.apps.writers import Segment, Transcript
 from speech_transformer.audio.vad import SileroVad, SpeechChunk, VadOptions
@@ -51,7 +51,7 @@ class TranscribeOptions:
         DecodingOptions' fields (beam_size, ctc_weight, method, ...; None keeps the model's)."""
         own = {f.name for f in dataclasses.fields(cls)}
         vad_names = {f.name for f in dataclasses.fields(VadOptions)}
-        decoding_names = {f.name for f in dataclasses.fields(DecodingOptions)}
+        decoding_names = set(OPTIONS)
         unknown = set(kwargs) - own - vad_names - decoding_names
         if unknown:
             raise TypeError(f"unknown transcribe option(s): {sorted(unknown)}")
@@ -149,13 +149,8 @@ class Transcriber:
             yield i, Transcript(pending[i].source, pending[i].duration, [], "internal error: unfinished chunks")
 
     def _flush(self, pool: list[_Piece], pending: dict[int, _Pending]) -> Iterator[tuple[int, Transcript]]:
-        limit = self.options.batch_seconds * SAMPLE_RATE
-        batch: list[_Piece] = []
-        for piece in sorted(pool, key=lambda p: len(p.audio)) + [None]:
-            if piece is not None and (not batch or (len(batch) + 1) * len(piece.audio) <= limit):
-                batch.append(piece)
-                continue
-            batch = [p for p in batch if p.file in pending and pending[p.file].error is None]
+        for rows in length_sorted_batches([len(p.audio) for p in pool], self.options.batch_seconds):
+            batch = [pool[j] for j in rows if pool[j].file in pending and pending[pool[j].file].error is None]
             for p, result in zip(batch, self._decode_safely(batch)):
                 state = pending[p.file]
                 if isinstance(result, BaseException):
@@ -166,7 +161,6 @@ class Transcriber:
                 self.on_batch(sum(len(p.audio) for p in batch) / SAMPLE_RATE)
             for i in [i for i, s in pending.items() if s.finished()]:
                 yield i, pending.pop(i).transcript()
-            batch = [] if piece is None else [piece]
 
     def _decode_safely(self, batch: list[_Piece]) -> list[Segment | None | BaseException]:
         if not batch:

@@ -11,19 +11,18 @@ written), 2 usage error.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import torch
-
 from speech_transformer.apps import exitcodes, writers as subtitles
 from speech_transformer.decoding.options import METHODS
-from speech_transformer.audio.sources import InputFile, expand_inputs, output_stems, reason
+from speech_transformer.audio.loading import reason
+from speech_transformer.audio.sources import InputFile, expand_inputs, output_stems
 from speech_transformer.apps.transcribe import TranscribeOptions, Transcriber, load_model
+from speech_transformer.runtime import setup_distributed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,24 +82,6 @@ def decoding_changes(args: argparse.Namespace) -> dict:
     return {k: v for k, v in changes.items() if v is not None}
 
 
-def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) under torchrun (gloo: only the summary travels), else (0, 1, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" and world > 1 else device)
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():  # a long timeout: ranks finish their shares far apart
-            dist.init_process_group("gloo", timeout=timedelta(days=7))
-        return dist.get_rank(), world, dev
-    return 0, 1, dev
-
-
 @dataclass
 class Summary:
     ok: int = 0
@@ -133,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speech-transformer transcribe: error: {e}", file=sys.stderr)
         return exitcodes.USAGE_ERROR
     start = time.perf_counter()
-    rank, world, device = _setup_distributed(args.device)
+    # gloo: only the summary travels; a long timeout: ranks finish their shares far apart
+    rank, world, device = setup_distributed(args.device, "gloo", timedelta(days=7))
     out_dir = Path(args.output_dir)
     files, problems = expand_inputs(args.paths, args.recursive)
     stems = output_stems(files, out_dir)

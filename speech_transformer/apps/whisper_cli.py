@@ -10,7 +10,8 @@ import sys
 
 from speech_transformer.apps import exitcodes
 from speech_transformer.importers import whisper
-from speech_transformer.importers.whisper import import_whisper, resolve, student, student_tokenizer
+from speech_transformer.importers.whisper import import_whisper, resolve, student
+from speech_transformer.model.checkpoint import model_tokenizer
 from speech_transformer.model.checkpoint import CheckpointError
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.student:
             if not args.output or not args.tokenizer_from:
                 p.error("--student needs -o/--output and --tokenizer-from MODEL_DIR")
-            out = student(args.source, student_tokenizer(args.tokenizer_from), args.output,
+            out = student(args.source, model_tokenizer(args.tokenizer_from), args.output,
                           args.student, args.decoder_layers)
         elif args.output:
             out = import_whisper(args.source, args.output, args.vocab, args.language, args.task)

@@ -9,6 +9,7 @@ its window: an utterance padded inside a batch keeps exactly the same valid fram
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,6 +37,18 @@ def pad_waveforms(waveforms: list[np.ndarray | Tensor]) -> tuple[Tensor, Tensor]
     for i, t in enumerate(tensors):
         batch[i, : len(t)] = t
     return batch, lengths
+
+
+def length_sorted_batches(lengths: Sequence[int], max_seconds: float) -> list[list[int]]:
+    """Indices of items of `lengths` samples (16 kHz), shortest first, grouped so that each group padded to its
+    longest item holds at most `max_seconds` of audio (an item longer than that gets a group of its own)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= max_seconds * SAMPLE_RATE:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 class FrontEnd(nn.Module):

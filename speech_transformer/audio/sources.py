@@ -27,19 +27,12 @@ from speech_transformer.audio.loading import (
     AudioError,
     describe,
     load_audio,
+    reason,  # noqa: F401 (callers of the sources report failures with it)
 )
 from speech_transformer.training.data import read_manifest
 from speech_transformer.audio.vad import SpeechChunk
 
 MANIFEST_EXTENSIONS = (".tsv", ".jsonl")
-
-
-def reason(e: BaseException) -> str:
-    """A failure as one line for a report: an AudioError's reason, else the exception's type and last line."""
-    if isinstance(e, AudioError):
-        return e.reason
-    text = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 # --- audio sources: 16 kHz blocks, never a whole long file ---------------------------------

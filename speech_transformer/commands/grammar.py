@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from speech_transformer.text.normalize import _ONES, _TENS, normalize_transcript
+from speech_transformer.text.normalize import DIGIT_WORDS, normalize_transcript, number_to_words
 
 GRAMMAR_DIR = Path(__file__).parent / "grammars"
 MAX_REPEAT = 16  # '+' and '*' stand for at most this many repetitions
@@ -109,13 +109,6 @@ class Phrase:
     slots: dict[str, str]
 
 
-def _spelled(n: int) -> str:
-    if n < 20:
-        return _ONES[n]
-    tens, ones = divmod(n, 10)
-    return _TENS[tens] + (" " + _ONES[ones] if ones else "")
-
-
 def _phrase(text: str, value: str) -> Value:
     words = text.split()
     return Value(Seq(tuple(Word(w, w.lower()) for w in words)) if len(words) > 1 else Word(words[0], words[0].lower()),
@@ -125,8 +118,8 @@ def _phrase(text: str, value: str) -> Value:
 def builtins() -> dict[str, Node]:
     """{digit}: ZERO/OH..NINE -> "0".."9"; {digits}: 1-16 digits -> "427"; {number}: ZERO..NINETY NINE -> "0".."99";
     {letter}: A..Z -> "A".."Z"."""
-    digit = Alt(tuple(_phrase(_ONES[d], str(d)) for d in range(10)) + (_phrase("OH", "0"),))
-    number = Alt(tuple(_phrase(_spelled(n), str(n)) for n in range(100)))
+    digit = Alt(tuple(_phrase(w, str(d)) for d, w in enumerate(DIGIT_WORDS)) + (_phrase("OH", "0"),))
+    number = Alt(tuple(_phrase(number_to_words(n), str(n)) for n in range(100)))
     letter = Alt(tuple(Value(Word(c, c), c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
     return {"digit": digit, "digits": Repeat(digit, 1, MAX_REPEAT, sep=""), "number": number,
             "letter": letter}

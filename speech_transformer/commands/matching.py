@@ -308,22 +308,15 @@ def match_all(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
               options: MatchOptions | None = None) -> list[CommandMatch | None]:
     """The best grammar phrase of every utterance, never rejected (None only when no phrase fits at all)."""
     options = options or MatchOptions.for_model(recognizer.info)
-    from speech_transformer.audio.loading import SAMPLE_RATE
+    from speech_transformer.audio.features import length_sorted_batches
 
     if recognizer.model.ctc_head is None:
         raise ValueError("grammar matching needs a model with a CTC head")
     compiled = compile_grammar(grammar, recognizer.tokenizer, options.max_expansions)
-    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]))
     results: list[CommandMatch | None] = [None] * len(waveforms)
-    batch: list[int] = []
-    for i in order + [None]:
-        if i is not None and (not batch or (len(batch) + 1) * len(waveforms[i]) <= options.batch_seconds * SAMPLE_RATE):
-            batch.append(i)
-            continue
-        if batch:
-            for j, m in zip(batch, _match_batch(recognizer, [waveforms[j] for j in batch], compiled, options)):
-                results[j] = m
-        batch = [] if i is None else [i]
+    for batch in length_sorted_batches([len(w) for w in waveforms], options.batch_seconds):
+        for j, m in zip(batch, _match_batch(recognizer, [waveforms[j] for j in batch], compiled, options)):
+            results[j] = m
     return results
 
 

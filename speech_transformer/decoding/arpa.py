@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from speech_transformer.files import atomic_path
+from speech_transformer.files import atomic_path, cache_dir
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 LOG10_ZERO = -99.0  # how ARPA files write log10(0)
-CACHE_ENV = "SPEECH_TRANSFORMER_CACHE"
 SPHINX_HEADER = b"Trie Language Model"
 SPHINX_LOG_BASE = 1.0001  # pocketsphinx stores log probabilities in logmath units of this base
 
@@ -351,10 +350,6 @@ def _sphinx_to_arpa(words: list[str], unigrams: np.ndarray, levels: list[tuple],
             level[tuple(words[i] for i in ids)] = (p, b)
         parents, starts = paths, nxt
     return lm
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "speech_transformer")
 
 
 def packaged_lm_path() -> Path:

@@ -31,12 +31,12 @@ import importlib.util
 import json
 import os
 import re
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from speech_transformer.files import DownloadError, cache_dir, fetch
 from speech_transformer.model.checkpoint import (
     CheckpointError,
     load_state_dict,
@@ -47,7 +47,6 @@ from speech_transformer.model.transformer import ModelConfig, SpeechTransformer
 from speech_transformer.text.tokenizer import TextTokenizer, WhisperTokenizer
 
 ENGLISH_VOCAB_SIZE = 51864  # English-only models; multilingual ones have one more token, large-v3 two
-CACHE_ENV = "SPEECH_TRANSFORMER_CACHE"
 # an imported model's preferred decoding: greedy with openai-whisper's temperature fallback (beam 5 was 0.7 WER
 # points better on LibriSpeech dev but 1.6x slower on 2 CPU threads: docs/whisper.md)
 PREFERRED_DECODING = {"temperatures": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]}
@@ -264,29 +263,19 @@ def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder
 
 # --- where weights come from: a local path always; openai-whisper's download URLs when the network allows
 
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "speech_transformer")
-
-
 def download_checkpoint(url: str, destination: Path, timeout: float = 30.0) -> Path:
     """Fetch `url` to `destination`, checking the sha256 that openai-whisper's URLs carry as their folder name."""
     expected = url.rstrip("/").split("/")[-2]
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.with_name(f".{destination.name}.part{os.getpid()}")
-    digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                digest.update(block)
-                f.write(block)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
+        fetch(url, destination, retries=1, retry_wait=1.0, timeout=timeout)
+    except DownloadError as e:
         raise ConnectionError(f"cannot download {url} ({e}); put the checkpoint at {destination} "
                               "or pass whisper:/path/to/model.pt") from None
-    if re.fullmatch(r"[0-9a-f]{64}", expected) and digest.hexdigest() != expected:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{url}: sha256 {digest.hexdigest()} does not match {expected}; the file was discarded")
-    os.replace(tmp, destination)
+    with open(destination, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if re.fullmatch(r"[0-9a-f]{64}", expected) and digest != expected:
+        destination.unlink()
+        raise CheckpointError(f"{url}: sha256 {digest} does not match {expected}; the file was discarded")
     return destination
 
 
@@ -368,9 +357,3 @@ def resolve_source(name: str):
     if folder is None:
         raise FileNotFoundError(f"{name}: no such file, and no installed copy (looked in: {'; '.join(looked)})")
     return folder
-
-
-def student_tokenizer(model_dir: str) -> TextTokenizer:
-    from speech_transformer.model.checkpoint import load_tokenizer, read_config
-
-    return load_tokenizer(Path(model_dir), read_config(model_dir))

@@ -29,7 +29,7 @@ from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.files import atomic_path, atomic_write
 from speech_transformer.model.transformer import ModelConfig, SpeechTransformer
 from speech_transformer.text.tokenizer import TextTokenizer, tokenizer_class
-from speech_transformer.text.tokenizer import load_tokenizer as _load_tokenizer
+from speech_transformer.text.tokenizer import load_tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
@@ -189,9 +189,10 @@ def tokenizer_file(config: dict) -> str:
         raise CheckpointError(f"{CONFIG_FILE}: {e}") from None
 
 
-def load_tokenizer(directory: Path, config: dict) -> TextTokenizer:
-    """The tokenizer that config.json names: SentencePiece (ours) or Whisper's (tiktoken)."""
-    return _load_tokenizer(Path(directory) / tokenizer_file(config), config.get("tokenizer"))
+def model_tokenizer(directory: str | os.PathLike, config: dict | None = None) -> TextTokenizer:
+    """A model directory's tokenizer, the one its config.json names: SentencePiece (ours) or Whisper's (tiktoken)."""
+    config = read_config(directory) if config is None else config
+    return load_tokenizer(Path(directory) / tokenizer_file(config), config.get("tokenizer"))
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SpeechTransformer, TextTokenizer, dict]:
@@ -206,7 +207,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
             raise CheckpointError(f"{path}: contents do not match the sha256 recorded in {CONFIG_FILE} "
                                   "(file corrupt or modified)")
     model_config = ModelDirectory.read(directory).model
-    tokenizer = load_tokenizer(directory, config)
+    tokenizer = model_tokenizer(directory, config)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model expects "
                               f"{model_config.vocab_size}")

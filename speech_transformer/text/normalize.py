@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_ONES = ("ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE TEN ELEVEN TWELVE THIRTEEN FOURTEEN "
-         "FIFTEEN SIXTEEN SEVENTEEN EIGHTEEN NINETEEN").split()
+DIGIT_WORDS = tuple("ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split())
+_ONES = DIGIT_WORDS + tuple("TEN ELEVEN TWELVE THIRTEEN FOURTEEN FIFTEEN SIXTEEN SEVENTEEN EIGHTEEN NINETEEN".split())
 _TENS = "_ _ TWENTY THIRTY FORTY FIFTY SIXTY SEVENTY EIGHTY NINETY".split()
 _SCALES = [(10**12, "TRILLION"), (10**9, "BILLION"), (10**6, "MILLION"), (1000, "THOUSAND")]
 _ORDINAL_EXCEPTIONS = {"ONE": "FIRST", "TWO": "SECOND", "THREE": "THIRD", "FIVE": "FIFTH", "EIGHT": "EIGHTH",
                        "NINE": "NINTH", "TWELVE": "TWELFTH"}
-_SYMBOLS = {"&": " AND ", "%": " PERCENT ", "+": " PLUS ", "@": " AT ", "=": " EQUALS "}
+SYMBOL_WORDS = {"&": "AND", "%": "PERCENT", "+": "PLUS", "@": "AT", "=": "EQUALS"}
 _CURRENCY = {"$": ("DOLLAR", "DOLLARS", "CENT", "CENTS"), "£": ("POUND", "POUNDS", "PENNY", "PENCE"),
              "€": ("EURO", "EUROS", "CENT", "CENTS")}
 
@@ -92,15 +92,21 @@ def spell_numbers(text: str) -> str:
     return re.sub(r"(\d[\d,]*(?:\.\d+)?)(st|nd|rd|th|ST|ND|RD|TH)?\b", _number, text)
 
 
-def normalize_transcript(text: str) -> str:
-    """Any English sentence -> LibriSpeech-style target: 'Mr. Smith's 2nd car!' -> "MR SMITH'S SECOND CAR"."""
+def spell_out(text: str, symbols: str = "".join(SYMBOL_WORDS)) -> str:
+    """The steps both normalisers take first (this one and scoring's `english-v1`): accents dropped, curly
+    quotes and backticks made `'`, numbers and the `symbols` (of SYMBOL_WORDS) spelled out in upper-case words."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c))
-    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    text = re.sub("[\u2018\u2019\u02bc`]", "'", text)
     text = spell_numbers(text)
-    for symbol, word in _SYMBOLS.items():
-        text = text.replace(symbol, word)
-    text = text.upper()
+    for symbol in symbols:
+        text = text.replace(symbol, f" {SYMBOL_WORDS[symbol]} ")
+    return text
+
+
+def normalize_transcript(text: str) -> str:
+    """Any English sentence -> LibriSpeech-style target: 'Mr. Smith's 2nd car!' -> "MR SMITH'S SECOND CAR"."""
+    text = spell_out(text).upper()
     text = re.sub(r"[^A-Z' ]+", " ", text)
     text = re.sub(r"(?<![A-Z])'|'(?![A-Z])", " ", text)  # quotes, not apostrophes inside words
     return " ".join(text.split())

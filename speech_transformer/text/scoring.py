@@ -4,7 +4,7 @@ Two normalisers are defined; every report names the one it used.
 
 `english-v1` (the default), applied to reference and hypothesis alike, in this order:
 1. Unicode folded to ASCII letters (accents dropped); curly quotes and backticks become `'`.
-2. Numbers spelled out with `text.spell_numbers` ("$5" -> "five dollars", "2nd" -> "second",
+2. Numbers spelled out with `normalize.spell_out` ("$5" -> "five dollars", "2nd" -> "second",
    "1984" -> "nineteen eighty four"); `&`, `%`, `+`, `@` become words.
 3. Lower case.
 4. Hyphens, dashes and all other punctuation become spaces; an apostrophe is kept only inside a
@@ -26,18 +26,16 @@ reference is empty, N is taken as 1 so that the rate stays finite.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import jiwer
 
-from speech_transformer.text.normalize import spell_numbers
+from speech_transformer.text.normalize import spell_out
 
 DEFAULT_NORMALIZER = "english-v1"
 
-_SYMBOLS = {"&": " and ", "%": " percent ", "+": " plus ", "@": " at "}
 _CONTRACTIONS = [
     (r"\bwon't\b", "will not"), (r"\bcan't\b", "can not"), (r"\bcannot\b", "can not"),
     (r"\bshan't\b", "shall not"), (r"\bain't\b", "is not"),
@@ -82,13 +80,7 @@ SPELLING_VARIANTS = _variant_map()
 
 def normalize_english(text: str) -> str:
     """The `english-v1` normaliser (see the module docstring)."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    text = re.sub("[\u2018\u2019\u02bc`\u00b4]", "'", text)
-    text = spell_numbers(text)
-    for symbol, word in _SYMBOLS.items():
-        text = text.replace(symbol, word)
-    text = text.lower()
+    text = spell_out(text, "&%+@").lower()
     text = re.sub(r"[^a-z0-9']+", " ", text)
     text = re.sub(r"(?<![a-z0-9])'+|'+(?![a-z0-9])", " ", text)
     for pattern, repl in _CONTRACTIONS:

@@ -28,9 +28,9 @@ from pathlib import Path
 import soundfile as sf
 
 from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
+from speech_transformer.text.normalize import DIGIT_WORDS
 from speech_transformer.training.data import Utterance, write_manifest
 
-DIGITS = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
 MANIFEST = "synthetic.jsonl"
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     pool = sentences(args.text)
-    texts = rng.sample(pool, min(args.sentences, len(pool))) + [rng.choice(DIGITS) for _ in range(args.digits)]
+    texts = rng.sample(pool, min(args.sentences, len(pool))) + [rng.choice(DIGIT_WORDS) for _ in range(args.digits)]
     try:
         manifest = make_set(texts, args.out, args.seed)
     except SynthesisError as e:

@@ -35,6 +35,7 @@ import torch.distributed as dist
 import yaml
 
 from speech_transformer.model import checkpoint
+from speech_transformer.runtime import rss_mb, setup_distributed
 from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
 from speech_transformer.training.data import (
     DATA_DIR_ENV,
@@ -142,18 +143,6 @@ def learning_rate(c: TrainConfig, step: int) -> float:
     return c.lr
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun, joins the process group (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank() if world > 1 else 0), world, device
-
-
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
@@ -235,18 +224,6 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-
-
-def rss_mb() -> float:
-    """This process's resident set size now (MB; Linux /proc, else the peak from getrusage)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def limit_onednn_cache(capacity: int) -> None:
@@ -436,7 +413,7 @@ def model_config_for(c: TrainConfig, out_dir: Path, initial, tokenizer: Tokenize
 def build_run(c: TrainConfig) -> Run:
     """Everything before the first step: data, model (fresh, fine-tuned or resumed), optimiser, validation audio."""
     rank, world, device, out_dir = setup_run(c)
-    initial, tokenizer, _ = checkpoint.load_model(c.init_from) if c.init_from else (None, load_tokenizer(c), None)
+    initial, tokenizer, _ = checkpoint.load_model(c.init_from) if c.init_from else (None, Tokenizer(c.tokenizer), None)
     utterances, dataset, sampler = build_data(c, tokenizer, rank, world)
     resume = latest_checkpoint(out_dir)
     model_config = model_config_for(c, out_dir, initial, tokenizer, resume)
@@ -601,17 +578,10 @@ def train(c: TrainConfig, callback: Callback | None = None) -> dict:
     return finish(run)
 
 
-def load_tokenizer(c: TrainConfig):
-    """The run's tokenizer: the one of the model it starts from, else the SentencePiece file."""
-    if c.init_from:
-        return checkpoint.load_tokenizer(Path(c.init_from), checkpoint.read_config(c.init_from))
-    return Tokenizer(c.tokenizer)
-
-
 def export_model(out_dir: Path, last: int, output: Path, info: dict | None = None) -> Path:
     """Average the last `last` checkpoints of a training run into a model directory."""
     c = TrainConfig.load(out_dir / "config.yaml")
-    tokenizer = load_tokenizer(c)
+    tokenizer = checkpoint.model_tokenizer(c.init_from) if c.init_from else Tokenizer(c.tokenizer)
     chosen = sorted((out_dir / "checkpoints").glob("step-*"))[-max(1, last):]
     if not chosen:
         raise checkpoint.CheckpointError(f"no checkpoints in {out_dir / 'checkpoints'}")
