@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
 from speech_transformer.decoding import arpa, lexicon
+from speech_transformer.decoding.sphinx_lm import packaged_arpa
+from speech_transformer.decoding.word_lm import build_kneser_ney, interpolate
 from speech_transformer.memory import rss_mb
 from speech_transformer.training.data import default_data_dir, read_manifest
 
@@ -99,7 +101,7 @@ def run_lexicon(recognizer, enc: Encoded, decoder: lexicon.LexiconDecoder, confi
 
 
 def lm_paths(out_dir: Path) -> dict[str, Path | None]:
-    return {"none": None, "generic": arpa.packaged_arpa(), "in-domain": out_dir / "in-domain.arpa",
+    return {"none": None, "generic": packaged_arpa(), "in-domain": out_dir / "in-domain.arpa",
             "mixed": out_dir / "mixed.arpa"}
 
 
@@ -108,11 +110,11 @@ def cmd_lm(args) -> None:
     data = default_data_dir()
     t = time.perf_counter()
     sentences = [s for name in TRAIN_TEXT for s in arpa.read_corpus(data / name)]
-    indomain = arpa.build_kneser_ney(sentences, 3)
+    indomain = build_kneser_ney(sentences, 3)
     arpa.write_arpa(indomain, out / "in-domain.arpa")
     print(f"in-domain: {len(sentences)} sentences, n-grams {indomain.counts()}, {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
-    generic = arpa.read_arpa(arpa.packaged_arpa())
+    generic = arpa.read_arpa(packaged_arpa())
     print(f"generic: read ARPA {time.perf_counter() - t:.1f} s, n-grams {generic.counts()}, peak RSS {rss_mb():.0f} MB")
     dev = arpa.read_corpus(data / "librispeech/dev.tsv")
     p_gen = [[10 ** generic.log10_prob(w, ["<s>"] + s[:i]) for i, w in enumerate(s + ["</s>"])] for s in dev]
@@ -127,7 +129,7 @@ def cmd_lm(args) -> None:
         if 0 < lam < 1 and (best is None or ppl < best[1]):
             best = (lam, ppl)
     t = time.perf_counter()
-    mixed = arpa.interpolate([generic, indomain], [best[0], 1 - best[0]])
+    mixed = interpolate([generic, indomain], [best[0], 1 - best[0]])
     arpa.write_arpa(mixed, out / "mixed.arpa")
     print(f"mixed (generic weight {best[0]}): n-grams {mixed.counts()}, built+written {time.perf_counter() - t:.1f} s, "
           f"peak RSS {rss_mb():.0f} MB")
@@ -145,7 +147,7 @@ def get_decoder(recognizer, name: str, path, n_spellings: int = 1) -> tuple[lexi
     """The decoder of one LM, its build time and the memory it added; "none": the generic LM's words, no LM."""
     before, t = rss_mb(), time.perf_counter()
     if path is None:
-        words = lexicon.arpa_vocab(arpa.packaged_arpa())
+        words = lexicon.arpa_vocab(packaged_arpa())
         d = lexicon.LexiconDecoder(lexicon.build_lexicon(words, recognizer.tokenizer, n_spellings), recognizer.tokenizer)
     else:
         d = lexicon.get_decoder(recognizer.tokenizer, path, n_spellings=n_spellings)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from speech_transformer.decoding import lexicon as lx
-from speech_transformer.decoding.arpa import build_kneser_ney, write_arpa
+from speech_transformer.decoding.arpa import write_arpa
+from speech_transformer.decoding.word_lm import build_kneser_ney
 from speech_transformer.pretrained import default_model_dir
 from speech_transformer.text.tokenizer import Tokenizer
 

@@ -365,7 +365,8 @@ def test_lexicon_decoding_through_transcribe_and_the_demo(data_dir, tmp_path):
     """method="lexicon" is one more decoding of the one path: the CLI's flags and the demo's control reach it."""
     import dataclasses
 
-    from speech_transformer.decoding.arpa import build_kneser_ney, read_corpus, write_arpa
+    from speech_transformer.decoding.arpa import read_corpus, write_arpa
+    from speech_transformer.decoding.word_lm import build_kneser_ney
     from speech_transformer.apps.demo import Demo
     from speech_transformer.recognizer import Recognizer
 

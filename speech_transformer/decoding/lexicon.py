@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from speech_transformer.decoding.arpa import BOS, EOS, UNK, packaged_arpa, text_words
+from speech_transformer.decoding.arpa import BOS, EOS, UNK, text_words
+from speech_transformer.decoding.sphinx_lm import packaged_arpa
 from speech_transformer.text.tokenizer import NUM_SPECIAL, SpecialTokens
 
 WORD_RE = re.compile(r"[a-z][a-z']*")
