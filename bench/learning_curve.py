@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from speech_transformer.model import checkpoint
-from speech_transformer.importers import whisper
+from speech_transformer.training.student import student
 from speech_transformer.audio.loading import load_audio
 from speech_transformer.training.data import (
     SpeechDataset,
@@ -73,7 +73,7 @@ class Spec:
     set: list[str] = field(default_factory=list)  # overrides for every variant (budget, bookkeeping)
     reference_model: str = ""  # a model directory scored on the same dev subset (a horizontal line)
     reference_label: str = "reference"
-    # model folders made from Whisper before any variant runs: OUT/<name> = whisper.student(**arguments);
+    # model folders made from Whisper before any variant runs: OUT/<name> = training.student.student(**arguments);
     # a variant starts from one with `init_from=$LEARNING_CURVE_OUT/<name>`
     students: dict[str, dict] = field(default_factory=dict)
     marks_for: dict[str, list[float]] = field(default_factory=dict)  # variants measured past the common marks
@@ -209,8 +209,8 @@ def make_students(spec: Spec, out: Path) -> None:
     for name, arguments in spec.students.items():
         if not (out / name / "config.json").is_file():
             arguments = dict(arguments)
-            whisper.student(str(arguments.pop("source", "base")), Tokenizer(resolve(spec.tokenizer)), out / name,
-                            **arguments)
+            student(str(arguments.pop("source", "base")), Tokenizer(resolve(spec.tokenizer)), out / name,
+                    **arguments)
 
 
 def run_variant(spec: Spec, name: str, dev: DevSet, out: Path) -> None:

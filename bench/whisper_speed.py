@@ -2,7 +2,7 @@
 
     python bench/whisper_speed.py [--sizes tiny base] [--threads 2] [--tokens 100] [--batch 8]
 
-Random weights (openai-whisper's own model class, converted with `speech_transformer.importers.whisper`), fp32 on
+Random weights (openai-whisper's own model class, converted with `speech_transformer.importers.whisper_convert`), fp32 on
 CPU. <|endoftext|> is suppressed on both sides, so every window decodes exactly --tokens tokens after the
 same prompt; decoding is timed from the encoder output, so it measures the decoder loops alone.
 Each number is the best of 3 runs after a warm-up. Needs the test extra (openai-whisper).
@@ -25,7 +25,7 @@ from model_speed import timed  # bench/ is on sys.path when this script runs
 from speech_transformer.model.checkpoint import load_model
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.decoding.search import decode
-from speech_transformer.importers.whisper import import_whisper
+from speech_transformer.importers.whisper_convert import import_whisper
 
 SIZES = {"tiny": (384, 6, 4), "base": (512, 8, 6), "small": (768, 12, 12)}
 

@@ -28,7 +28,8 @@ from speech_transformer.model.align import (
 )
 from speech_transformer.audio.loading import SAMPLE_RATE
 from speech_transformer.decoding.options import DecodingOptions
-from speech_transformer.decoding.search import Hypothesis, decode_with_fallback
+from speech_transformer.decoding.fallback import decode_with_fallback
+from speech_transformer.decoding.search import Hypothesis
 from speech_transformer.audio.features import length_sorted_batches, pad_waveforms
 from speech_transformer.decoding.lexicon import LexiconSearch
 from speech_transformer.decoding.token_lm import LM_FILE, NgramLM

@@ -193,7 +193,8 @@ def test_vocabulary_is_multilingual_tiktoken_id_for_id(folder, converted):
     from tokenizers import Tokenizer as HFTokenizer
 
     from speech_transformer.importers.ctranslate2 import SPECIAL_SPELLINGS, vocabulary_mismatch
-    from speech_transformer.importers.whisper import WhisperTokenizer, packaged_vocabulary
+    from speech_transformer.importers.whisper_convert import packaged_vocabulary
+    from speech_transformer.text.tokenizer import WhisperTokenizer
 
     _, tokenizer, _ = load_model(converted)
     assert tokenizer.multilingual and tokenizer.vocab_size == 51865

@@ -5,10 +5,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speech_transformer.decoding.search import CTCPrefixScorer, DecodingOptions, beam_search, ctc_greedy_search, \
-    greedy_search, repeats_too_often
+from speech_transformer.decoding import search as decoding
+from speech_transformer.decoding.scorers import CTCPrefixScorer, DecoderScorer, default_filters
+from speech_transformer.decoding.search import (Beams, DecodingOptions, Limits, TopK, attention_search, beam_decoder,
+                                                ctc_greedy_search, max_lengths, repeats_too_often, search)
 from speech_transformer.model.transformer import SpeechTransformer, preset
-from speech_transformer.text.tokenizer import SOS_EOS_ID
+from speech_transformer.text.tokenizer import SOS_EOS_ID, SpecialTokens
+
+
+@pytest.fixture(scope="module")
+def default_recognizer():
+    from speech_transformer.recognizer import Recognizer
+
+    return Recognizer.from_dir(None)
 
 
 def test_ctc_prefix_scorer_full_sequence_matches_ctc_loss():
@@ -27,11 +36,54 @@ def test_ctc_prefix_scorer_full_sequence_matches_ctc_loss():
     torch.testing.assert_close(final[:, 0], expected, atol=1e-4, rtol=1e-4)
 
 
+def assert_prefix_start_changes_nothing(log_probs, lengths, steps: int, K: int, seed: int = 0) -> None:
+    """Two scorers take the same random candidates and choices; one starts each recursion at the prefix length,
+    the other (its `length` held at 0) at frame 1, as before: the same scores and forward variables, bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    N, V = log_probs.shape[0], log_probs.shape[2]
+    fast, full = CTCPrefixScorer(log_probs, lengths), CTCPrefixScorer(log_probs, lengths)
+    for _ in range(steps):
+        candidates = torch.randint(2, V, (N, K), generator=g)
+        candidates[:, 0] = torch.where(fast.last > 1, fast.last, candidates[:, 0])  # a repeat: the r^b path
+        candidates[:, 1] = SOS_EOS_ID
+        full.length = 0
+        (psi, r), (psi_full, r_full) = fast.extend(candidates), full.extend(candidates)
+        assert torch.equal(psi, psi_full) and torch.equal(r, r_full)
+        rows, columns = torch.randint(0, N, (N,), generator=g), torch.randint(2, K, (N,), generator=g)
+        fast.select(rows, columns, candidates, psi, r)
+        full.select(rows, columns, candidates, psi_full, r_full)
+    assert fast.length == steps and torch.isfinite(fast.score).all()
+
+
+def test_ctc_prefix_recursion_starting_at_the_prefix_length_changes_nothing_on_random_inputs():
+    torch.manual_seed(0)
+    log_probs = (3 * torch.randn(3, 40, 12)).log_softmax(-1)
+    assert_prefix_start_changes_nothing(log_probs, torch.tensor([40, 31, 25]), steps=12, K=5)
+
+
+def test_ctc_prefix_recursion_starting_at_the_prefix_length_changes_nothing_on_real_speech(default_recognizer,
+                                                                                            data_dir):
+    from speech_transformer.audio.loading import load_audio
+
+    enc = default_recognizer.encode([load_audio(data_dir / "samples" / "jfk.flac"),
+                                     load_audio(data_dir / "librispeech" / "samples" / "1089-134686-0001.flac")])
+    assert_prefix_start_changes_nothing(enc.ctc_log_probs, enc.lengths, steps=25, K=6)
+
+
 def test_repetition_guard():
     assert repeats_too_often([5] * 5, max_repeats=4)
     assert not repeats_too_often([5] * 4, max_repeats=4)
     assert repeats_too_often([1, 2, 3] + [7, 8] * 5, max_repeats=4)
     assert not repeats_too_often([1, 2, 3, 4, 5, 6, 7, 8, 9], max_repeats=4)
+
+
+def beam_search(model, memory, lengths, options, special=SpecialTokens()):
+    """The beam-search chooser in the one loop, whatever the beam size (decode picks greedy for beam 1)."""
+    limits = Limits(max_lengths(lengths, options), options.max_repeats)
+    W = options.beam_size
+    chooser = beam_decoder([], TopK(W), special, limits)
+    decoder = DecoderScorer(model, memory, lengths, special, default_filters(special, memory.device), W)
+    return search(decoder, chooser, Beams.start(memory.shape[0], W, memory.device), limits).best(1.0)
 
 
 def test_beam_size_one_equals_greedy():
@@ -43,7 +95,7 @@ def test_beam_size_one_equals_greedy():
             # avoid the untrained model's <eos> right at the start, so sequences have some length
             model.decoder.output.weight.data[SOS_EOS_ID] *= 0.0
         options = DecodingOptions(beam_size=1, ctc_weight=0.0, max_length=30)
-        greedy = greedy_search(model, memory, lengths, options)
+        greedy = attention_search(model, memory, lengths, options)
         beam = beam_search(model, memory, lengths, options)
         assert [h.tokens for h in greedy] == [h.tokens for h in beam]
         assert any(len(h.tokens) > 3 for h in greedy)
@@ -61,24 +113,26 @@ def test_pure_ctc_beam_agrees_with_ctc_greedy_on_a_peaked_ctc():
     memory = torch.randn(1, len(path), model.config.d_model)
     lengths = torch.tensor([len(path)])
     ctc = ctc_greedy_search(logits.log_softmax(-1), lengths)[0]
-    beam = beam_search(model, memory, lengths, DecodingOptions(beam_size=3, ctc_weight=1.0, max_tokens_per_frame=1.0))[0]
+    options = DecodingOptions(beam_size=3, ctc_weight=1.0, max_tokens_per_frame=1.0)
+    beam = decoding.decode(model, memory, lengths, options)[0]
     assert ctc.tokens == [5, 7, 9, 5] * 3
     assert beam.tokens == ctc.tokens
 
 
 def test_greedy_means_greedy_and_ctc_weight_makes_a_joint_search(monkeypatch):
-    from speech_transformer.decoding import search as decoding
-
     torch.manual_seed(0)
     model = SpeechTransformer(preset("tiny", vocab_size=30, encoder_layers=1, decoder_layers=1)).eval()
     with torch.no_grad():
         memory, lengths = model.encode(torch.randn(2, 200, 80), torch.tensor([200, 150]))
     called = []
-    monkeypatch.setattr(decoding, "beam_search", lambda *a, **k: called.append("beam") or [])
-    monkeypatch.setattr(decoding, "greedy_search", lambda *a, **k: called.append("greedy") or [])
+    monkeypatch.setattr(decoding, "search", lambda decoder, chooser, beams, limits:
+                        called.append((type(chooser).__name__, beams.W)) or beams)
     decoding.decode(model, memory, lengths, DecodingOptions(beam_size=1))
     decoding.decode(model, memory, lengths, DecodingOptions(beam_size=1, ctc_weight=0.3))
-    assert called == ["greedy", "beam"]
+    decoding.decode(model, memory, lengths, DecodingOptions(beam_size=4))
+    attention_search(model, memory, lengths, DecodingOptions(beam_size=4, best_of=3), temperature=0.5,
+                     generator=torch.Generator())
+    assert called == [("GreedyDecoder", 1), ("BeamSearchDecoder", 1), ("BeamSearchDecoder", 4), ("GreedyDecoder", 3)]
     assert DecodingOptions(beam_size=1).is_greedy and DecodingOptions().describe() == "greedy"
     assert DecodingOptions(beam_size=4, ctc_weight=0.3).describe() == "beam 4, CTC weight 0.3"
 
@@ -134,7 +188,7 @@ def test_whisper_noise_gives_no_text_and_speech_gives_text(whisper_base, data_di
 
 def test_temperature_fallback_samples_again_only_where_needed(whisper_base, data_dir):
     from speech_transformer.audio.loading import load_audio
-    from speech_transformer.decoding.search import compression_ratio, decode_with_fallback, needs_fallback, sample_search
+    from speech_transformer.decoding.fallback import compression_ratio, decode_with_fallback, needs_fallback, sample_search
 
     assert compression_ratio("the cat " * 20) > 2.4 > compression_ratio("And so my fellow Americans, ask not")
     model, special, text = whisper_base.model, whisper_base.tokenizer.special, whisper_base.tokenizer.decode

@@ -47,6 +47,39 @@ def test_kv_cache_equals_full_recomputation():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
+def test_hypotheses_share_their_utterances_keys_and_values():
+    """W hypotheses per utterance over the B utterances' cross-attention keys/values give what W copies of each
+    utterance's memory give (beam search no longer repeats them per hypothesis)."""
+    model, W = tiny_model(), 3
+    with torch.no_grad():
+        memory, lengths = model.encode(torch.randn(2, 200, 80), torch.tensor([200, 150]))
+        tokens = torch.randint(2, 64, (2 * W, 6))
+        shared, _ = model.decoder(tokens, model.decoder.memory_kv(memory), lengths)
+        copied, _ = model.decoder(tokens, model.decoder.memory_kv(memory.repeat_interleave(W, 0)),
+                                  lengths.repeat_interleave(W))
+    torch.testing.assert_close(shared, copied, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_grows_in_place_and_reorders_rows_as_beam_search_does():
+    """Step by step with reorders (and past the buffer's first capacity) equals the reordered sequences in full."""
+    model = tiny_model()
+    with torch.no_grad():
+        memory, lengths = model.encode(torch.randn(1, 200, 80), torch.tensor([200]))
+        memory_kv = model.decoder.memory_kv(memory)
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(2, 64, (4, 3), generator=g)  # a 3-token prompt on 4 rows
+        logits, cache = model.decoder(tokens, memory_kv, lengths)
+        for step in range(70):
+            rows = torch.randint(0, 4, (4,), generator=g) if step % 3 else torch.arange(4)
+            new = torch.randint(2, 64, (4, 1), generator=g)
+            cache.reorder(rows)
+            tokens = torch.cat([tokens[rows], new], dim=1)
+            logits, cache = model.decoder(new, memory_kv, lengths, cache)
+        full, _ = model.decoder(tokens, memory_kv, lengths)
+    assert cache.length == tokens.shape[1] == 73
+    torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
+
+
 def test_loss_is_finite_and_backpropagates():
     model = tiny_model().train()
     feats = torch.randn(3, 120, 80)

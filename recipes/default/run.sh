@@ -21,7 +21,7 @@ fi
 cd "$(dirname "$0")"
 if [[ ${1:-} == student ]]; then
     shift
-    [[ -f exp/whisper-student6/config.json ]] || "$python" -m speech_transformer.importers.whisper base --student 6 \
+    [[ -f exp/whisper-student6/config.json ]] || "$python" -m speech_transformer.apps.whisper_cli base --student 6 \
         --decoder-layers 2 --tokenizer-from ../../speech_transformer/pretrained/default -o exp/whisper-student6
     exec "$python" train_cached.py --student exp/whisper-student6 --out exp/cached6 --frozen 5 --threads 2 "$@"
 fi

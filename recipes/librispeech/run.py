@@ -29,7 +29,7 @@ import yaml
 
 from speech_transformer.training import download
 from speech_transformer.apps import evaluate
-from speech_transformer.importers import whisper
+from speech_transformer.training.student import student
 from speech_transformer.apps.cli import tokenizer as tokenizer_command
 from speech_transformer.training.data import DATA_DIR_ENV, default_data_dir
 from speech_transformer.text.tokenizer import Tokenizer
@@ -56,7 +56,7 @@ def make_student(settings: dict, tokenizer_path: Path, directory: Path) -> None:
         print(f"{directory} exists")
         return
     settings = dict(settings)
-    print(whisper.student(str(settings.pop("source", "base")), Tokenizer(str(tokenizer_path)), directory, **settings))
+    print(student(str(settings.pop("source", "base")), Tokenizer(str(tokenizer_path)), directory, **settings))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """`speech-transformer whisper`: import Whisper's weights into a model directory of ours, or write a student.
 
-See `speech_transformer.importers.whisper` for the formats it reads.
+See `speech_transformer.importers.whisper_convert` for the formats it reads, `importers.whisper` for names.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import sys
 
 from speech_transformer.apps import exitcodes
 from speech_transformer.importers import whisper
-from speech_transformer.importers.whisper import import_whisper, resolve, student
-from speech_transformer.model.checkpoint import model_tokenizer
-from speech_transformer.model.checkpoint import CheckpointError
+from speech_transformer.importers.whisper import resolve
+from speech_transformer.importers.whisper_convert import import_whisper
+from speech_transformer.model.checkpoint import CheckpointError, model_tokenizer
+from speech_transformer.training.student import student
 
 
 def main(argv: list[str] | None = None) -> int:

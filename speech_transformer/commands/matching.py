@@ -7,9 +7,9 @@ How an utterance is matched (`match`):
 1. The encoder runs once per batch; its CTC head gives log-posteriors `(S, V)` per utterance.
 2. Candidates. A grammar with at most `max_expansions` phrases is scored whole: the CTC forced-alignment
    log-likelihood log p_ctc(phrase | audio) of every phrase (one batched `ctc_loss`, reduction='none').
-   A bigger one (loops such as `{letter}+`) is searched instead: a beam search over the grammar's token
-   graph where only grammar-allowed tokens (and <eos> where a phrase may end) extend a hypothesis,
-   scored by the attention decoder joined with CTC prefix scores, as in `decoding.beam_search`.
+   A bigger one (loops such as `{letter}+`) is searched instead: the decoding search (`decoding.search`) with
+   a candidate filter that lets only grammar-allowed tokens (and <eos> where a phrase may end) extend a
+   hypothesis, scored by the attention decoder joined with CTC prefix scores.
 3. Rescoring. The `rescore` best candidates get the decoder's teacher-forced log p_att(phrase | audio);
    the joint score is `ctc_weight * log p_ctc + (1 - ctc_weight) * log p_att`, and the best joint wins.
    Confidence is its share of the candidates' joint probability (softmax over the rescored candidates).
@@ -45,13 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from speech_transformer.decoding.search import (
-    NEG_INF,
-    CTCPrefixScorer,
-    DecodingOptions,
-    greedy_search,
-    sequence_log_probs,
-)
+from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.decoding.scorers import NEG_INF, CTCScorer, DecoderScorer
+from speech_transformer.decoding.search import Beams, Limits, attention_search, beam_decoder, search, sequence_log_probs
 from speech_transformer.commands.grammar import Grammar, GrammarError, WordGraph, epsilon_closure
 
 # for a model whose config.json has no "commands" entry; a shipped model carries its own, tuned with
@@ -201,95 +197,54 @@ def ctc_log_likelihoods(log_probs: Tensor, sequences: list[list[int]], blank: in
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _grammar_candidates(graph: TokenGraph, states: list, scores: Tensor, eos: int, at_limit: bool
-                        ) -> tuple[Tensor, Tensor]:
-    """The tokens the grammar allows after each of W hypotheses (<eos> in a final state; only <eos> at the
-    length limit): candidates `(W, K)` and which of them are real `(W, K)`."""
-    allowed = []
-    for w, state in enumerate(states):
-        live = scores[w] > NEG_INF
-        a = (list(graph.next(state)) if live else []) + ([eos] if live and graph.is_final(state) else [])
-        allowed.append(([eos] if eos in a else []) if at_limit else a)
-    K = max(1, max(len(a) for a in allowed))
-    candidates = torch.full((len(states), K), eos, dtype=torch.long)
-    valid = torch.zeros(len(states), K, dtype=torch.bool)
-    for w, a in enumerate(allowed):
-        if a:
-            candidates[w, :len(a)] = torch.tensor(a)
-            valid[w, :len(a)] = True
-    return candidates, valid
+class GrammarCandidates:
+    """The search's candidate filter for a grammar: a hypothesis may say only the tokens that its `TokenGraph`
+    state allows, <eos> in a final state, and only <eos> once its utterance's length limit is reached."""
 
+    def __init__(self, graph: TokenGraph, W: int, limits: list[int], eos: int):
+        self.graph, self.W, self.limits, self.eos = graph, W, limits, eos
+        self.states: list[frozenset] | None = None  # of the N = B x W rows
 
-def _extend(graph: TokenGraph, states: list, sequences: list[list[int]], scores: Tensor,
-            finished: list[tuple[float, list[int]]], rows: Tensor, columns: Tensor, candidates: Tensor, eos: int
-            ) -> tuple[list, list[list[int]]]:
-    """The hypotheses after choosing (rows, columns); those that chose <eos> move to `finished` (score -inf)."""
-    new_states, new_sequences = [], []
-    for i, (row, col) in enumerate(zip(rows.tolist(), columns.tolist())):
-        token = int(candidates[row, col])
-        if scores[i] > NEG_INF and token == eos:
-            finished.append((float(scores[i]), sequences[row]))
-            scores[i] = NEG_INF
-        if scores[i] == NEG_INF:
-            new_states.append(graph.start)
-            new_sequences.append([])
-            continue
-        new_states.append(graph.next(states[row])[token])
-        new_sequences.append(sequences[row] + [token])
-    return new_states, new_sequences
+    def propose(self, log_probs: Tensor, beams: Beams, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        graph, eos = self.graph, self.eos
+        if self.states is None:
+            self.states = [graph.start] * len(beams.sequences)
+        allowed = []
+        for i, (state, live) in enumerate(zip(self.states, (beams.scores > NEG_INF).tolist())):
+            a = (list(graph.next(state)) + ([eos] if graph.is_final(state) else [])) if live else []
+            allowed.append(([eos] if eos in a else []) if step >= self.limits[i // self.W] else a)
+        K = max(1, max(len(a) for a in allowed))
+        candidates = torch.full((len(allowed), K), eos, dtype=torch.long)
+        valid = torch.zeros(len(allowed), K, dtype=torch.bool)
+        for i, a in enumerate(allowed):
+            candidates[i, :len(a)] = torch.tensor(a, dtype=torch.long)
+            valid[i, :len(a)] = True
+        candidates, valid = candidates.to(log_probs.device), valid.to(log_probs.device)
+        return log_probs.gather(1, candidates), candidates, valid
+
+    def select(self, rows: Tensor, tokens: Tensor, beams: Beams) -> None:
+        live = (beams.scores > NEG_INF).tolist()
+        self.states = [self.graph.next(self.states[row])[token] if alive else self.graph.start
+                       for row, token, alive in zip(rows.tolist(), tokens.tolist(), live)]
 
 
 @torch.no_grad()
-def constrained_search(model, memory: Tensor, length: Tensor, log_probs: Tensor, graph: TokenGraph,
-                       options: MatchOptions, special) -> list[list[int]]:
-    """Beam search of one utterance (memory `(1, S, D)`, log_probs `(S, V)`) over grammar paths only.
-
-    Returns up to `beam_size` finished token sequences, best first by the joint score.
-    """
-    W, lam = options.beam_size, options.ctc_weight
-    S = int(length)
-    limit = max(1, int(S * options.max_tokens_per_frame))
-    lengths = length.reshape(1).expand(W)
-    memory_kv = model.decoder.memory_kv(memory.expand(W, -1, -1))
-    ctc = CTCPrefixScorer(log_probs[None].expand(W, -1, -1), lengths, special.blank, special.eos)
-    states = [graph.start] * W
-    sequences: list[list[int]] = [[] for _ in range(W)]
-    scores = torch.full((W,), NEG_INF)
-    scores[0] = 0.0
-    finished: list[tuple[float, list[int]]] = []
-    tokens = torch.tensor(special.prompt).expand(W, len(special.prompt))
-    cache = None
-    for step in range(limit + 1):
-        logits, cache = model.decoder(tokens, memory_kv, lengths, cache)
-        att = logits[:, -1].float().log_softmax(-1)
-        candidates, valid = _grammar_candidates(graph, states, scores, special.eos, at_limit=step == limit)
-        K = candidates.shape[1]
-        if not valid.any():
-            break
-        psi, r = ctc.extend(candidates)
-        joint = (1 - lam) * att.gather(1, candidates) + lam * (psi - ctc.score[:, None])
-        total = (scores[:, None] + joint).masked_fill(~valid, NEG_INF).flatten()
-        best, flat = total.topk(min(W, total.numel()))
-        rows, columns = flat // K, flat % K
-        if len(rows) < W:
-            pad = W - len(rows)
-            best = torch.cat([best, torch.full((pad,), NEG_INF)])
-            rows, columns = torch.cat([rows, rows[:1].expand(pad)]), torch.cat([columns, columns[:1].expand(pad)])
-        scores = best.clone()
-        states, sequences = _extend(graph, states, sequences, scores, finished, rows, columns, candidates, special.eos)
-        live_best = float(scores.max())
-        if len(finished) >= W or live_best == NEG_INF:
-            break
-        cache = [(k[rows], v[rows]) for k, v in cache]
-        ctc.select(rows, columns, candidates, psi, r)
-        tokens = candidates[rows, columns][:, None]
-    finished.sort(key=lambda f: -f[0])
-    out, seen = [], set()
-    for _, seq in finished:
-        if tuple(seq) not in seen:
-            seen.add(tuple(seq))
-            out.append(seq)
-    return out[:W]
+def grammar_search(model, enc, graph: TokenGraph, options: MatchOptions, special) -> list[list[list[int]]]:
+    """The decoding search over grammar paths only, for all utterances of an `Encoding` at once, scored by the
+    decoder joined with CTC prefix scores: per utterance up to `beam_size` distinct token sequences, best first."""
+    W = options.beam_size
+    limits = [max(1, int(n * options.max_tokens_per_frame)) for n in enc.lengths.tolist()]
+    ctc = CTCScorer(options.ctc_weight, enc.ctc_log_probs.repeat_interleave(W, 0), enc.lengths.repeat_interleave(W),
+                    special)
+    lengths = Limits([n + 1 for n in limits], None)  # the step at the limit says <eos> (GrammarCandidates)
+    chooser = beam_decoder([ctc], GrammarCandidates(graph, W, limits, special.eos), special, lengths)
+    decoder = DecoderScorer(model, enc.memory, enc.lengths, special, [], W)
+    beams = search(decoder, chooser, Beams.start(len(enc), W, enc.memory.device), lengths)
+    out = []
+    for finished in beams.finished:
+        distinct = {tuple(h.tokens): h.tokens for h in sorted(finished, key=lambda h: -h.score)}
+        out.append(list(distinct.values())[:W])
+    return out
 
 
 @torch.no_grad()
@@ -322,14 +277,14 @@ def match_all(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
 
 def _candidates(model, enc, compiled: CompiledGrammar, options: MatchOptions, special
                 ) -> tuple[list[list[list[int]]], list[Tensor], list[list[int]]]:
-    """Per utterance: its best grammar token sequences by CTC (all phrases scored, or the constrained search),
+    """Per utterance: its best grammar token sequences by CTC (all phrases scored, or the grammar search),
     their CTC log-likelihoods, and their phrase indices (-1: found by the search)."""
     log_probs, lengths = enc.ctc_log_probs.cpu(), enc.lengths.cpu()
+    searched = grammar_search(model, enc, compiled.graph, options, special) if compiled.phrases is None else None
     candidates, ctc_scores, phrase_ids = [], [], []
     for b in range(len(enc)):
-        n = int(lengths[b])
-        lp = log_probs[b, :n]
-        if compiled.phrases is not None:
+        lp = log_probs[b, :int(lengths[b])]
+        if searched is None:
             ll = ctc_log_likelihoods(lp, compiled.tokens, special.blank)
             top = ll.topk(min(options.rescore, len(ll))).indices.tolist()
             top = [t for t in top if ll[t] > NEG_INF] or top[:1]
@@ -337,8 +292,7 @@ def _candidates(model, enc, compiled: CompiledGrammar, options: MatchOptions, sp
             ctc_scores.append(ll[top])
             phrase_ids.append(top)
         else:
-            seqs = constrained_search(model, enc.memory[b:b + 1], enc.lengths[b], enc.ctc_log_probs[b, :n],
-                                      compiled.graph, options, special)[:options.rescore] or [[]]
+            seqs = searched[b][:options.rescore] or [[]]
             candidates.append(seqs)
             ctc_scores.append(ctc_log_likelihoods(lp, seqs, special.blank))
             phrase_ids.append([-1] * len(seqs))
@@ -358,7 +312,7 @@ def _match_batch(recognizer, waveforms: list[np.ndarray], compiled: CompiledGram
         att = sequence_log_probs(model, enc.memory.repeat_interleave(counts.to(enc.memory.device), dim=0),
                                  enc.lengths.repeat_interleave(counts.to(enc.lengths.device)), flat, special).cpu()
         greedy = [(h.score, len(h.tokens) + 1)
-                  for h in greedy_search(model, enc.memory, enc.lengths, DecodingOptions(), special)]
+                  for h in attention_search(model, enc.memory, enc.lengths, DecodingOptions(), special)]
     else:
         att = torch.zeros(len(flat))
         greedy = [(0.0, 1)] * len(candidates)

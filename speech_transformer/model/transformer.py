@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from speech_transformer.audio.loading import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 from speech_transformer.audio.features import FrontEnd, WhisperFrontEnd
+from speech_transformer.model.kv_cache import KVCache
 from speech_transformer.text.tokenizer import BLANK_ID, SOS_EOS_ID
 
 
@@ -193,15 +194,17 @@ class DecoderBlock(nn.Module):
         self.ff = feed_forward(c.d_model, c.d_ff, c.dropout)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
-                cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor | None, cache: KVCache,
+                layer: int) -> Tensor:
+        """x `(N, T, D)`: N = B utterances x W hypotheses over the B utterances' `memory_kv` `(B, H, S, D/H)`."""
         h = self.self_norm(x)
-        k, v = self.self_attn.project_kv(h)
-        if cache is not None:  # incremental decoding: new positions attend to all cached ones
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        x = x + self.drop(self.self_attn(h, kv=(k, v), causal=cache is None))
-        x = x + self.drop(self.cross_attn(self.cross_norm(x), kv=memory_kv, mask=memory_mask))
-        return x + self.drop(self.ff(self.ff_norm(x))), (k, v)
+        k, v = cache.update(layer, *self.self_attn.project_kv(h))  # new positions attend to all cached ones
+        x = x + self.drop(self.self_attn(h, kv=(k, v), causal=cache.length == 0))
+        h = self.cross_norm(x)
+        # an utterance's W hypotheses are W x T queries of its keys/values (no copy of them per hypothesis)
+        h = h.reshape(memory_kv[0].shape[0], -1, h.shape[-1])
+        x = x + self.drop(self.cross_attn(h, kv=memory_kv, mask=memory_mask).reshape(x.shape))
+        return x + self.drop(self.ff(self.ff_norm(x)))
 
 
 class ConvSubsampling(nn.Module):
@@ -360,21 +363,23 @@ class Decoder(nn.Module):
         return [block.cross_attn.project_kv(memory) for block in self.blocks]
 
     def forward(self, tokens: Tensor, memory_kv: list[tuple[Tensor, Tensor]], memory_lengths: Tensor,
-                cache: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """tokens `(B, L)` -> logits `(B, L, V)` and the new self-attention cache.
+                cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        """tokens `(N, L)` -> logits `(N, L, V)` and the self-attention cache.
 
-        With `cache` (from the previous call), `tokens` holds only the new positions.
+        `memory_kv` (`memory_kv`) and `memory_lengths` `(B,)` are B utterances'; N = B x W rows, W hypotheses
+        of each utterance (rows b*W .. b*W + W-1), which share its keys and values. With `cache` (from the
+        previous call), `tokens` holds only the new positions.
         """
-        offset = 0 if cache is None else cache[0][0].shape[2]
-        x = self.drop(self.embed(tokens) * self.scale + self.positions(tokens.shape[1], offset).to(self.embed.weight))
+        cache = KVCache() if cache is None else cache
+        x = self.drop(self.embed(tokens) * self.scale
+                      + self.positions(tokens.shape[1], cache.length).to(self.embed.weight))
         S = memory_kv[0][0].shape[2]
         # no mask when nothing is padded (e.g. Whisper's 30 s windows): SDPA's faster kernels need none
         memory_mask = None if bool((memory_lengths == S).all()) else padding_mask(memory_lengths, S)[:, None, None, :]
-        new_cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, memory_kv[i], memory_mask, None if cache is None else cache[i])
-            new_cache.append(kv)
-        return self.output(self.norm(x)), new_cache
+            x = block(x, memory_kv[i], memory_mask, cache, i)
+        cache.advance(tokens.shape[1])
+        return self.output(self.norm(x)), cache
 
 
 @dataclass

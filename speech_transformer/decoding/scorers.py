@@ -1,0 +1,176 @@
+"""What the search adds up: the decoder's score of every token, and the partial scorers beside it.
+
+As in ESPnet's scorer interface: the decoder is the full scorer (log-probabilities of all V tokens of N running
+hypotheses, after its `LogitFilter`s); a partial `Scorer` scores only the K candidates the search proposes
+(the CTC prefix score, Watanabe et al., 2017; a token LM), each with its weight. The joint score of extending
+a hypothesis by a candidate is (1 - ctc_weight) x decoder + ctc_weight x CTC + lm_weight x LM.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from speech_transformer.text.tokenizer import SpecialTokens
+
+NEG_INF = float("-inf")
+
+
+class LogitFilter(Protocol):
+    def apply(self, logits: Tensor, sequences: Sequence[list[int]]) -> None:
+        """Change next-token logits `(N, V)` of N hypotheses in place (before the softmax, as whisper does)."""
+
+
+class SuppressTokens:
+    """Tokens the decoder never emits (the CTC blank; Whisper's special, timestamp and non-speech tokens)."""
+
+    def __init__(self, ids: Sequence[int], device: torch.device):
+        self.ids = torch.tensor(list(ids), dtype=torch.long, device=device)
+
+    def apply(self, logits: Tensor, sequences: Sequence[list[int]]) -> None:
+        logits.index_fill_(1, self.ids, NEG_INF)
+
+
+class SuppressAtStart(SuppressTokens):
+    """Tokens that may not start the text (Whisper: a bare space and <|endoftext|>)."""
+
+    def apply(self, logits: Tensor, sequences: Sequence[list[int]]) -> None:
+        if not any(sequences):
+            super().apply(logits, sequences)
+
+
+def default_filters(special: SpecialTokens, device: torch.device) -> list[LogitFilter]:
+    filters: list[LogitFilter] = [SuppressTokens(special.suppress, device)]
+    if special.suppress_at_start:
+        filters.append(SuppressAtStart(special.suppress_at_start, device))
+    return filters
+
+
+class DecoderScorer:
+    """The decoder as the full scorer of N = B x W running hypotheses over B utterances' encoder states.
+
+    The cross-attention keys/values are computed once per utterance and shared by its W hypotheses; the
+    self-attention cache grows in place and is reordered when beam search changes which hypothesis a row holds.
+    """
+
+    def __init__(self, model, memory: Tensor, lengths: Tensor, special: SpecialTokens, filters: list[LogitFilter],
+                 hypotheses: int = 1):
+        self.model, self.lengths, self.filters, self.special = model, lengths, filters, special
+        self.memory_kv = model.decoder.memory_kv(memory)
+        self.cache = None
+        N = memory.shape[0] * hypotheses
+        self.tokens = torch.tensor(special.prompt, device=memory.device).expand(N, len(special.prompt))
+        self.no_speech_probs: list[float] | None = None  # after the first step, for a model with a no-speech token
+
+    def logits(self, sequences: Sequence[list[int]]) -> Tensor:
+        """Filtered next-token logits `(N, V)`."""
+        logits, self.cache = self.model.decoder(self.tokens, self.memory_kv, self.lengths, self.cache)
+        if self.special.no_speech is not None and self.no_speech_probs is None:  # at the prompt's first token
+            self.no_speech_probs = logits[:, 0].float().softmax(-1)[:, self.special.no_speech].tolist()
+        logits = logits[:, -1].float()
+        for f in self.filters:
+            f.apply(logits, sequences)
+        return logits
+
+    def advance(self, next_tokens: Tensor, rows: Tensor | None = None) -> None:
+        """Feed `next_tokens` `(N,)`; `rows` `(N,)` says which hypothesis each new one extends (beam search)."""
+        if rows is not None:
+            self.cache.reorder(rows)
+        self.tokens = next_tokens[:, None]
+
+
+class Scorer(Protocol):
+    """A weighted score of extending each of N hypotheses by K candidate tokens (ESPnet's partial scorer)."""
+
+    weight: float
+
+    def score(self, sequences: Sequence[list[int]], candidates: Tensor) -> Tensor:
+        """candidates `(N, K)` -> the score each extension adds `(N, K)`."""
+
+    def select(self, rows: Tensor, columns: Tensor) -> None:
+        """Keep, for new hypothesis i, the extension (rows[i], columns[i]) of the last `score` call."""
+
+
+class CTCPrefixScorer:
+    """CTC prefix scores of N hypotheses extended by K candidate tokens each.
+
+    For a prefix h the forward variables r_t^n(h), r_t^b(h) hold the probability of h covering
+    frames 1..t ending in a non-blank / blank; extending by c gives psi(h+c) = sum_t phi_{t-1} x_t(c)
+    with phi = r^n + r^b (only r^b when c repeats h's last token). All in log space, frames past
+    an utterance's length carry blank with probability one so they change nothing. A prefix of L tokens
+    cannot end before frame L, so the recursion for h+c starts there (ESPnet's `start = max(L, 1)`).
+    """
+
+    def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int = SpecialTokens.blank,
+                 eos: int = SpecialTokens.eos):
+        S, N = log_probs.shape[1], log_probs.shape[0]
+        self.blank, self.eos = blank, eos
+        x = log_probs.transpose(0, 1).clone()  # (S, N, V)
+        beyond = torch.arange(S, device=x.device)[:, None] >= lengths[None, :]
+        x.masked_fill_(beyond[..., None], NEG_INF)
+        x[..., blank].masked_fill_(beyond, 0.0)
+        self.x = x
+        self.r = torch.stack([torch.full((S, N), NEG_INF, device=x.device), x[:, :, blank].cumsum(0)], dim=1)
+        self.score = torch.zeros(N, device=x.device)  # log-probability of each prefix
+        self.last = torch.full((N,), -1, dtype=torch.long, device=x.device)
+        self.length = 0  # tokens in every prefix (each `select` adds one)
+
+    def extend(self, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """candidates `(N, K)` -> prefix scores `(N, K)` and new forward variables `(S, 2, N, K)`."""
+        S = self.x.shape[0]
+        N, K = candidates.shape
+        x_c = self.x.gather(2, candidates[None].expand(S, N, K))  # (S, N, K)
+        x_blank = self.x[:, :, self.blank][..., None]  # (S, N, 1)
+        phi = torch.logaddexp(self.r[:, 0], self.r[:, 1])[..., None].expand(S, N, K).clone()
+        repeat = (candidates == self.last[:, None])[None]
+        phi = torch.where(repeat, self.r[:, 1][..., None].expand(S, N, K), phi)
+        r = torch.full((S, 2, N, K), NEG_INF, device=x_c.device)
+        empty = (self.last < 0)[:, None]
+        r[0, 0] = torch.where(empty, x_c[0], torch.full_like(x_c[0], NEG_INF))
+        for t in range(max(self.length, 1), S):  # before frame L, r_t(h + c) is -inf
+            r[t, 0] = torch.logaddexp(r[t - 1, 0], phi[t - 1]) + x_c[t]
+            r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + x_blank[t]
+        psi = torch.logsumexp(torch.cat([r[:1, 0], phi[:-1] + x_c[1:]], dim=0), dim=0)
+        full = torch.logaddexp(self.r[-1, 0], self.r[-1, 1])  # h itself is the whole sequence
+        psi = torch.where(candidates == self.eos, full[:, None].expand(N, K), psi)
+        return psi, r
+
+    def select(self, rows: Tensor, columns: Tensor, candidates: Tensor, psi: Tensor, r: Tensor) -> None:
+        """Keep, for each new hypothesis, the extension (rows[i], columns[i])."""
+        self.r = r[:, :, rows, columns]
+        self.score = psi[rows, columns]
+        self.last = candidates[rows, columns]
+        self.length += 1
+
+
+class CTCScorer:
+    """The CTC prefix score as a partial Scorer: log p_ctc(h + c) - log p_ctc(h)."""
+
+    def __init__(self, weight: float, log_probs: Tensor, lengths: Tensor, special: SpecialTokens):
+        self.weight = weight
+        self.prefix = CTCPrefixScorer(log_probs, lengths, special.blank, special.eos)
+        self._last: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def score(self, sequences: Sequence[list[int]], candidates: Tensor) -> Tensor:
+        psi, r = self.prefix.extend(candidates)
+        self._last = (candidates, psi, r)
+        return psi - self.prefix.score[:, None]
+
+    def select(self, rows: Tensor, columns: Tensor) -> None:
+        candidates, psi, r = self._last
+        self.prefix.select(rows, columns, candidates, psi, r)
+
+
+class LMScorer:
+    """Shallow fusion with a token LM that has `log_probs(sequences, candidates) -> (N, K)` (`token_lm.NgramLM`)."""
+
+    def __init__(self, weight: float, lm):
+        self.weight, self.lm = weight, lm
+
+    def score(self, sequences: Sequence[list[int]], candidates: Tensor) -> Tensor:
+        return self.lm.log_probs(sequences, candidates)
+
+    def select(self, rows: Tensor, columns: Tensor) -> None:
+        pass  # stateless: the sequences carry the history

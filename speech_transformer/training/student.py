@@ -1,0 +1,49 @@
+"""A student to fine-tune: Whisper's stem and first encoder blocks under a new CTC head and a small decoder
+over our own tokenizer (`speech-transformer whisper SRC --student N`, recipes/default/run.sh student)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from speech_transformer.importers.whisper import resolve_source
+from speech_transformer.importers.whisper_convert import read_any
+from speech_transformer.model.checkpoint import CheckpointError, save_model
+from speech_transformer.model.transformer import SpeechTransformer
+from speech_transformer.text.tokenizer import TextTokenizer
+
+STUDENT_KEPT = ("encoder.subsampling.", "encoder.positions.", "encoder.norm.")  # besides the kept blocks
+
+
+def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder_layers: int = 4,
+            decoder_layers: int = 1, dropout: float = 0.1, seed: int = 0) -> Path:
+    """A smaller model of ours that starts from Whisper's encoder, to fine-tune on our data. `source`: what
+    `read_any` reads, or a name or path as a string (`resolve_source`: "base" finds the installed copy).
+
+    It keeps Whisper's stem, position table, first `encoder_layers` encoder blocks and final LayerNorm; its
+    CTC head and `decoder_layers`-block decoder are new, over `tokenizer` (ours: a few hundred pieces, not
+    Whisper's 51,864 tokens, whose embedding alone is 26.5 M parameters in base). It reads Whisper's
+    features without the 30 s window (frontend "whisper_log_mel"): it is trained on variable-length
+    batches. `speech-transformer train --set init_from=OUTPUT` fine-tunes it.
+    """
+    config, state, _, path = read_any(resolve_source(source) if isinstance(source, str) else source)
+    if not 1 <= encoder_layers <= config.encoder_layers:
+        raise ValueError(f"{path}: the model has {config.encoder_layers} encoder layers, not {encoder_layers}")
+    config = replace(config, vocab_size=tokenizer.vocab_size, encoder_layers=encoder_layers,
+                     decoder_layers=decoder_layers, frontend="whisper_log_mel", decoder_positions="sinusoidal",
+                     decoder_scale_embeddings=True, ctc=True, dropout=dropout)
+    with torch.random.fork_rng():  # the new heads' initial weights: the same for every build
+        torch.manual_seed(seed)
+        model = SpeechTransformer(config)
+    blocks = tuple(f"encoder.blocks.{i}." for i in range(encoder_layers))
+    kept = {k: v for k, v in state.items() if k.startswith(STUDENT_KEPT + blocks)}
+    missing = [k for k in kept if k not in model.state_dict()]
+    if missing:
+        raise CheckpointError(f"{path}: unexpected weights {missing[:3]}")
+    model.load_state_dict(kept, strict=False)
+    info = {"source": str(path), "initialised_from": "whisper",
+            "whisper_layers_kept": f"stem and encoder blocks 0-{encoder_layers - 1}"}
+    return save_model(model, tokenizer, output, info)
