@@ -83,15 +83,14 @@ class Recognizer:
     def from_dir(cls, name_or_dir: str | os.PathLike | None = None, device: str = "cpu") -> "Recognizer":
         """Load a model directory, a shipped model's name, or (None) the embedded default model.
 
-        The preferred decoding is config.json's "decoding" entry (DecodingOptions fields); greedy without one.
+        The preferred decoding is config.json's "decoding" entry (its method, and the tuned settings of each
+        search: `method=lexicon` alone gives the model's tuned lexicon search); greedy without one.
         """
         directory = pretrained.resolve(name_or_dir)
+        settings = checkpoint.ModelDirectory.read(directory)  # a bad section is named before the weights load
         model, tokenizer, config = checkpoint.load_model(directory, device)
         lm = NgramLM.load(directory / LM_FILE) if (directory / LM_FILE).is_file() else None
-        try:
-            options = DecodingOptions.from_dict(config.get("decoding"))
-        except (TypeError, ValueError) as e:
-            raise checkpoint.CheckpointError(f"{directory / checkpoint.CONFIG_FILE}: bad decoding entry ({e})") from None
+        options = settings.decoding
         return cls(model, tokenizer, config, lm, options)
 
     @property

@@ -12,8 +12,10 @@ Adapters:
 `parse_system` turns a `--system` spec into a System:
   pocketsphinx                    PocketSphinx baseline
   cmd:NAME=COMMAND                a shell command with {audio} in it, e.g. "cmd:whisper=whisper-cli {audio}"
-  model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); options beam, ctc, method, lm, device,
-                                  name, and for method=lexicon ws (word score), rescore, nbest, word_lm, words
+  model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); device, name, and any decoding
+                                  setting by name or short key (`decoding.options.OPTIONS`): method, beam, ctc,
+                                  lm, ws (word score), rescore, nbest, word_lm, words, ... A setting of one search
+                                  chooses it; `method=lexicon` alone is the model's tuned lexicon search
   default[,beam=N,ctc=W,...]      the embedded default model
   faster-whisper:DIR[,beam=N,compute=int8|float32,threads=N,name=S]
                                   faster-whisper (CTranslate2) on a model folder, or an installed name (base)
@@ -32,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from speech_transformer.audio.loading import SAMPLE_RATE
+from speech_transformer.decoding.options import OPTIONS, SPEC_KEYS
 
 COMMAND_TIMEOUT_S = 600.0
 
@@ -193,26 +196,27 @@ def default_model_system(**options: Any) -> SpeechTransformerSystem:
     return SpeechTransformerSystem(default_model_dir(), **options)
 
 
-_MODEL_KEYS = {"beam": ("beam_size", int), "beam_size": ("beam_size", int), "ctc": ("ctc_weight", float),
-               "ctc_weight": ("ctc_weight", float), "device": ("device", str), "name": ("name", str),
-               "method": ("method", str), "lm": ("lm_weight", float), "ws": ("word_score", float),
-               "word_score": ("word_score", float), "rescore": ("rescore_weight", float),
-               "nbest": ("nbest", int), "word_lm": ("word_lm", str), "words": ("words_file", str)}
-
-
-def _model_options(parts: list[str], spec: str) -> dict[str, Any]:
+def parse_options(parts: list[str], spec: str, keys: dict[str, tuple[str, Any]], what: str) -> dict[str, Any]:
+    """`key=value` parts of a `--system` spec -> {name: value}, by `keys` {key: (name, parse)}."""
     out = {}
     for part in parts:
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or key not in _MODEL_KEYS:
-            raise ValueError(f"bad model option {part!r} in {spec!r} (known: {', '.join(sorted(_MODEL_KEYS))})")
-        name, kind = _MODEL_KEYS[key]
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or key not in keys:
+            raise ValueError(f"bad {what} option {part!r} in {spec!r} (known: {', '.join(sorted(keys))})")
+        name, parse = keys[key]
         try:
-            out[name] = kind(value.strip())
+            out[name] = parse(value)
         except ValueError:
             raise ValueError(f"bad value for {key} in {spec!r}: {value!r}") from None
     return out
+
+
+_MODEL_KEYS = {"device": ("device", str), "name": ("name", str),
+               **{key: (name, OPTIONS[name].parse) for key, name in SPEC_KEYS.items() if OPTIONS[name].kind is not tuple}}
+
+
+def _model_options(parts: list[str], spec: str) -> dict[str, Any]:
+    return parse_options(parts, spec, _MODEL_KEYS, "model")
 
 
 def parse_system(spec: str) -> System:
@@ -303,18 +307,7 @@ def _faster_whisper_system(spec: str) -> FasterWhisperSystem:
     model, *parts = spec[len("faster-whisper:"):].split(",")
     if not model:
         raise ValueError(f"bad faster-whisper system {spec!r}: expected faster-whisper:DIR[,beam=N,compute=int8]")
-    options = {}
-    for part in parts:
-        key, eq, value = (x.strip() for x in part.partition("="))
-        if not eq or key not in _FASTER_WHISPER_KEYS:
-            raise ValueError(f"bad faster-whisper option {part!r} in {spec!r} "
-                             f"(known: {', '.join(sorted(_FASTER_WHISPER_KEYS))})")
-        name, kind = _FASTER_WHISPER_KEYS[key]
-        try:
-            options[name] = kind(value)
-        except ValueError:
-            raise ValueError(f"bad value for {key} in {spec!r}: {value!r}") from None
-    return FasterWhisperSystem(model, **options)
+    return FasterWhisperSystem(model, **parse_options(parts, spec, _FASTER_WHISPER_KEYS, "faster-whisper"))
 
 
 def _version(package: str) -> str | None:

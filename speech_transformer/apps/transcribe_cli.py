@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from speech_transformer.apps import exitcodes, writers as subtitles
-from speech_transformer.decoding.options import METHODS
+from speech_transformer.apps.decoding_args import add_decoding_arguments, decoding_changes
 from speech_transformer.audio.loading import reason
 from speech_transformer.audio.sources import InputFile, expand_inputs, output_stems
 from speech_transformer.apps.transcribe import TranscribeOptions, Transcriber, load_model
@@ -47,39 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip inputs whose outputs all exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
-
-def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
-    """Decoding flags; each one left out keeps that field of the model's preferred decoding."""
-    d = p.add_argument_group("decoding", "Default: the model's preferred decoding (its config.json \"decoding\"; "
-                             "the embedded model: beam 4, CTC weight 0.3). Each flag changes that one field.")
-    d.add_argument("--method", choices=METHODS, help="attention (greedy or beam search), ctc (CTC greedy) or lexicon")
-    d.add_argument("--beam", type=int, help="beam size; 1 with no CTC or LM weight is greedy")
-    d.add_argument("--ctc-weight", type=float, help="share of the CTC prefix score in beam search, 0..1")
-    d.add_argument("--lm-weight", type=float, help="weight of the LM: lm.json in beam search, the word LM in lexicon")
-    d.add_argument("--temperatures", type=_temperatures, metavar="T,T,...",
-                   help="temperature fallback: decode again, sampling at each next temperature, where a result "
-                        "loops or is unsure (imported Whisper models: 0,0.2,...,1; 0 turns it off)")
-    d.add_argument("--word-score", type=float, help="lexicon: bonus per word")
-    d.add_argument("--rescore-weight", type=float, help="lexicon: share of the attention decoder in n-best rescoring")
-    d.add_argument("--word-lm", help="lexicon: 'generic' (pocketsphinx's English 3-gram), an ARPA file, or 'none'")
-    d.add_argument("--words", metavar="FILE", help="lexicon: your own words (names, jargon), one a line, optional "
-                                                   "boost after a tab; added to the lexicon without retraining")
-
-
-def _temperatures(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
-
-
-def decoding_changes(args: argparse.Namespace) -> dict:
-    """The DecodingOptions fields the decoding flags set."""
-    changes = {"method": args.method, "beam_size": args.beam, "ctc_weight": args.ctc_weight,
-               "lm_weight": args.lm_weight, "word_score": args.word_score, "rescore_weight": args.rescore_weight,
-               "words_file": args.words, "word_lm": args.word_lm, "temperatures": args.temperatures}
-    return {k: v for k, v in changes.items() if v is not None}
 
 
 @dataclass
