@@ -6,6 +6,7 @@ clips are known exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -56,14 +57,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(model, tmp_path_factory):
-    """`python app.py --model DIR` on a free 127.0.0.1 port; yields its URL."""
-    tmp = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def serve(tmp: Path, *args: str):
+    """`python app.py ARGS` on a free 127.0.0.1 port; yields its URL."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(tmp / "gradio")}
     log = open(tmp / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "app.py", "--model", str(model[0]), "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "app.py", *args, "--port", str(port)],
                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -83,6 +83,13 @@ def server(model, tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    """`python app.py --model DIR` on a free 127.0.0.1 port; yields its URL."""
+    with serve(tmp_path_factory.mktemp("server"), "--model", str(model[0])) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -163,17 +170,13 @@ def test_concurrent_requests_wait_in_the_queue(client, clips, model):
         assert text.strip() and (text == u.text or not model[1])
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory, clips):
-    """Headless Chromium whose fake microphone plays a real clip (0.5 s of silence, the clip, 1 s of silence)."""
+def chromium(tmp: Path, microphone: str):
+    """Headless Chromium whose fake microphone plays the WAV file `microphone` once."""
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    tmp = tmp_path_factory.mktemp("browser")
-    speech = np.concatenate([np.zeros(8_000), load_audio(clips[1].audio), np.zeros(16_000)])
-    microphone = _wav(tmp / "microphone.wav", speech, 16_000)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -183,7 +186,15 @@ def browser(tmp_path_factory, clips):
                  f"--use-file-for-fake-audio-capture={microphone}%noloop"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, clips):
+    """Headless Chromium whose fake microphone plays a real clip (0.5 s of silence, the clip, 1 s of silence)."""
+    tmp = tmp_path_factory.mktemp("browser")
+    speech = np.concatenate([np.zeros(8_000), load_audio(clips[1].audio), np.zeros(16_000)])
+    driver = chromium(tmp, _wav(tmp / "microphone.wav", speech, 16_000))
     yield driver
     driver.quit()
 
@@ -317,3 +328,88 @@ def test_browser_voice_control_tab_opens_a_window(browser, server, clips, model)
     assert u.text.lower() in result.lower() and "open" in result.split("action")[1], result
     window = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#commands-computer .st-window"))[0]
     assert window.get_attribute("data-app") == u.text.lower()
+
+
+# Live listening in the browser: the embedded default model, the fake microphone playing a real AN4 clip.
+
+COMMAND_CLIP = "ENTER FIFTY FOUR"  # AN4 training utterances the default model hears right
+SENTENCE_CLIP = "FOUR ONE TWO FOUR TWO ONE EIGHT EIGHT NINE SIX"
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory):
+    with serve(tmp_path_factory.mktemp("default-server"), "--no-whisper", "--no-examples") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def talking_browser(tmp: Path, data_dir: Path, text: str):
+    """Chromium whose fake microphone says the AN4 training utterance `text` after 1.5 s, then 3 s of silence;
+    `.clip_seconds`: when the clip ends."""
+    from speech_transformer.training.data import read_manifest
+
+    clip = next(u for u in read_manifest(data_dir / "an4" / "train.tsv") if u.text == text)
+    speech = np.concatenate([np.zeros(24_000), load_audio(clip.audio), np.zeros(48_000)]).astype(np.float32)
+    driver = chromium(tmp, _wav(tmp / "microphone.wav", speech, 16_000))
+    driver.clip_seconds = 1.5 + clip.duration
+    yield driver
+    driver.quit()
+
+
+def _record(driver, component: str) -> float:
+    from selenium.webdriver.common.by import By
+
+    _wait(driver, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, f"#{component} button.record-button")
+                             if b.is_enabled()])[0].click()
+    return time.monotonic()
+
+
+def _value(driver, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, selector)
+    return found[0].get_attribute("value") if found else ""
+
+
+def test_browser_live_transcript_shows_partials_then_the_final(default_server, data_dir, tmp_path):
+    with talking_browser(tmp_path, data_dir, SENTENCE_CLIP) as browser:
+        _live_transcript(browser, default_server)
+
+
+def _live_transcript(browser, default_server) -> None:
+    browser.get(default_server)
+    started = _record(browser, "live-audio")
+    first_partial = None
+    while time.monotonic() - started < 30:  # until the silence after the clip has closed its last utterance
+        partial = _value(browser, "#live-partial textarea").strip()
+        if first_partial is None and partial:
+            first_partial = time.monotonic() - started
+        if time.monotonic() - started > browser.clip_seconds + 1 and not partial and \
+                _value(browser, "#live-finals textarea"):
+            break
+        time.sleep(0.05)
+    finals = _value(browser, "#live-finals textarea")  # one line per utterance
+    assert first_partial is not None and first_partial < browser.clip_seconds, (first_partial, finals)
+    assert " ".join(finals.split()) == SENTENCE_CLIP
+
+
+def test_browser_voice_control_listens_continuously(default_server, data_dir, tmp_path):
+    """No button: the command is acted on when its utterance ends."""
+    with talking_browser(tmp_path, data_dir, COMMAND_CLIP) as browser:
+        _voice_control(browser, default_server)
+
+
+def _voice_control(browser, default_server) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(default_server)
+    _wait(browser, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+                              if "Voice control" in b.text])[0].click()
+    box = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#commands-grammar textarea"))[0]
+    box.clear()
+    box.send_keys("enter {number} -> type\n(yes | no) -> answer\n")
+    _record(browser, "commands-listen")
+    typed = _wait(browser, lambda d: _value(d, "#commands-computer .st-typed"), timeout=40)
+    assert typed == "54"
+    result = browser.find_element(By.CSS_SELECTOR, "#commands-result").text
+    assert "number = 54" in result and "confidence" in result and "type" in result, result

@@ -52,3 +52,26 @@ def test_the_tab_builds_inside_blocks(recognizer):
         with gr.Tab("Voice control"):
             build_commands_tab(lambda: recognizer)
     assert "command" in {d.api_name for d in app.fns.values()}
+
+
+def test_listening_continuously_acts_on_each_command(recognizer, data_dir):
+    """Microphone chunks (48 kHz int16, as browsers send them) of two commands in a row, no button."""
+    import numpy as np
+    import torchaudio.functional as AF
+
+    from speech_transformer.apps.demo_commands import listen_step
+
+    an4 = read_manifest(data_dir / "an4" / "train.tsv")
+    clip = next(u for u in an4 if u.text == "ENTER FIFTY FOUR")
+    pause = np.zeros(16_000, np.float32)
+    speech = torch.from_numpy(np.concatenate([pause, load_audio(clip.audio), pause, load_audio(clip.audio), pause]))
+    mic = (AF.resample(speech, 16_000, 48_000).numpy() * 32767).astype(np.int16)
+    grammar = "enter {number} -> type\n(yes | no) -> answer\n"
+    session, computer, said = None, Computer(), []
+    for i in range(0, len(mic), 12_000):  # 0.25 s chunks
+        session, text, computer = listen_step(recognizer, session, (48_000, mic[i:i + 12_000]), grammar, computer)
+        said += [text] if text else []
+    session, text, computer = listen_step(recognizer, session, None, grammar, computer, stop=True)
+    said += [text] if text else []
+    assert session is None and computer.typed == "5454", said
+    assert all("number = 54" in t for t in said) and len(said) <= 2

@@ -10,6 +10,7 @@
     speech-transformer transcribe PATHS -o OUT      batch transcription: txt, json, srt, vtt, tsv
     speech-transformer evaluate --data M            WER benchmark, side by side with peer systems
     speech-transformer commands --grammar G AUDIO   voice commands: the grammar command each input is, or rejected
+    speech-transformer listen [--grammar G]         live: partial and final text (or commands) from the microphone
     speech-transformer demo [--model DIR]           the Gradio voice demo on 127.0.0.1:7860 (= python app.py)
     speech-transformer whisper SRC -o DIR           import Whisper weights (.pt, Hugging Face or faster-whisper folder)
 
@@ -29,7 +30,8 @@ from pathlib import Path
 DELEGATED = {"train": "speech_transformer.training.trainer", "evaluate": "speech_transformer.apps.evaluate",
              "download": "speech_transformer.training.download", "demo": "speech_transformer.apps.demo",
              "transcribe": "speech_transformer.apps.transcribe_cli", "whisper": "speech_transformer.apps.whisper_cli",
-             "lm-words": "speech_transformer.apps.lm_cli", "commands": "speech_transformer.commands.matching"}
+             "lm-words": "speech_transformer.apps.lm_cli", "commands": "speech_transformer.commands.matching",
+             "listen": "speech_transformer.apps.listen"}
 
 
 def presets(argv: list[str]) -> int:

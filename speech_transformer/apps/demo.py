@@ -29,6 +29,7 @@ from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, info, load
 from speech_transformer.model.checkpoint import CheckpointError
 from speech_transformer.training.data import default_data_dir, read_manifest
 from speech_transformer.apps.demo_commands import build_commands_tab
+from speech_transformer.apps.demo_live import build_live_transcribe
 from speech_transformer.model.transformer import PRESETS
 from speech_transformer.recognizer import Recognition, Recognizer
 
@@ -325,6 +326,8 @@ def build(recognizer: Recognizer, limits: Limits = Limits(), model_dir: Path | N
             "output token looked in the audio.")
         with gr.Tab("Transcribe", elem_id="tab-transcribe"):
             _transcribe_tab(demo, model_dir, examples, layers)
+            with gr.Accordion("Live: the transcript as you speak", open=True, elem_id="live"):
+                build_live_transcribe(lambda: demo.recognizer)
         with gr.Tab("Voice control", elem_id="tab-commands"):
             gr.Markdown("The article's voice-controlled computer: a grammar of commands, matched by this model; "
                         "anything else is rejected.")

@@ -3,7 +3,8 @@
 `build_commands_tab(get_recognizer)` adds, inside an open gradio Blocks/Tab, a grammar box (pre-filled with
 `grammars/desktop.txt`), a microphone/upload input and a small on-screen computer: windows open and close
 when named, a volume bar moves, a typed-number field fills in. Each command shows its phrase, slots and
-confidence; speech the grammar cannot say is "not understood" and changes nothing.
+confidence; speech the grammar cannot say is "not understood" and changes nothing. It also listens
+continuously (`listen_step`): each command is acted on as soon as its utterance ends, without a button.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 
 from speech_transformer.commands.matching import CommandMatch, MatchOptions, match
 from speech_transformer.commands.grammar import GRAMMAR_DIR, Grammar, GrammarError
+from speech_transformer.apps.demo_live import STREAM_EVERY
 
 VOLUME_STEP = 10
 
@@ -98,6 +100,29 @@ def run_command(recognizer, audio, grammar_text: str, computer: Computer,
     return describe(m), render(computer), computer
 
 
+def listen_step(recognizer, session, chunk, grammar_text: str, computer: Computer, stop: bool = False
+                ) -> tuple[object, str | None, Computer]:
+    """One microphone chunk of continuous listening -> (session, result Markdown of the last command or
+    rejection heard in it, None if none; the computer after every command in it)."""
+    from speech_transformer.apps.demo_live import live_step
+
+    try:
+        grammar = Grammar.parse_text(grammar_text, "grammar box")
+    except GrammarError as e:
+        return None, f"**Grammar error** {html.escape(str(e))}", computer
+    session, events = live_step(session, chunk, recognizer, grammar, grammar_text, stop)
+    said = None
+    for e in events:
+        if e.type == "command":
+            m = CommandMatch(e.text, e.command["action"], e.command["slots"], e.command["confidence"], 0.0,
+                             e.command["llr"], 0.0)
+            computer = computer.apply(m)
+            said = describe(m) + f" · heard {e.latency_s:.2f} s after you stopped"
+        elif e.type == "rejected":
+            said = describe(None) + (f" Heard: “{html.escape(e.text.lower())}”" if e.text else "")
+    return session, said, computer
+
+
 def build_commands_tab(get_recognizer: Callable[[], object]) -> None:
     """Add the voice-control widgets to the gradio Blocks/Tab being built."""
     import gradio as gr
@@ -110,6 +135,8 @@ def build_commands_tab(get_recognizer: Callable[[], object]) -> None:
             audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Say a command",
                              elem_id="commands-audio")
             button = gr.Button("Run command", variant="primary", elem_id="commands-run")
+            listen = gr.Audio(sources=["microphone"], streaming=True, type="numpy", elem_id="commands-listen",
+                              label="Or listen continuously: press record, then say one command after another")
         with gr.Column():
             result = gr.Markdown("Say e.g. “open the browser”, “volume up”, “type forty two”.",
                                  elem_id="commands-result")
@@ -120,3 +147,14 @@ def build_commands_tab(get_recognizer: Callable[[], object]) -> None:
         return run_command(get_recognizer(), audio_in, grammar_text, computer)
 
     button.click(on_run, [audio, grammar, state], [result, screen, state], api_name="command")
+    session = gr.State(None)
+
+    def on_listen(chunk, grammar_text, computer, live, stop=False):
+        live, said, computer = listen_step(get_recognizer(), live, chunk, grammar_text, computer, stop)
+        return gr.update() if said is None else said, render(computer), computer, live
+
+    outputs = [result, screen, state, session]
+    listen.stream(on_listen, [listen, grammar, state, session], outputs, stream_every=STREAM_EVERY, time_limit=600,
+                  api_name="listen", concurrency_limit=1)
+    listen.stop_recording(lambda g, c, s: on_listen(None, g, c, s, stop=True), [grammar, state, session], outputs,
+                          api_name="listen_stop")

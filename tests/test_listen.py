@@ -1,0 +1,89 @@
+"""`speech-transformer listen` as a user runs it: real subprocesses, real clips, JSON lines, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import soundfile as sf
+
+from speech_transformer.training.data import read_manifest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def listen(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "speech_transformer.apps.cli", "listen", *args], input=stdin,
+                          capture_output=True, timeout=timeout, env=ENV)
+
+
+def events(out: bytes) -> list[dict]:
+    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
+def test_a_file_gives_partials_and_finals_with_the_words_of_transcribe(data_dir, tmp_path):
+    jfk = str(data_dir / "samples" / "jfk.flac")
+    run = listen("--input", jfk, "--end-silence", "0.9")
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    said = events(run.stdout)
+    assert {e["type"] for e in said} == {"partial", "final"} and said[0]["type"] == "partial"
+    assert all({"text", "start", "end", "latency_s"} <= set(e) for e in said)
+    finals = [e for e in said if e["type"] == "final"]
+    assert all(e["words"] and e["words"][0]["start"] >= e["start"] for e in finals)
+    subprocess.run([sys.executable, "-m", "speech_transformer.apps.cli", "transcribe", jfk, "-o", str(tmp_path),
+                    "--format", "json", "--no-progress"], check=True, capture_output=True, env=ENV)
+    offline = json.loads((tmp_path / "jfk.json").read_text())["segments"]
+    # transcribe joins speech runs whose padded ends are up to 0.5 s apart: 0.9 s of silence with the 0.2 s pads;
+    # with that pause both cut the same utterances out of the file and decode them alike
+    assert " ".join(e["text"] for e in finals).split() == " ".join(s["text"] for s in offline).split()
+
+
+def test_raw_pcm_on_standard_input_with_a_grammar_gives_the_command(data_dir):
+    clip = next(u for u in read_manifest(data_dir / "fsdd" / "test.tsv") if u.text == "THREE")
+    digit, rate = sf.read(clip.audio, dtype="int16")  # FSDD is 8 kHz
+    pcm = np.concatenate([np.zeros(rate // 4), digit, np.zeros(rate // 2)]).astype("<i2")
+    run = listen("--input", "-", "--raw-rate", "8000", "--grammar", "digits", stdin=pcm.tobytes())
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    said = [e for e in events(run.stdout) if e["type"] != "partial"]
+    assert len(said) == 1 and said[0]["type"] == "command", said
+    assert said[0]["command"] == "THREE" and said[0]["slots"] == {"digit": "3"} and 0 < said[0]["confidence"] <= 1
+
+
+def test_text_format_and_errors(data_dir, tmp_path):
+    clip = next(u for u in read_manifest(data_dir / "an4" / "train.tsv") if u.text == "ENTER FIFTY FOUR")
+    run = listen("--input", clip.audio, "--format", "text")
+    assert run.returncode == 0 and run.stdout.decode().splitlines()[-1].endswith("] ENTER FIFTY FOUR")
+    assert listen("--input", str(tmp_path / "missing.wav")).returncode == 1
+    (tmp_path / "bad.txt").write_text("open (the {app}\n")
+    bad = listen("--input", clip.audio, "--grammar", str(tmp_path / "bad.txt"))
+    assert bad.returncode == 2 and b"bad.txt" in bad.stderr
+
+
+def test_no_audio_device_exits_2_with_the_reason():
+    run = listen("--device", "no such microphone")
+    assert run.returncode == 2
+    message = run.stderr.decode()
+    assert "--input" in message and ("PortAudio" in message or "no audio input device" in message), message
+
+
+def test_ctrl_c_flushes_the_last_utterance_and_exits_130(data_dir):
+    long = max(read_manifest(data_dir / "librispeech" / "dev.tsv")[:20], key=lambda u: u.duration)
+    process = subprocess.Popen([sys.executable, "-m", "speech_transformer.apps.cli", "listen", "--input", long.audio,
+                                "--realtime"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # speaking: wait for a few partials, then press Ctrl-C mid-utterance
+        lines.append(json.loads(process.stdout.readline()))
+        if sum(e["type"] == "partial" for e in lines) >= 3:
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    lines += events(out)
+    assert process.returncode == 130, err.decode()[-2000:]
+    assert lines[-1]["type"] == "final" and lines[-1]["end"] < long.duration - 1, lines[-1]
+    assert lines[-1]["text"], lines[-1]
