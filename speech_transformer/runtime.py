@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -50,3 +51,22 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def limit_onednn_cache(capacity: int) -> None:
+    """Cap oneDNN's primitive cache before the first convolution runs (an explicit environment variable wins).
+
+    On CPU, oneDNN keeps one compiled primitive per convolution input shape, up to 1,024; variable-length
+    batches make nearly every shape new, and the cache grew the trainer by GBs (bench/learning_curve.py logs
+    RSS). The cache rarely hits with such batches, so a small one costs no speed.
+    """
+    if capacity >= 0:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+
+
+def malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc only; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)

@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 from speech_transformer.training.data import read_manifest, write_manifest
 from speech_transformer.text.normalize import normalize_transcript
 from speech_transformer.text.tokenizer import train_tokenizer
-from speech_transformer.training.trainer import TrainConfig, learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -60,33 +59,6 @@ def finish(p: subprocess.Popen) -> str:
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(sorted((out / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
-
-
-def test_learning_rate_schedules():
-    c = TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, schedule="cosine")
-    assert learning_rate(c, 0) == pytest.approx(1e-4) and learning_rate(c, 9) == pytest.approx(1e-3)
-    assert learning_rate(c, 99) < 1e-4
-    noam = TrainConfig(lr=1e-3, warmup_steps=10, schedule="noam")
-    assert learning_rate(noam, 39) == pytest.approx(1e-3 * 0.5)
-
-
-def test_freeze_and_lr_scale_pick_what_learns_and_how_fast():
-    """Frozen prefixes are not in the optimiser; each lr_scale prefix (the longest match) gets its factor."""
-    from speech_transformer.model.transformer import SpeechTransformer, preset
-    from speech_transformer.training.trainer import build_optimizer
-
-    model = SpeechTransformer(preset("tiny", vocab_size=40, encoder_layers=2, decoder_layers=1))
-    c = TrainConfig(lr=1e-3, freeze=["encoder.subsampling.", "encoder.blocks.0."],
-                    lr_scale={"encoder.": 0.1, "encoder.norm.": 0.5})
-    optimizer = build_optimizer(model, c, torch.device("cpu"))
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    for name, p in model.named_parameters():
-        frozen = name.startswith(("encoder.subsampling.", "encoder.blocks.0."))
-        assert (id(p) not in group_of) == frozen == (not p.requires_grad), name
-        if not frozen:
-            expected = 0.5 if name.startswith("encoder.norm.") else 0.1 if name.startswith("encoder.") else 1.0
-            assert group_of[id(p)]["lr_scale"] == expected, name
-            assert group_of[id(p)]["weight_decay"] == (c.weight_decay if p.dim() >= 2 else 0.0), name
 
 
 def test_kill_and_resume_is_bit_exact(setup):

@@ -147,14 +147,14 @@ class CorpusScore(ErrorRates):
 
     normalizer: str
     n_utts: int = 0
-    n_words: int = 0
-    n_chars: int = 0
-    hits: int = 0
+    n_words: int = 0  # reference words
+    n_chars: int = 0  # reference characters
+    hits: int = 0  # words aligned to themselves
     substitutions: int = 0
     deletions: int = 0
     insertions: int = 0
-    char_errors: int = 0
-    sentence_errors: int = 0
+    char_errors: int = 0  # character edits, over all utterances
+    sentence_errors: int = 0  # utterances with at least one word error
     utterances: list[UtteranceScore] = field(default_factory=list)
     per_speaker: dict[str, dict] = field(default_factory=dict)
     top_substitutions: list[tuple[str, str, int]] = field(default_factory=list)

@@ -23,10 +23,9 @@ import logging
 import math
 import os
 import random
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,20 @@ import torch.distributed as dist
 import yaml
 
 from speech_transformer.model import checkpoint
-from speech_transformer.runtime import rss_mb, setup_distributed
+from speech_transformer.runtime import limit_onednn_cache, malloc_trim, rss_mb, setup_distributed
+from speech_transformer.training.checkpoints import (
+    export_model,
+    latest_checkpoint,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from speech_transformer.training.config import TrainConfig, TrainState
+from speech_transformer.training.optim import autocast_dtype, build_optimizer, learning_rate, set_learning_rate
 from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
 from speech_transformer.training.data import (
-    DATA_DIR_ENV,
     DurationBatchSampler,
     SpeechDataset,
     collate,
-    default_data_dir,
     filter_by_duration,
     read_manifest,
 )
@@ -52,166 +57,6 @@ from speech_transformer.text.normalize import normalize_transcript
 from speech_transformer.text.tokenizer import Tokenizer
 
 log = logging.getLogger("speech_transformer.training.trainer")
-
-
-@dataclass
-class TrainConfig:
-    out_dir: str = "exp/run"
-    train: list[str] = field(default_factory=list)  # manifests (TSV, JSONL or LibriSpeech folders)
-    valid: str | None = None
-    tokenizer: str = ""  # SentencePiece .model
-    init_from: str = ""  # a model directory to fine-tune (ours, or an imported Whisper model): its architecture,
-    # weights and tokenizer replace preset/tokenizer; `model` overrides still apply (e.g. dropout)
-    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes left as they are, e.g. the lower
-    # blocks of an encoder initialised from Whisper ("encoder.subsampling.", "encoder.blocks.0.")
-    lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> learning-rate factor,
-    # e.g. {"encoder.": 0.03}: pretrained blocks move slowly while new heads learn at the full rate
-    # model
-    preset: str = "tiny"
-    model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {dropout: 0.1}
-    # data
-    batch_seconds: float = 200.0  # padded audio per optimiser step, over all ranks and accumulation
-    max_duration: float = 20.0
-    min_duration: float = 0.1
-    speed_perturb: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
-    spec_augment: dict | None = field(default_factory=dict)  # SpecAugmentConfig fields; null disables
-    num_workers: int = 2
-    cache_dir: str | None = None  # decoded-audio cache (int16 .npy)
-    sorted_first_epoch: bool = True
-    stats_utterances: int = 200  # utterances used for the global feature mean/std
-    # optimisation
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    warmup_steps: int = 500
-    schedule: str = "noam"  # "noam" (inverse square root), "cosine" or "constant" after warmup
-    max_steps: int = 10_000
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no limit
-    accumulation: int = 1
-    clip_grad: float = 5.0
-    ctc_weight: float = 0.3
-    intermediate_ctc_weight: float = 0.3  # share of the intermediate-layer CTC in the CTC term (model's
-    # intermediate_ctc_layer > 0 only)
-    label_smoothing: float = 0.1
-    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
-    # bookkeeping
-    seed: int = 0
-    log_every: int = 10
-    valid_every: int = 500
-    valid_utterances: int = 200
-    save_every: int = 500
-    keep_last: int = 5
-    average_last: int = 5
-    progress: bool = True
-    malloc_trim_every: int = 0  # >0: return freed heap to the OS (glibc malloc_trim) every this many steps
-    onednn_primitive_cache: int = 16  # oneDNN primitives kept (one per conv input shape); -1: oneDNN's 1,024
-
-    @classmethod
-    def load(cls, path: str | os.PathLike | None, overrides: list[str] = ()) -> "TrainConfig":
-        """YAML file + `key=value` overrides (values parsed as YAML). `$SPEECH_TRANSFORMER_DATA` expands."""
-        d = yaml.safe_load(Path(path).read_text()) if path else {}
-        for item in overrides:
-            key, _, value = item.partition("=")
-            d[key.strip()] = yaml.safe_load(value)
-        known = {f.name for f in fields(cls)}
-        if unknown := set(d or {}) - known:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
-        os.environ.setdefault(DATA_DIR_ENV, str(default_data_dir()))
-        expand = lambda v: os.path.expandvars(v) if isinstance(v, str) else v  # noqa: E731
-        d = {k: [expand(x) for x in v] if isinstance(v, list) else expand(v) for k, v in (d or {}).items()}
-        return cls(**d)
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimiser steps taken (skipped non-finite steps included)
-    epoch: int = 0
-    epoch_step: int = 0  # steps taken in the current epoch
-    skipped: int = 0  # steps skipped for a non-finite loss
-    audio_seconds: float = 0.0
-
-
-def learning_rate(c: TrainConfig, step: int) -> float:
-    warm = max(1, c.warmup_steps)
-    if step < warm:
-        return c.lr * (step + 1) / warm
-    if c.schedule == "noam":
-        return c.lr * math.sqrt(warm / (step + 1))
-    if c.schedule == "cosine":
-        progress = min(1.0, (step - warm) / max(1, c.max_steps - warm))
-        return c.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-    return c.lr
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
-
-
-# --- checkpoints: model + optimiser (safetensors), progress and RNG (JSON + safetensors) ---------
-
-def save_training_checkpoint(out_dir: Path, model, optimizer, state: TrainState, rank: int, world: int,
-                             keep_last: int) -> Path:
-    root = out_dir / "checkpoints"
-    final = root / f"step-{state.step:08d}"
-    tmp = root / f".step-{state.step:08d}.tmp"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier(world)
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    checkpoint.save_state_dict(rng, tmp / f"rng-{rank}.safetensors")
-    (tmp / f"rng-{rank}.json").write_text(json.dumps({"python": random.getstate(),
-                                                        "numpy": _numpy_state_to_json(np.random.get_state())}))
-    if rank == 0:
-        checkpoint.save_state_dict(model.state_dict(), tmp / checkpoint.WEIGHTS_FILE)
-        opt = optimizer.state_dict()
-        tensors = {f"{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
-        checkpoint.save_state_dict(tensors, tmp / "optimizer.safetensors")
-        (tmp / "trainer.json").write_text(json.dumps({"state": asdict(state), "param_groups": opt["param_groups"],
-                                                       "world_size": world}, indent=1))
-    barrier(world)
-    if rank == 0:
-        os.replace(tmp, final)  # the checkpoint appears complete or not at all
-        for old in sorted(root.glob("step-*"))[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old)
-    barrier(world)
-    return final
-
-
-def _numpy_state_to_json(s) -> list:
-    return [s[0], s[1].tolist(), int(s[2]), int(s[3]), float(s[4])]
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((out_dir / "checkpoints").glob("step-*"))
-    return found[-1] if found else None
-
-
-def load_training_checkpoint(path: Path, model, optimizer, rank: int) -> TrainState:
-    meta = json.loads((path / "trainer.json").read_text())
-    checkpoint.load_weights(model, checkpoint.load_state_dict(path / checkpoint.WEIGHTS_FILE), path)
-    tensors = checkpoint.load_state_dict(path / "optimizer.safetensors")
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for group in meta["param_groups"]:
-        group["betas"] = tuple(group["betas"])
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    rng_file = path / f"rng-{rank}.safetensors"
-    if rng_file.exists():  # the same rank's RNG; a resume with another world size starts fresh streams
-        rng = checkpoint.load_state_dict(rng_file)
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        py = json.loads((path / f"rng-{rank}.json").read_text())
-        random.setstate((py["python"][0], tuple(py["python"][1]), py["python"][2]))
-        n = py["numpy"]
-        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    return TrainState(**meta["state"])
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -224,54 +69,6 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-
-
-def limit_onednn_cache(capacity: int) -> None:
-    """Cap oneDNN's primitive cache before the first convolution runs (an explicit environment variable wins).
-
-    On CPU, oneDNN keeps one compiled primitive per convolution input shape, up to 1,024; variable-length
-    batches make nearly every shape new, and the cache grew the trainer by GBs (bench/learning_curve.py logs
-    RSS). The cache rarely hits with such batches, so a small one costs no speed.
-    """
-    if capacity >= 0:
-        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
-
-
-def malloc_trim() -> None:
-    """Give freed heap memory back to the OS (glibc only; a no-op elsewhere)."""
-    import ctypes
-    import ctypes.util
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
-def autocast_dtype(c: TrainConfig, device: torch.device) -> torch.dtype | None:
-    precision = c.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def build_optimizer(model: torch.nn.Module, c: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    for name, p in model.named_parameters():
-        if name.startswith(tuple(c.freeze)):
-            p.requires_grad_(False)
-    def scale(name: str) -> float:  # the longest matching prefix of lr_scale, else 1
-        return next((c.lr_scale[k] for k in sorted(c.lr_scale, key=len, reverse=True) if name.startswith(k)), 1.0)
-
-    groups: dict[tuple[float, bool], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault((scale(name), p.dim() >= 2), []).append(p)  # no decay on biases and norms
-    return torch.optim.AdamW([{"params": params, "weight_decay": c.weight_decay if decay else 0.0, "lr_scale": s}
-                              for (s, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))],
-                             lr=c.lr, betas=tuple(c.betas), fused=device.type == "cuda")
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, c: TrainConfig, step: int) -> None:
-    """The schedule's rate for `step`, times each parameter group's `lr_scale` (see `build_optimizer`)."""
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate(c, step) * group.get("lr_scale", 1.0)
 
 
 @torch.no_grad()
@@ -314,9 +111,7 @@ def validate(model: SpeechTransformer, tokenizer: Tokenizer, waves: list[np.ndar
 class Window:
     """Sums over the steps since the last log line."""
 
-    loss: float = 0.0
-    ctc: float = 0.0
-    att: float = 0.0
+    losses: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))  # loss, ctc, attention
     n: int = 0
     audio: float = 0.0
     wait: float = 0.0
@@ -491,9 +286,7 @@ def optimizer_step(run: Run, batches, step_utterances: int, window: Window) -> b
     run.scaler.step(optimizer)
     run.scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    window.loss += float(sums[0]) / step_utterances
-    window.ctc += float(sums[1]) / step_utterances
-    window.att += float(sums[2]) / step_utterances
+    window.losses += sums[:3] / step_utterances
     window.n += 1
     return True
 
@@ -503,8 +296,8 @@ def log_window(run: Run, window: Window, bar) -> Window:
     elapsed = time.perf_counter() - window.time
     audio = window.audio * run.world
     run.state.audio_seconds += audio
-    record = {"step": run.state.step, "epoch": run.state.epoch, "loss": window.loss / window.n,
-              "ctc": window.ctc / window.n, "attention": window.att / window.n,
+    loss, ctc, attention = (window.losses / window.n).tolist()
+    record = {"step": run.state.step, "epoch": run.state.epoch, "loss": loss, "ctc": ctc, "attention": attention,
               "lr": learning_rate(run.c, run.state.step - 1), "audio_seconds_per_second": audio / elapsed,
               "steps_per_second": window.n / elapsed, "data_wait_share": window.wait / elapsed,
               "skipped": run.state.skipped, "elapsed_s": time.perf_counter() - run.started, "rss_mb": rss_mb()}
@@ -576,20 +369,6 @@ def train(c: TrainConfig, callback: Callback | None = None) -> dict:
     if bar is not None:
         bar.close()
     return finish(run)
-
-
-def export_model(out_dir: Path, last: int, output: Path, info: dict | None = None) -> Path:
-    """Average the last `last` checkpoints of a training run into a model directory."""
-    c = TrainConfig.load(out_dir / "config.yaml")
-    tokenizer = checkpoint.model_tokenizer(c.init_from) if c.init_from else Tokenizer(c.tokenizer)
-    chosen = sorted((out_dir / "checkpoints").glob("step-*"))[-max(1, last):]
-    if not chosen:
-        raise checkpoint.CheckpointError(f"no checkpoints in {out_dir / 'checkpoints'}")
-    model = SpeechTransformer(ModelConfig.from_dict(json.loads((out_dir / "model_config.json").read_text())))
-    checkpoint.load_weights(model, checkpoint.average_state_dicts([p / checkpoint.WEIGHTS_FILE for p in chosen]),
-                            out_dir)
-    info = {"averaged": [p.name for p in chosen], "train": c.train, "preset": c.preset, **(info or {})}
-    return checkpoint.save_model(model, tokenizer, output, info)
 
 
 def finish(run: Run) -> dict:
