@@ -30,10 +30,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from speech_transformer.text.normalize import DIGIT_WORDS, normalize_transcript, number_to_words
+from speech_transformer.commands.phrase_tree import (
+    EMPTY,
+    MAX_REPEAT,
+    Alt,
+    Command,
+    Node,
+    Phrase,
+    Repeat,
+    Seq,
+    Slot,
+    Value,
+    Word,
+    builtins,
+    children,
+    merge_slots,
+    put_slot,
+)
+from speech_transformer.commands.word_graph import WordGraph, epsilon_closure, word_graph  # noqa: F401 (matching reads them here)
+from speech_transformer.text.normalize import normalize_transcript
 
 GRAMMAR_DIR = Path(__file__).parent / "grammars"
-MAX_REPEAT = 16  # '+' and '*' stand for at most this many repetitions
 _WORD = re.compile(r"^[A-Z']+$")
 
 
@@ -43,86 +60,6 @@ class GrammarError(ValueError):
     def __init__(self, source: str, line: int, message: str):
         super().__init__(f"{source}:{line}: {message}")
         self.source, self.line = source, line
-
-
-# --- phrase trees ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Word:
-    text: str  # normalised (upper case), what is said
-    written: str  # as the grammar writes it: the slot value
-
-
-@dataclass(frozen=True)
-class Seq:
-    items: tuple
-    sep: str = " "  # joins the items' values
-
-
-@dataclass(frozen=True)
-class Alt:
-    options: tuple
-
-
-@dataclass(frozen=True)
-class Repeat:
-    item: object
-    low: int
-    high: int
-    sep: str = " "
-
-
-@dataclass(frozen=True)
-class Value:
-    """`item`, whose slot value is `value` whatever was said (e.g. FORTY TWO -> "42")."""
-
-    item: object
-    value: str
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A reference to a slot or rule: captures the inner value under `name`."""
-
-    name: str
-    line: int
-
-
-Node = object  # Word | Seq | Alt | Repeat | Value | Slot
-EMPTY = Seq(())
-
-
-@dataclass(frozen=True)
-class Command:
-    tree: Node
-    action: str | None
-    line: int
-    text: str  # the grammar's own text of it
-
-
-@dataclass(frozen=True)
-class Phrase:
-    """One expansion: what is said, and what it means."""
-
-    words: tuple[str, ...]  # normalised words
-    command: int  # index into Grammar.commands
-    slots: dict[str, str]
-
-
-def _phrase(text: str, value: str) -> Value:
-    words = text.split()
-    return Value(Seq(tuple(Word(w, w.lower()) for w in words)) if len(words) > 1 else Word(words[0], words[0].lower()),
-                 value)
-
-
-def builtins() -> dict[str, Node]:
-    """{digit}: ZERO/OH..NINE -> "0".."9"; {digits}: 1-16 digits -> "427"; {number}: ZERO..NINETY NINE -> "0".."99";
-    {letter}: A..Z -> "A".."Z"."""
-    digit = Alt(tuple(_phrase(w, str(d)) for d, w in enumerate(DIGIT_WORDS)) + (_phrase("OH", "0"),))
-    number = Alt(tuple(_phrase(number_to_words(n), str(n)) for n in range(100)))
-    letter = Alt(tuple(Value(Word(c, c), c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
-    return {"digit": digit, "digits": Repeat(digit, 1, MAX_REPEAT, sep=""), "number": number,
-            "letter": letter}
 
 
 # --- parsing expressions ----------------------------------------------------------------------
@@ -240,7 +177,7 @@ class Grammar:
                 raise GrammarError(self.source, node.line, f"slot {node.name!r} refers to itself "
                                    f"({' -> '.join(stack + (node.name,))})")
             self._resolve(self.slots[node.name], stack + (node.name,))
-        for child in _children(node):
+        for child in children(node):
             self._resolve(child, stack)
 
     # counting and listing
@@ -295,7 +232,7 @@ class Grammar:
                 yield words, node.value, slots
         elif isinstance(node, Slot):
             for words, value, slots in self._expand(self.slots[node.name]):
-                yield words, value, _put(slots, node.name, value)
+                yield words, value, put_slot(slots, node.name, value)
         else:
             items = node.items if isinstance(node, Seq) else None
             if items is None:  # Repeat
@@ -306,7 +243,7 @@ class Grammar:
                 slots: dict[str, str] = {}
                 for _, _, s in combo:
                     for name, value in s.items():
-                        slots = _put(slots, name, value)
+                        slots = put_slot(slots, name, value)
                 yield (tuple(w for words, _, _ in combo for w in words),
                        node.sep.join(v for _, v, _ in combo if v), slots)
 
@@ -330,7 +267,7 @@ class Grammar:
         if isinstance(node, Value):
             return [(e, node.value, s) for e, _, s in self._match(node.item, words, i)]
         if isinstance(node, Slot):
-            return [(e, v, _put(s, node.name, v)) for e, v, s in self._match(self.slots[node.name], words, i)]
+            return [(e, v, put_slot(s, node.name, v)) for e, v, s in self._match(self.slots[node.name], words, i)]
         if isinstance(node, Repeat):
             out, frontier = [], [(i, [], {})]
             for r in range(node.high + 1):
@@ -340,14 +277,14 @@ class Grammar:
                 for e, vs, s in frontier:
                     for e2, v, s2 in self._match(node.item, words, e):
                         if e2 > e:  # an empty repetition adds nothing
-                            nxt.append((e2, vs + [v] if v else vs, _merge(s, s2)))
+                            nxt.append((e2, vs + [v] if v else vs, merge_slots(s, s2)))
                 frontier = nxt
                 if not frontier:
                     break
             return out
         states = [(i, [], {})]
         for item in node.items:
-            states = [(e2, vs + [v] if v else vs, _merge(s, s2))
+            states = [(e2, vs + [v] if v else vs, merge_slots(s, s2))
                       for e, vs, s in states for e2, v, s2 in self._match(item, words, e)]
         return [(e, node.sep.join(vs), s) for e, vs, s in states]
 
@@ -362,48 +299,16 @@ class Grammar:
                 if node.name not in seen:
                     seen.add(node.name)
                     walk(self.slots[node.name], seen)
-            for child in _children(node):
+            for child in children(node):
                 walk(child, seen)
 
         for c in self.commands:
             walk(c.tree, set())
         return out
 
-    def automaton(self) -> "WordGraph":
+    def automaton(self) -> WordGraph:
         """The grammar as a word graph: all commands from state 0 (repeats unrolled)."""
-        g = WordGraph()
-        start = g.new()
-        for c in self.commands:
-            end = self._build(g, c.tree, start)
-            g.final.add(end)
-        return g
-
-    def _build(self, g: "WordGraph", node: Node, s: int) -> int:
-        if isinstance(node, Word):
-            t = g.new()
-            g.words[s].append((node.text, t))
-            return t
-        if isinstance(node, Value):
-            return self._build(g, node.item, s)
-        if isinstance(node, Slot):
-            return self._build(g, self.slots[node.name], s)
-        if isinstance(node, Alt):
-            end = g.new()
-            for o in node.options:
-                g.eps[self._build(g, o, s)].append(end)
-            return end
-        if isinstance(node, Repeat):
-            end = g.new()
-            if node.low == 0:
-                g.eps[s].append(end)
-            for r in range(1, node.high + 1):
-                s = self._build(g, node.item, s)
-                if r >= node.low:
-                    g.eps[s].append(end)
-            return end
-        for item in node.items:
-            s = self._build(g, item, s)
-        return s
+        return word_graph([c.tree for c in self.commands], self.slots)
 
     def to_jsgf(self, name: str = "commands") -> str:
         """The same grammar as JSGF (for PocketSphinx): words lower case, repeats written out."""
@@ -442,60 +347,6 @@ class Grammar:
 
 def _jsgf_name(name: str) -> str:
     return "slot_" + re.sub(r"\W", "_", name)
-
-
-@dataclass
-class WordGraph:
-    """Words on arcs, epsilon arcs between states; phrases run from state 0 to a state in `final`."""
-
-    words: list[list[tuple[str, int]]] = field(default_factory=list)
-    eps: list[list[int]] = field(default_factory=list)
-    final: set[int] = field(default_factory=set)
-
-    def new(self) -> int:
-        self.words.append([])
-        self.eps.append([])
-        return len(self.words) - 1
-
-    def closure(self, states) -> frozenset[int]:
-        return epsilon_closure(self.eps, states)
-
-
-def epsilon_closure(eps: list[list[int]], states) -> frozenset[int]:
-    """`states` and every state reachable from them over epsilon arcs (`eps[s]`: the targets of state s)."""
-    out, todo = set(states), list(states)
-    while todo:
-        for t in eps[todo.pop()]:
-            if t not in out:
-                out.add(t)
-                todo.append(t)
-    return frozenset(out)
-
-
-def _children(node: Node) -> tuple:
-    if isinstance(node, Seq):
-        return node.items
-    if isinstance(node, Alt):
-        return node.options
-    if isinstance(node, (Repeat, Value)):
-        return (node.item,)
-    return ()
-
-
-def _put(slots: dict[str, str], name: str, value: str) -> dict[str, str]:
-    out = dict(slots)
-    key, k = name, 2
-    while key in out:
-        key, k = f"{name}_{k}", k + 1
-    out[key] = value
-    return out
-
-
-def _merge(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
-    out = a
-    for name, value in b.items():
-        out = _put(out, name, value)
-    return out
 
 
 # --- the two file formats ---------------------------------------------------------------------
