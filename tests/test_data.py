@@ -1,10 +1,7 @@
-import json
-
 import pytest
 import torch
 
-from speech_transformer.training.data import DurationBatchSampler, SpeechDataset, Utterance, collate, filter_by_duration, \
-    read_manifest, write_manifest
+from speech_transformer.training.data import DurationBatchSampler, SpeechDataset, Utterance, collate, filter_by_duration
 
 
 def durations(n=300, seed=0):
@@ -61,16 +58,3 @@ def test_dataset_and_collate(tmp_path, tokenizer, librispeech_train):
     batch = collate([ds[i] for i in range(3)])
     assert batch["audio"].shape[0] == 3 and batch["targets"].shape[0] == 3
     assert batch["audio_lengths"].max() == batch["audio"].shape[1]
-
-
-def test_manifest_round_trip(tmp_path, data_dir):
-    utts = read_manifest(data_dir / "an4" / "test.tsv")[:5]
-    write_manifest(utts, tmp_path / "m.jsonl")
-    assert read_manifest(tmp_path / "m.jsonl") == utts
-    lines = (tmp_path / "m.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["audio"] == utts[0].audio
-    (tmp_path / "bad.jsonl").write_text('{"audio": "x.wav"}\n{broken\n')
-    with pytest.raises(ValueError, match="bad.jsonl:2"):
-        read_manifest(tmp_path / "bad.jsonl")
-    ls = read_manifest(data_dir / "librispeech" / "LibriSpeech" / "train-clean-5" / "1088")
-    assert ls and all(isinstance(u, Utterance) and u.speaker == "1088" for u in ls)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from speech_transformer.apps import exitcodes
 from speech_transformer.audio.loading import SAMPLE_RATE, info, load_audio, reason
-from speech_transformer.training.data import Utterance, read_manifest
+from speech_transformer.audio.manifests import Utterance, read_manifest
 from speech_transformer.apps.reports import format_summary, write_reports
 from speech_transformer.runtime import reset_peak_rss, rss_mb
 from speech_transformer.text.scoring import (

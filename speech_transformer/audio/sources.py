@@ -29,7 +29,7 @@ from speech_transformer.audio.loading import (
     load_audio,
     reason,  # noqa: F401 (callers of the sources report failures with it)
 )
-from speech_transformer.training.data import read_manifest
+from speech_transformer.audio.manifests import read_manifest
 from speech_transformer.audio.vad import SpeechChunk
 
 MANIFEST_EXTENSIONS = (".tsv", ".jsonl")

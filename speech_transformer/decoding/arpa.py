@@ -158,7 +158,7 @@ def read_corpus(path: str | os.PathLike) -> list[list[str]]:
     `<id>\\t` is dropped), normalised to words."""
     path = Path(path)
     if path.suffix in (".tsv", ".jsonl"):
-        from speech_transformer.training.data import read_manifest
+        from speech_transformer.audio.manifests import read_manifest
 
         return [text_words(u.text) for u in read_manifest(path)]
     if not path.is_file():
