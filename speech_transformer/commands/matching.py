@@ -234,8 +234,7 @@ def grammar_search(model, enc, graph: TokenGraph, options: MatchOptions, special
     decoder joined with CTC prefix scores: per utterance up to `beam_size` distinct token sequences, best first."""
     W = options.beam_size
     limits = [max(1, int(n * options.max_tokens_per_frame)) for n in enc.lengths.tolist()]
-    ctc = CTCScorer(options.ctc_weight, enc.ctc_log_probs.repeat_interleave(W, 0), enc.lengths.repeat_interleave(W),
-                    special)
+    ctc = CTCScorer(options.ctc_weight, enc.ctc_log_probs, enc.lengths, special, W)
     lengths = Limits([n + 1 for n in limits], None)  # the step at the limit says <eos> (GrammarCandidates)
     chooser = beam_decoder([ctc], GrammarCandidates(graph, W, limits, special.eos), special, lengths)
     decoder = DecoderScorer(model, enc.memory, enc.lengths, special, [], W)

@@ -101,18 +101,20 @@ class CTCPrefixScorer:
     with phi = r^n + r^b (only r^b when c repeats h's last token). All in log space, frames past
     an utterance's length carry blank with probability one so they change nothing. A prefix of L tokens
     cannot end before frame L, so the recursion for h+c starts there (ESPnet's `start = max(L, 1)`).
+    log_probs `(B, S, V)` and lengths `(B,)` are B utterances', each shared by its `hypotheses` rows.
     """
 
     def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int = SpecialTokens.blank,
-                 eos: int = SpecialTokens.eos):
-        S, N = log_probs.shape[1], log_probs.shape[0]
-        self.blank, self.eos = blank, eos
-        x = log_probs.transpose(0, 1).clone()  # (S, N, V)
+                 eos: int = SpecialTokens.eos, hypotheses: int = 1):
+        S, N = log_probs.shape[1], log_probs.shape[0] * hypotheses
+        self.blank, self.eos, self.W = blank, eos, hypotheses
+        x = log_probs.transpose(0, 1).clone()  # (S, B, V)
         beyond = torch.arange(S, device=x.device)[:, None] >= lengths[None, :]
         x.masked_fill_(beyond[..., None], NEG_INF)
         x[..., blank].masked_fill_(beyond, 0.0)
         self.x = x
-        self.r = torch.stack([torch.full((S, N), NEG_INF, device=x.device), x[:, :, blank].cumsum(0)], dim=1)
+        self.x_blank = x[:, :, blank].repeat_interleave(hypotheses, 1)  # (S, N)
+        self.r = torch.stack([torch.full((S, N), NEG_INF, device=x.device), self.x_blank.cumsum(0)], dim=1)
         self.score = torch.zeros(N, device=x.device)  # log-probability of each prefix
         self.last = torch.full((N,), -1, dtype=torch.long, device=x.device)
         self.length = 0  # tokens in every prefix (each `select` adds one)
@@ -121,8 +123,9 @@ class CTCPrefixScorer:
         """candidates `(N, K)` -> prefix scores `(N, K)` and new forward variables `(S, 2, N, K)`."""
         S = self.x.shape[0]
         N, K = candidates.shape
-        x_c = self.x.gather(2, candidates[None].expand(S, N, K))  # (S, N, K)
-        x_blank = self.x[:, :, self.blank][..., None]  # (S, N, 1)
+        B = self.x.shape[1]
+        x_c = self.x.gather(2, candidates.reshape(B, -1)[None].expand(S, B, self.W * K)).view(S, N, K)
+        x_blank = self.x_blank[..., None]  # (S, N, 1)
         phi = torch.logaddexp(self.r[:, 0], self.r[:, 1])[..., None].expand(S, N, K).clone()
         repeat = (candidates == self.last[:, None])[None]
         phi = torch.where(repeat, self.r[:, 1][..., None].expand(S, N, K), phi)
@@ -148,9 +151,10 @@ class CTCPrefixScorer:
 class CTCScorer:
     """The CTC prefix score as a partial Scorer: log p_ctc(h + c) - log p_ctc(h)."""
 
-    def __init__(self, weight: float, log_probs: Tensor, lengths: Tensor, special: SpecialTokens):
+    def __init__(self, weight: float, log_probs: Tensor, lengths: Tensor, special: SpecialTokens,
+                 hypotheses: int = 1):
         self.weight = weight
-        self.prefix = CTCPrefixScorer(log_probs, lengths, special.blank, special.eos)
+        self.prefix = CTCPrefixScorer(log_probs, lengths, special.blank, special.eos, hypotheses)
         self._last: tuple[Tensor, Tensor, Tensor] | None = None
 
     def score(self, sequences: Sequence[list[int]], candidates: Tensor) -> Tensor:

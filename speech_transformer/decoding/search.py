@@ -269,8 +269,7 @@ def partial_scorers(model, memory: Tensor, lengths: Tensor, options: DecodingOpt
     scorers: list[Scorer] = []
     if options.ctc_weight > 0 and model.ctc_head is not None:
         log_probs = model.ctc_log_probs(memory) if ctc_log_probs is None else ctc_log_probs
-        scorers.append(CTCScorer(options.ctc_weight, log_probs.repeat_interleave(hypotheses, 0),
-                                 lengths.repeat_interleave(hypotheses), special))
+        scorers.append(CTCScorer(options.ctc_weight, log_probs, lengths, special, hypotheses))
     if lm is not None and options.lm_weight > 0:
         scorers.append(LMScorer(options.lm_weight, lm))
     return scorers

@@ -9,7 +9,7 @@ from torch import Tensor
 class KVCache:
     """The decoder's self-attention keys and values `(N, H, L, D/H)` per block, in buffers with room to grow:
     a new position is written in place (no copy of the ones before it), and beam search's reordering of the N
-    rows copies only the filled positions, and only when the order changes."""
+    rows copies only the filled positions of the rows that change."""
 
     GROW = 64  # positions added when a buffer is full
 
@@ -42,9 +42,11 @@ class KVCache:
 
     def reorder(self, rows: Tensor) -> None:
         """Row i becomes a copy of old row rows[i] `(N,)` (beam search: the hypothesis it extends)."""
-        if torch.equal(rows, torch.arange(len(rows), device=rows.device)):
+        moved = (rows != torch.arange(len(rows), device=rows.device)).nonzero()[:, 0]
+        if len(moved) == 0:
             return
+        source = rows[moved]
         for buffers in (self.keys, self.values):
             for buf in buffers:
                 filled = buf[:, :, :self.length]
-                filled.copy_(filled.index_select(0, rows))
+                filled.index_copy_(0, moved, filled.index_select(0, source))
