@@ -212,7 +212,7 @@ class GrammarCandidates:
         allowed = []
         for i, (state, live) in enumerate(zip(self.states, (beams.scores > NEG_INF).tolist())):
             a = (list(graph.next(state)) + ([eos] if graph.is_final(state) else [])) if live else []
-            allowed.append(([eos] if eos in a else []) if step >= self.limits[i // self.W] else a)
+            allowed.append(([eos] if eos in a else []) if step >= self.limits[beams.ids[i // self.W]] else a)
         K = max(1, max(len(a) for a in allowed))
         candidates = torch.full((len(allowed), K), eos, dtype=torch.long)
         valid = torch.zeros(len(allowed), K, dtype=torch.bool)
@@ -226,6 +226,9 @@ class GrammarCandidates:
         live = (beams.scores > NEG_INF).tolist()
         self.states = [self.graph.next(self.states[row])[token] if alive else self.graph.start
                        for row, token, alive in zip(rows.tolist(), tokens.tolist(), live)]
+
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        self.states = [self.states[r] for r in rows.tolist()]
 
 
 @torch.no_grad()

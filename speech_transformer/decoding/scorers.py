@@ -80,6 +80,12 @@ class DecoderScorer:
             self.cache.reorder(rows)
         self.tokens = next_tokens[:, None]
 
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        """Only these utterances `(B',)` and their rows `(N',)` stay in the batch."""
+        self.memory_kv = [(k[utterances], v[utterances]) for k, v in self.memory_kv]
+        self.lengths, self.tokens = self.lengths[utterances], self.tokens[rows]
+        self.cache.keep(rows)
+
 
 class Scorer(Protocol):
     """A weighted score of extending each of N hypotheses by K candidate tokens (ESPnet's partial scorer)."""
@@ -91,6 +97,9 @@ class Scorer(Protocol):
 
     def select(self, rows: Tensor, columns: Tensor) -> None:
         """Keep, for new hypothesis i, the extension (rows[i], columns[i]) of the last `score` call."""
+
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        """Only these utterances `(B',)` and their rows `(N',)` stay in the batch."""
 
 
 class CTCPrefixScorer:
@@ -147,6 +156,11 @@ class CTCPrefixScorer:
         self.last = candidates[rows, columns]
         self.length += 1
 
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        """Only these utterances `(B',)` and their rows `(N',)` stay."""
+        self.x, self.x_blank, self.r = self.x[:, utterances], self.x_blank[:, rows], self.r[:, :, rows]
+        self.score, self.last = self.score[rows], self.last[rows]
+
 
 class CTCScorer:
     """The CTC prefix score as a partial Scorer: log p_ctc(h + c) - log p_ctc(h)."""
@@ -166,6 +180,9 @@ class CTCScorer:
         candidates, psi, r = self._last
         self.prefix.select(rows, columns, candidates, psi, r)
 
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        self.prefix.keep(utterances, rows)
+
 
 class LMScorer:
     """Shallow fusion with a token LM that has `log_probs(sequences, candidates) -> (N, K)` (`token_lm.NgramLM`)."""
@@ -178,3 +195,6 @@ class LMScorer:
 
     def select(self, rows: Tensor, columns: Tensor) -> None:
         pass  # stateless: the sequences carry the history
+
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        pass

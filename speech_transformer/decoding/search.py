@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from speech_transformer.decoding.options import DecodingOptions
-from speech_transformer.decoding.scorers import (NEG_INF, CTCScorer, DecoderScorer, LMScorer, LogitFilter, Scorer,
-                                                 default_filters)
+from speech_transformer.decoding.scorers import NEG_INF, CTCScorer, DecoderScorer, LMScorer, Scorer, default_filters
 from speech_transformer.text.tokenizer import SpecialTokens
 
 
@@ -87,34 +86,49 @@ class Limits:
 
 @dataclass
 class Beams:
-    """B utterances x W hypotheses, flattened to N = B*W rows (rows b*W .. b*W + W-1 are utterance b's)."""
+    """W hypotheses of each utterance still in the batch, flattened to N rows: rows p*W .. p*W + W-1 are those of
+    utterance `ids[p]`. `finished` and `done` are indexed by utterance (all B)."""
 
     W: int
     scores: Tensor  # (N,) running scores; -inf: no live hypothesis in that row
     sequences: list[list[int]]
     finished: list[list[Hypothesis]]
     done: list[bool]
+    ids: list[int]
 
     @classmethod
     def start(cls, B: int, W: int, device: torch.device, live: int = 1, dtype=torch.float32) -> "Beams":
         """`live` rows of each utterance start from the prompt: one for beam search, W independent samples."""
         scores = torch.full((B, W), NEG_INF, device=device, dtype=dtype)
         scores[:, :live] = 0.0
-        return cls(W, scores.flatten(), [[] for _ in range(B * W)], [[] for _ in range(B)], [False] * B)
+        return cls(W, scores.flatten(), [[] for _ in range(B * W)], [[] for _ in range(B)], [False] * B,
+                   list(range(B)))
 
     def end_out_of_length(self, limits: Limits, step: int) -> None:
         """Utterances whose limit is `step` tokens: their running hypotheses end as they are."""
         W = self.W
-        for b, done in enumerate(self.done):
-            if not done and step >= limits.lengths[b]:
-                self.finished[b] += [Hypothesis(self.sequences[b * W + w], float(self.scores[b * W + w]))
-                                     for w in range(W) if self.scores[b * W + w] > NEG_INF]
+        for p, b in enumerate(self.ids):
+            if not self.done[b] and step >= limits.lengths[b]:
+                self.finished[b] += [Hypothesis(self.sequences[p * W + w], float(self.scores[p * W + w]))
+                                     for w in range(W) if self.scores[p * W + w] > NEG_INF]
                 self.done[b] = True
 
     def update_done(self) -> None:
         """An utterance is done with W finished hypotheses, or none running."""
-        live = (self.scores.view(len(self.done), self.W) > NEG_INF).any(1).tolist()
-        self.done = [d or len(f) >= self.W or not a for d, f, a in zip(self.done, self.finished, live)]
+        live = (self.scores.view(len(self.ids), self.W) > NEG_INF).any(1).tolist()
+        for b, a in zip(self.ids, live):
+            self.done[b] = self.done[b] or len(self.finished[b]) >= self.W or not a
+
+    def leave(self) -> tuple[Tensor, Tensor] | None:
+        """Utterances that are done leave the batch: the positions (in `ids`) and the rows that stay, or None."""
+        stay = [p for p, b in enumerate(self.ids) if not self.done[b]]
+        if len(stay) == len(self.ids):
+            return None
+        rows = torch.tensor([p * self.W + w for p in stay for w in range(self.W)], device=self.scores.device)
+        self.ids = [self.ids[p] for p in stay]
+        self.scores = self.scores[rows]
+        self.sequences = [self.sequences[r] for r in rows.tolist()]
+        return torch.tensor(stay, device=rows.device), rows
 
     def best(self, length_penalty: float) -> list[Hypothesis]:
         return [max(f, key=lambda h: h.normalized(length_penalty)) if f else Hypothesis([], NEG_INF)
@@ -127,6 +141,9 @@ class TokenDecoder(Protocol):
     def update(self, beams: Beams, logits: Tensor, step: int) -> tuple[Tensor | None, Tensor]:
         """Filtered logits `(N, V)` -> which old row each new hypothesis extends (None: its own) and the tokens
         `(N,)` fed to the decoder next; moves ended hypotheses to `beams.finished`."""
+
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        """Only these utterances `(B',)` (positions in the batch) and rows `(N',)` stay."""
 
 
 def next_tokens(logits: Tensor, temperature: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -149,7 +166,7 @@ class GreedyDecoder:
         best, tokens = next_tokens(logits, self.temperature, self.generator)
         scores = beams.scores.tolist()
         for i, (logp, token) in enumerate(zip(best.tolist(), tokens.tolist())):
-            b = i // beams.W
+            b = beams.ids[i // beams.W]
             if beams.done[b] or scores[i] == NEG_INF:
                 continue
             scores[i] += logp
@@ -163,6 +180,9 @@ class GreedyDecoder:
         beams.update_done()
         return None, tokens
 
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        pass
+
 
 class Candidates(Protocol):
     """Which tokens may extend each hypothesis: the K that the partial scorers score."""
@@ -173,6 +193,9 @@ class Candidates(Protocol):
 
     def select(self, rows: Tensor, tokens: Tensor, beams: Beams) -> None:
         """The new hypotheses: row i extends old row rows[i] by tokens[i]."""
+
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        """Only these utterances `(B',)` and rows `(N',)` stay in the batch."""
 
 
 @dataclass
@@ -186,6 +209,9 @@ class TopK:
         return top, candidates, None
 
     def select(self, rows: Tensor, tokens: Tensor, beams: Beams) -> None:
+        pass
+
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
         pass
 
 
@@ -213,11 +239,16 @@ class BeamSearchDecoder:
         self.candidates.select(rows, new_tokens, beams)
         return rows, new_tokens
 
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        for piece in (*self.scorers, self.candidates):
+            piece.keep(utterances, rows)
+
     @staticmethod
     def _keep_best(beams: Beams, total: Tensor) -> tuple[Tensor, Tensor]:
         """W best of each utterance's W x K extensions `(N, K)`: the rows and columns they extend."""
-        B, W, K = len(beams.done), beams.W, total.shape[1]
-        total = total.view(B, W * K).masked_fill(torch.tensor(beams.done, device=total.device)[:, None], NEG_INF)
+        B, W, K = len(beams.ids), beams.W, total.shape[1]
+        done = torch.tensor([beams.done[b] for b in beams.ids], device=total.device)
+        total = total.view(B, W * K).masked_fill(done[:, None], NEG_INF)
         best, flat = total.topk(W, dim=-1)  # (B, W)
         beams.scores = best.flatten().clone()
         return (torch.arange(B, device=total.device)[:, None] * W + flat // K).flatten(), (flat % K).flatten()
@@ -226,7 +257,7 @@ class BeamSearchDecoder:
         """The new hypotheses' sequences; those that said <eos> or loop move to `finished`."""
         sequences = []
         for i, (row, token) in enumerate(zip(rows.tolist(), new_tokens.tolist())):
-            b = i // beams.W
+            b = beams.ids[i // beams.W]
             seq = beams.sequences[row] if token == self.eos else beams.sequences[row] + [token]
             sequences.append(seq)
             if beams.scores[i] == NEG_INF or beams.done[b]:
@@ -242,7 +273,8 @@ class BeamSearchDecoder:
 
 @torch.no_grad()
 def search(decoder: DecoderScorer, chooser: TokenDecoder, beams: Beams, limits: Limits) -> Beams:
-    """Whisper's DecodingTask loop: the decoder scores, ended hypotheses leave, the chooser extends the rest."""
+    """Whisper's DecodingTask loop: the decoder scores, ended hypotheses leave, the chooser extends the rest;
+    utterances that are done leave the batch (their rows cost nothing more)."""
     for step in range(max(limits.lengths) + 1):
         logits = decoder.logits(beams.sequences)
         beams.end_out_of_length(limits, step)
@@ -250,6 +282,9 @@ def search(decoder: DecoderScorer, chooser: TokenDecoder, beams: Beams, limits: 
         if all(beams.done):
             break
         decoder.advance(tokens, rows)
+        if (staying := beams.leave()) is not None:
+            decoder.keep(*staying)
+            chooser.keep(*staying)
     return beams
 
 

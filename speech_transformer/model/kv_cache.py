@@ -40,6 +40,11 @@ class KVCache:
     def advance(self, positions: int) -> None:
         self.length += positions
 
+    def keep(self, rows: Tensor) -> None:
+        """Only these rows `(N',)` stay (utterances that are done leave the batch)."""
+        self.keys = [buf.index_select(0, rows) for buf in self.keys]
+        self.values = [buf.index_select(0, rows) for buf in self.values]
+
     def reorder(self, rows: Tensor) -> None:
         """Row i becomes a copy of old row rows[i] `(N,)` (beam search: the hypothesis it extends)."""
         moved = (rows != torch.arange(len(rows), device=rows.device)).nonzero()[:, 0]
