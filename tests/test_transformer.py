@@ -180,3 +180,30 @@ def test_intermediate_ctc_is_a_training_loss_only():
         c = inter(feats, lengths, targets, target_lengths, intermediate_ctc_weight=0.0)
     assert float(a.ctc) == float(c.ctc) and float(b.ctc) != float(a.ctc)
     assert float(a.attention) == float(b.attention)
+
+
+def concatenated(*linears: torch.nn.Linear) -> torch.nn.Linear:
+    out = torch.nn.Linear(linears[0].in_features, sum(x.out_features for x in linears))
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([x.weight for x in linears]))
+        out.bias.copy_(torch.cat([x.bias if x.bias is not None else torch.zeros(x.out_features) for x in linears]))
+    return out
+
+
+def test_fused_projections_compute_what_the_separate_ones_do():
+    """`quantize_model` gives each attention one product for query, key and value (and one for key and value):
+    in float32 they must compute what the separate projections compute, masked and unmasked."""
+    from speech_transformer.model.transformer import MultiHeadAttention
+
+    model = tiny_model()
+    feats = torch.randn(2, 200, 80)
+    with torch.no_grad():
+        expected = [model.encode(feats, torch.tensor(n)) for n in ([200, 200], [200, 150])]
+        memory_kv = model.decoder.memory_kv(expected[1][0])
+        for attention in (m for m in model.modules() if isinstance(m, MultiHeadAttention)):
+            attention.fused_qkv = concatenated(attention.query, attention.key, attention.value)
+            attention.fused_kv = concatenated(attention.key, attention.value)
+        for (memory, _), n in zip(expected, ([200, 200], [200, 150])):
+            torch.testing.assert_close(model.encode(feats, torch.tensor(n))[0], memory, atol=1e-5, rtol=1e-5)
+        for (k, v), (fk, fv) in zip(memory_kv, model.decoder.memory_kv(expected[1][0])):
+            torch.testing.assert_close((fk, fv), (k, v), atol=1e-5, rtol=1e-5)

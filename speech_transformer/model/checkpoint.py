@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.files import atomic_path, atomic_write
+from speech_transformer.model.quantize import quantize_model, quantize_rows
 from speech_transformer.model.transformer import ModelConfig, SpeechTransformer
 from speech_transformer.text.tokenizer import TextTokenizer, tokenizer_class
 from speech_transformer.text.tokenizer import load_tokenizer
@@ -34,7 +35,6 @@ from speech_transformer.text.tokenizer import load_tokenizer
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
 SCALE_SUFFIX = ":int8_scale"  # `NAME:int8_scale` holds the per-row scales of the int8 tensor NAME
-INT8_MAX = 127
 
 
 class CheckpointError(ValueError):
@@ -66,17 +66,14 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def quantize_int8(state: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
     """`state` with each float tensor of `names` of 2 or more dimensions `(R, ...)` stored as int8, symmetric
-    per row (first dimension), its float32 scales `(R,)` under NAME + SCALE_SUFFIX; the rest unchanged.
-    Per-row because rows of one matrix differ in range; symmetric so that zero stays exact."""
+    per row (first dimension, `quantize.quantize_rows`), its float32 scales `(R,)` under NAME + SCALE_SUFFIX;
+    the rest unchanged."""
     out: dict[str, torch.Tensor] = {}
     for name, value in state.items():
         if name not in names or value.dim() < 2 or not value.is_floating_point():
             out[name] = value
             continue
-        rows = value.detach().float().reshape(value.shape[0], -1)
-        scale = rows.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / INT8_MAX
-        out[name] = (rows / scale[:, None]).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8).reshape(value.shape)
-        out[name + SCALE_SUFFIX] = scale
+        out[name], out[name + SCALE_SUFFIX] = quantize_rows(value)
     return out
 
 
@@ -195,8 +192,15 @@ def model_tokenizer(directory: str | os.PathLike, config: dict | None = None) ->
     return load_tokenizer(Path(directory) / tokenizer_file(config), config.get("tokenizer"))
 
 
-def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SpeechTransformer, TextTokenizer, dict]:
-    """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes."""
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu", compute: str = "float32"
+               ) -> tuple[SpeechTransformer, TextTokenizer, dict]:
+    """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes.
+
+    `compute="int8"` (CPU only) runs the matrices as int8 (`quantize.quantize_model`); a model stored as int8
+    then multiplies by exactly its stored integers.
+    """
+    if compute not in ("float32", "int8"):
+        raise ValueError(f"compute must be float32 or int8, not {compute!r}")
     directory = Path(directory)
     config = read_config(directory)
     for name, key in ((WEIGHTS_FILE, "weights_sha256"), (tokenizer_file(config), "tokenizer_sha256")):
@@ -213,7 +217,8 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
                               f"{model_config.vocab_size}")
     model = SpeechTransformer(model_config)
     load_weights(model, load_state_dict(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
-    return model.to(device).eval(), tokenizer, config
+    model = model.to(device).eval()
+    return (quantize_model(model) if compute == "int8" else model), tokenizer, config
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -111,7 +111,12 @@ def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 
 class MultiHeadAttention(nn.Module):
-    """Self- or cross-attention through `scaled_dot_product_attention`, with an optional KV cache."""
+    """Self- or cross-attention through `scaled_dot_product_attention`, with an optional KV cache.
+
+    `fused_qkv` and `fused_kv` (set for inference by `quantize.quantize_model`) compute the query, key and
+    value projections as one matrix product (self-attention without given keys/values) and the keys and
+    values as one (`project_kv`): fewer, larger products. `attention_dtype` (e.g. bfloat16 on CPUs that
+    multiply it natively) is the dtype of that fused self-attention's products, the encoder's main cost."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, key_bias: bool = True):
         super().__init__()
@@ -121,21 +126,32 @@ class MultiHeadAttention(nn.Module):
         self.value = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
         self.dropout = dropout
+        self.fused_qkv: nn.Module | None = None  # (B, T, D) -> (B, T, 3D): [query | key | value]
+        self.fused_kv: nn.Module | None = None  # (B, S, D) -> (B, S, 2D): [key | value]
+        self.attention_dtype: torch.dtype | None = None
 
     def heads(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, H, T, D/H)
         return x.view(x.shape[0], x.shape[1], self.n_heads, -1).transpose(1, 2)
 
     def project_kv(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        if self.fused_kv is not None:
+            k, v = self.fused_kv(source).chunk(2, dim=-1)
+            return self.heads(k), self.heads(v)
         return self.heads(self.key(source)), self.heads(self.value(source))
 
     def forward(self, x: Tensor, source: Tensor | None = None, mask: Tensor | None = None,
                 kv: tuple[Tensor, Tensor] | None = None, causal: bool = False) -> Tensor:
         """x `(B, T, D)`; keys/values from `source` (default x) or precomputed `kv`; mask broadcasts to `(B, H, T, S)`."""
-        q = self.heads(self.query(x))
-        k, v = kv if kv is not None else self.project_kv(x if source is None else source)
+        if kv is None and source is None and self.fused_qkv is not None:
+            qkv = self.fused_qkv(x)
+            qkv = qkv if self.attention_dtype is None else qkv.to(self.attention_dtype)
+            q, k, v = (self.heads(t) for t in qkv.chunk(3, dim=-1))
+        else:
+            q = self.heads(self.query(x))
+            k, v = kv if kv is not None else self.project_kv(x if source is None else source)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(x.shape))
+        return self.out(y.transpose(1, 2).reshape(x.shape).to(x.dtype))
 
 
 def feed_forward(d_model: int, d_ff: int, dropout: float) -> nn.Sequential:
@@ -155,9 +171,10 @@ class ConformerConvolution(nn.Module):
         self.depthwise_norm = nn.LayerNorm(d_model)
         self.pointwise_out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
-        """x `(B, S, D)`, valid `(B, S, 1)` bool."""
-        h = F.glu(self.pointwise_in(self.norm(x)), dim=-1).masked_fill(~valid, 0.0)
+    def forward(self, x: Tensor, valid: Tensor | None) -> Tensor:
+        """x `(B, S, D)`, valid `(B, S, 1)` bool (None: no frame is padded)."""
+        h = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
+        h = h if valid is None else h.masked_fill(~valid, 0.0)
         h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)
         return self.pointwise_out(F.silu(self.depthwise_norm(h)))
 
@@ -174,10 +191,11 @@ class EncoderBlock(nn.Module):
         self.ff = feed_forward(c.d_model, c.d_ff, c.dropout)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """x `(B, S, D)`, mask `(B, 1, 1, S)` True on valid frames (None: none padded)."""
         x = x + self.drop(self.attn(self.attn_norm(x), mask=mask))
         if self.conv is not None:
-            x = x + self.drop(self.conv(x, mask[:, 0, 0, :, None]))
+            x = x + self.drop(self.conv(x, None if mask is None else mask[:, 0, 0, :, None]))
         return x + self.drop(self.ff(self.ff_norm(x)))
 
 
@@ -333,7 +351,8 @@ class Encoder(nn.Module):
                     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Blocks start..stop-1 over `(B, S, D)` states; normed output (raw when `stop` ends early), lengths,
         and the intermediate CTC layer's normed output (None when 0 or not reached)."""
-        mask = padding_mask(lengths, x.shape[1])[:, None, None, :]
+        # no mask when nothing is padded (Whisper's 30 s windows, one utterance): SDPA's plain kernel
+        mask = None if bool((lengths == x.shape[1]).all()) else padding_mask(lengths, x.shape[1])[:, None, None, :]
         intermediate = None
         stop = len(self.blocks) if stop is None else stop
         for i in range(start, stop):
