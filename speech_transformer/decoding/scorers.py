@@ -82,7 +82,8 @@ class DecoderScorer:
 
     def keep(self, utterances: Tensor, rows: Tensor) -> None:
         """Only these utterances `(B',)` and their rows `(N',)` stay in the batch."""
-        self.memory_kv = [(k[utterances], v[utterances]) for k, v in self.memory_kv]
+        for i, (k, v) in enumerate(self.memory_kv):  # block by block: one block's copy at a time in memory
+            self.memory_kv[i] = (k[utterances], v[utterances])
         self.lengths, self.tokens = self.lengths[utterances], self.tokens[rows]
         self.cache.keep(rows)
 

@@ -42,8 +42,9 @@ class KVCache:
 
     def keep(self, rows: Tensor) -> None:
         """Only these rows `(N',)` stay (utterances that are done leave the batch)."""
-        self.keys = [buf.index_select(0, rows) for buf in self.keys]
-        self.values = [buf.index_select(0, rows) for buf in self.values]
+        for buffers in (self.keys, self.values):
+            for i, buf in enumerate(buffers):
+                buffers[i] = buf.index_select(0, rows)
 
     def reorder(self, rows: Tensor) -> None:
         """Row i becomes a copy of old row rows[i] `(N,)` (beam search: the hypothesis it extends)."""
