@@ -94,7 +94,8 @@ def stream_clip(recognizer, path: str, clock_kind: str, options, grammar=None, r
 
 
 def speech_set(recognizer, manifest: Path, limit: int, clock: str, options) -> dict:
-    """Streaming against offline WER, final latency, partial intervals and CPU on one manifest."""
+    """Streaming against offline WER, final latency, partial intervals (between the partial events of one
+    utterance) and CPU on one manifest."""
     from speech_transformer.audio.loading import load_audio
     from speech_transformer.text.scoring import score_utterances
     from speech_transformer.training.data import read_manifest
@@ -105,8 +106,11 @@ def speech_set(recognizer, manifest: Path, limit: int, clock: str, options) -> d
         run = stream_clip(recognizer, u.audio, clock, options)
         finals = [e for e, _ in run["events"] if e.type == "final"]
         latencies += [e.latency_s for e in finals]
-        partial_times = [t for e, t in run["events"] if e.type == "partial"]
-        gaps += list(np.diff(partial_times)) if len(partial_times) > 1 else []
+        by_utterance: dict[float, list[float]] = {}
+        for e, t in run["events"]:
+            if e.type == "partial":
+                by_utterance.setdefault(e.start, []).append(t)
+        gaps += [g for times in by_utterance.values() for g in np.diff(times)]
         refs.append(u.text)
         live.append(" ".join(e.text for e in finals))
         offline.append(recognizer.recognize([load_audio(u.audio)], options.decoding)[0].text)
