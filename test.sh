@@ -7,7 +7,7 @@
 # Real speech is read from ../shared/data (or $SPEECH_TRANSFORMER_DATA); tests that need it skip without it.
 set -euo pipefail
 cd "$(dirname "$0")"
-APT_PACKAGES=(chromium chromium-driver espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts)
+APT_PACKAGES=(chromium chromium-driver espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts libportaudio2)
 if ! dpkg -s "${APT_PACKAGES[@]}" >/dev/null 2>&1; then
     sudo=$([ "$(id -u)" = 0 ] || echo sudo)
     $sudo apt-get update -qq
