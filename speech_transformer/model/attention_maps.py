@@ -52,7 +52,7 @@ def cross_attention(model: SpeechTransformer, memory: Tensor, memory_lengths: Te
         attn = block.cross_attn
         q = attn.heads(attn.query(queries[i][:, P - 1:]))  # (B, H, L, D/H)
         k = memory_kv[i][0]  # (B, H, S, D/H)
-        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+        scores = (q @ k.transpose(-1, -2).to(q.dtype)).float() / math.sqrt(q.shape[-1])
         weights.append(scores.masked_fill(~frames, float("-inf")).softmax(-1).nan_to_num(0.0))
     rows = padding_mask(torch.tensor([len(t) + 1 for t in tokens], device=memory.device), L)
     return torch.stack(weights, 1) * rows[:, None, None, :, None]

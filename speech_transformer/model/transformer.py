@@ -149,6 +149,7 @@ class MultiHeadAttention(nn.Module):
         else:
             q = self.heads(self.query(x))
             k, v = kv if kv is not None else self.project_kv(x if source is None else source)
+            q = q.to(k.dtype)  # bfloat16 keys/values (quantize_model's cross-attention memory) take bfloat16 queries
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(x.shape).to(x.dtype))
