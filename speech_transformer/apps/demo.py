@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from speech_transformer import pretrained
 from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, info, load_audio
+from speech_transformer.decoding.options import METHODS, OPTIONS
 from speech_transformer.model.checkpoint import CheckpointError
 from speech_transformer.training.data import default_data_dir, read_manifest
 from speech_transformer.apps.demo_commands import build_commands_tab
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 MEAN = "mean"  # the cross-attention picture averaged over all decoder layers
-LEXICON_BEAM, LEXICON_WEIGHTS = 50, {"lm_weight": 0.4, "word_score": 1.0, "rescore_weight": 0.3}  # tuned on dev
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,14 @@ class Limits:
     min_seconds: float = 0.25
     max_file_mb: float = 25.0
     silence_dbfs: float = -50.0  # loudest 30 ms of the input quieter than this: nothing to transcribe
+
+
+def slider(name: str, value: float, label: str, **kwargs):
+    """A Gradio slider for one decoding setting, its range from the option table."""
+    import gradio as gr
+
+    low, high, step = OPTIONS[name].control
+    return gr.Slider(minimum=low, maximum=high, value=value, step=step, label=label, **kwargs)
 
 
 class Rejected(Exception):
@@ -95,11 +103,10 @@ class Demo:
         except Rejected as e:
             return "", f"⚠️ {e}", None, None
         recognizer = self.model(model)
-        options = recognizer.options.override(beam_size=None if beam_size is None else int(beam_size),
-                                              ctc_weight=None if ctc_weight is None else float(ctc_weight),
-                                              method=method or None)
-        if options.method == "lexicon":
-            options = options.override(beam_size=max(options.beam_size, LEXICON_BEAM), **LEXICON_WEIGHTS)
+        options = recognizer.options.override(method=method or None)  # each search with the model's settings
+        if options.method == "attention":  # the sliders are the attention search's
+            options = options.override(beam_size=None if beam_size is None else int(beam_size),
+                                       ctc_weight=None if ctc_weight is None else float(ctc_weight))
         if recognizer.model.ctc_head is None and options.method != "attention":
             return "", f"⚠️ This model has no CTC head: decoding method {options.method!r} needs one.", None, None
         start = time.perf_counter()
@@ -348,10 +355,10 @@ def _transcribe_tab(demo: Demo, model_dir: Path | None, examples: list[tuple[str
                                  buttons=["download"], elem_id="audio")
             with gr.Row():
                 preferred = recognizer.options  # the model's preferred decoding
-                beam = gr.Slider(1, 8, value=preferred.beam_size, step=1, label="Beam size")
-                ctc = gr.Slider(0.0, 1.0, value=preferred.ctc_weight, step=0.05, label="CTC weight",
-                                interactive=recognizer.model.ctc_head is not None)
-            method = gr.Dropdown(["attention", "ctc", "lexicon"], value=preferred.method, label="Decoding",
+                beam = slider("beam_size", preferred.attention.beam_size, "Beam size")
+                ctc = slider("ctc_weight", preferred.attention.ctc_weight, "CTC weight",
+                            interactive=recognizer.model.ctc_head is not None)
+            method = gr.Dropdown(list(METHODS), value=preferred.method, label="Decoding",
                                  info="attention: the decoder writes; ctc: CTC greedy; lexicon: English words "
                                       "and a 3-gram LM over the CTC head")
             layer = gr.Dropdown(layers, value=MEAN, label="Cross-attention layer (mean: all layers)")
