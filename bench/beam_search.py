@@ -33,8 +33,8 @@ def child(model: str, utterances: int, beam: int, ctc_weight: float, threads: in
     torch.set_num_threads(threads)
     from speech_transformer.audio.loading import load_audio
     from speech_transformer.decoding.options import DecodingOptions
-    from speech_transformer.recognizer import Recognizer
-    from speech_transformer.runtime import reset_peak_rss, rss_mb
+    from speech_transformer.recognition.recognizer import Recognizer
+    from speech_transformer.utils.runtime import reset_peak_rss, rss_mb
     from speech_transformer.training.data import read_manifest
 
     recognizer = Recognizer.from_dir(model)

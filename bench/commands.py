@@ -39,7 +39,7 @@ from speech_transformer.commands.matching import (
 )
 from speech_transformer.training.data import default_data_dir, read_manifest
 from speech_transformer.commands.grammar import Grammar
-from speech_transformer.recognizer import Recognizer
+from speech_transformer.recognition.recognizer import Recognizer
 from speech_transformer.training.synthetic import Voice, speak
 
 ESPEAK_VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb-scotland", "en-029", "en-us+m7"]

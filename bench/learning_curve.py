@@ -45,7 +45,7 @@ from speech_transformer.training.data import (
     filter_by_duration,
     read_manifest,
 )
-from speech_transformer.runtime import rss_mb
+from speech_transformer.utils.runtime import rss_mb
 from speech_transformer.text.normalize import normalize_transcript
 from speech_transformer.text.tokenizer import Tokenizer
 from speech_transformer.training.trainer import (

@@ -137,7 +137,7 @@ def cmd_lm(args) -> None:
 
 
 def load(args):
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     torch.set_num_threads(args.threads)
     return Recognizer.from_dir(args.model)

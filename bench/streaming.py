@@ -74,7 +74,7 @@ def noise(seconds: float, rate: int, rng) -> np.ndarray:
 
 def stream_clip(recognizer, path: str, clock_kind: str, options, grammar=None, rng=None) -> dict:
     """One clip as a stream: its events with emission times, and the compute time it took."""
-    from speech_transformer.streaming import StreamingRecognizer
+    from speech_transformer.recognition.streaming import StreamingRecognizer
 
     data, rate = sf.read(path, dtype="float32", always_2d=True)
     rng = rng or np.random.default_rng(0)
@@ -153,7 +153,7 @@ def long_stream(recognizer, data_dir: Path, minutes: float, options) -> dict:
     """A long stream fed as fast as possible: RSS and buffered audio sampled every 5 minutes of audio."""
     from transcribe_speed import build_long_file
 
-    from speech_transformer.streaming import StreamingRecognizer
+    from speech_transformer.recognition.streaming import StreamingRecognizer
 
     path = build_long_file(data_dir, minutes / 60, Path("bench/results/streaming") / f"long-{minutes:g}min.flac")
     stream = StreamingRecognizer(recognizer, options)
@@ -174,8 +174,8 @@ def _rss_mb() -> float:
 
 
 def main() -> None:
-    from speech_transformer.recognizer import Recognizer
-    from speech_transformer.streaming import StreamOptions
+    from speech_transformer.recognition.recognizer import Recognizer
+    from speech_transformer.recognition.streaming import StreamOptions
     from speech_transformer.training.data import default_data_dir
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -149,7 +149,7 @@ def profile(args: argparse.Namespace) -> None:
     from speech_transformer.training.data import read_manifest
     from speech_transformer.decoding.options import DecodingOptions
     from speech_transformer.decoding.search import decode
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
     from speech_transformer.apps.systems import FasterWhisperSystem
     from speech_transformer.importers.whisper import resolve
 

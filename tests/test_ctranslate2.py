@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from speech_transformer.audio.loading import load_audio
-from speech_transformer.files import CACHE_ENV
+from speech_transformer.utils.files import CACHE_ENV
 from speech_transformer.model.checkpoint import load_model
 from speech_transformer.importers.ctranslate2 import (
     CTranslate2Error,

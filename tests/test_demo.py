@@ -27,7 +27,7 @@ from PIL import Image
 from speech_transformer.audio.loading import load_audio
 from speech_transformer.apps.demo import Demo, Limits, attention_image, colormap, find_examples, main, model_card, \
     peak_level_dbfs
-from speech_transformer.recognizer import Recognizer
+from speech_transformer.recognition.recognizer import Recognizer
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

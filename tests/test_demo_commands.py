@@ -12,7 +12,7 @@ from speech_transformer.apps.demo_commands import Computer, build_commands_tab, 
 
 @pytest.fixture(scope="module")
 def recognizer():
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     torch.set_num_threads(1)
     return Recognizer.from_dir(None)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 
-from speech_transformer.files import CACHE_ENV, atomic_write, cache_dir
+from speech_transformer.utils.files import CACHE_ENV, atomic_write, cache_dir
 
 
 def test_atomic_write_leaves_no_part_behind(tmp_path):

@@ -135,7 +135,7 @@ def test_bad_words_file_names_file_and_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def recognizer():
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     torch.set_num_threads(1)
     return Recognizer.from_dir(None)

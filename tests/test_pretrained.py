@@ -26,7 +26,7 @@ from speech_transformer.audio.loading import load_audio
 from speech_transformer.training.data import read_manifest, write_manifest
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.apps import regression
-from speech_transformer.recognizer import Recognizer
+from speech_transformer.recognition.recognizer import Recognizer
 from speech_transformer.apps.transcribe import transcribe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from speech_transformer.audio.loading import load_audio
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.model import checkpoint
 from speech_transformer.model.quantize import Bf16Linear, Int8Linear, native_bfloat16, quantize_model, quantize_rows
-from speech_transformer.recognizer import Recognizer
+from speech_transformer.recognition.recognizer import Recognizer
 from speech_transformer.text.scoring import score_utterances
 from speech_transformer.training.data import read_manifest
 

@@ -5,7 +5,7 @@ import pytest
 
 from speech_transformer.audio.loading import load_audio
 from speech_transformer.decoding.options import DecodingOptions
-from speech_transformer.recognizer import Recognizer
+from speech_transformer.recognition.recognizer import Recognizer
 
 
 @pytest.mark.parametrize("options", [DecodingOptions(beam_size=3, ctc_weight=0.3),

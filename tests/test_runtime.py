@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from speech_transformer.runtime import reset_peak_rss, rss_mb, setup_distributed
+from speech_transformer.utils.runtime import reset_peak_rss, rss_mb, setup_distributed
 
 
 def test_setup_distributed_without_torchrun(monkeypatch):

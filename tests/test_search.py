@@ -13,7 +13,7 @@ from speech_transformer.text.tokenizer import SOS_EOS_ID, SpecialTokens
 
 @pytest.fixture(scope="module")
 def default_recognizer():
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     return Recognizer.from_dir(None)
 
@@ -175,7 +175,7 @@ def test_greedy_means_greedy_and_ctc_weight_makes_a_joint_search(monkeypatch):
 
 @pytest.fixture(scope="module")
 def whisper_base(tmp_path_factory):
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
     from speech_transformer.importers.whisper import resolve
 
     with pytest.MonkeyPatch.context() as mp:

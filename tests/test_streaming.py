@@ -11,13 +11,13 @@ import torchaudio.functional as AF
 
 from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
 from speech_transformer.commands.grammar import Grammar
-from speech_transformer.streaming import StreamingRecognizer, StreamOptions, StreamResampler
+from speech_transformer.recognition.streaming import StreamingRecognizer, StreamOptions, StreamResampler
 from speech_transformer.training.data import read_manifest
 
 
 @pytest.fixture(scope="module")
 def recognizer():
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     torch.set_num_threads(1)
     return Recognizer.from_dir(None)

@@ -27,7 +27,7 @@ def engines():
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_every_engine_speaks_a_digit_the_model_hears(engine, tmp_path):
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     voice = next(v for v in VOICES if v.engine == engine)
     seconds = speak(voice, "seven", tmp_path / "seven.wav", rate=1.1, pitch=0.4)

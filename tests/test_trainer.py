@@ -102,7 +102,7 @@ def test_validate_scores_what_the_recognizer_decodes(data_dir, setup):
     from speech_transformer.audio.loading import load_audio
     from speech_transformer.decoding.options import DecodingOptions
     from speech_transformer.model.transformer import SpeechTransformer, preset
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
     from speech_transformer.text.tokenizer import Tokenizer
     from speech_transformer.training.trainer import validate
 

@@ -335,7 +335,7 @@ def test_torchrun_shards_inputs(tmp_path, model_dir, clips):
 
 def test_no_speech_is_dropped_on_jfk(data_dir):
     """The shipped model's preferred decoding gives words for the first VAD chunk (0.15-2.44 s): they are kept."""
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     recognizer = Recognizer.from_dir(None)
     t = transcribe(recognizer, str(data_dir / "samples" / "jfk.flac"))
@@ -368,7 +368,7 @@ def test_lexicon_decoding_through_transcribe_and_the_demo(data_dir, tmp_path):
     from speech_transformer.decoding.arpa import read_corpus, write_arpa
     from speech_transformer.decoding.word_lm import build_kneser_ney
     from speech_transformer.apps.demo import Demo
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     lm = write_arpa(build_kneser_ney(read_corpus(data_dir / "librispeech" / "train.tsv")[:400], 3), tmp_path / "lm.arpa")
     words = {w for line in lm.read_text().splitlines() if line.count("\t") >= 1 for w in line.split("\t")[1].split()}

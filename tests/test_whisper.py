@@ -29,7 +29,7 @@ from speech_transformer.model.checkpoint import CheckpointError, load_model, sav
 from speech_transformer.training.data import read_manifest  # noqa: E402
 from speech_transformer.decoding.options import DecodingOptions  # noqa: E402
 from speech_transformer.decoding.search import decode  # noqa: E402
-from speech_transformer.recognizer import Recognizer  # noqa: E402
+from speech_transformer.recognition.recognizer import Recognizer  # noqa: E402
 from speech_transformer.importers.whisper import download_checkpoint, resolve  # noqa: E402
 from speech_transformer.importers.whisper_convert import import_whisper  # noqa: E402
 from speech_transformer.text.tokenizer import WhisperTokenizer  # noqa: E402

@@ -41,7 +41,7 @@ from speech_transformer.training import synthetic
 from speech_transformer.training.data import default_data_dir, filter_by_duration, read_manifest
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.apps import regression
-from speech_transformer.recognizer import Recognizer
+from speech_transformer.recognition.recognizer import Recognizer
 from speech_transformer.training.trainer import TrainConfig
 
 HERE = Path(__file__).resolve().parent

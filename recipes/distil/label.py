@@ -64,7 +64,7 @@ from speech_transformer.audio.loading import SAMPLE_RATE, load_audio  # noqa: E4
 from speech_transformer.decoding.fallback import is_silence  # noqa: E402
 from speech_transformer.decoding.options import DecodingOptions  # noqa: E402
 from speech_transformer.decoding.search import decode, max_lengths, position_cap, repeats_too_often  # noqa: E402
-from speech_transformer.recognizer import Recognizer  # noqa: E402
+from speech_transformer.recognition.recognizer import Recognizer  # noqa: E402
 from speech_transformer.text.scoring import score_utterances  # noqa: E402
 
 NORMALIZER = "english-v1"

@@ -30,7 +30,7 @@ from pathlib import Path
 DELEGATED = {"train": "speech_transformer.training.trainer", "evaluate": "speech_transformer.apps.evaluate",
              "download": "speech_transformer.training.download", "demo": "speech_transformer.apps.demo",
              "transcribe": "speech_transformer.apps.transcribe_cli", "whisper": "speech_transformer.apps.whisper_cli",
-             "lm-words": "speech_transformer.apps.lm_cli", "commands": "speech_transformer.commands.matching",
+             "lm-words": "speech_transformer.apps.lm_cli", "commands": "speech_transformer.apps.commands_cli",
              "listen": "speech_transformer.apps.listen"}
 
 

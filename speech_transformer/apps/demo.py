@@ -32,7 +32,7 @@ from speech_transformer.training.data import default_data_dir, read_manifest
 from speech_transformer.apps.demo_commands import build_commands_tab
 from speech_transformer.apps.demo_live import build_live_transcribe
 from speech_transformer.model.transformer import PRESETS
-from speech_transformer.recognizer import Recognition, Recognizer
+from speech_transformer.recognition.recognizer import Recognition, Recognizer
 
 # gradio is imported where it is used (so `--help` is quick); it reads this when first imported
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from speech_transformer.streaming import Event, StreamingRecognizer
+from speech_transformer.recognition.streaming import Event, StreamingRecognizer
 
 STREAM_EVERY = 0.25  # s of microphone audio per chunk the browser sends
 

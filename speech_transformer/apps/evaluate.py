@@ -27,7 +27,7 @@ from speech_transformer.apps import exitcodes
 from speech_transformer.audio.loading import SAMPLE_RATE, info, load_audio, reason
 from speech_transformer.audio.manifests import Utterance, read_manifest
 from speech_transformer.apps.reports import format_summary, write_reports
-from speech_transformer.runtime import reset_peak_rss, rss_mb
+from speech_transformer.utils.runtime import reset_peak_rss, rss_mb
 from speech_transformer.text.scoring import (
     DEFAULT_NORMALIZER,
     NORMALIZER_DESCRIPTIONS,

@@ -131,7 +131,7 @@ def open_input(args) -> tuple[int, Iterator[tuple[np.ndarray, float]]]:
 
 
 def run(recognizer, options, grammar, rate: int, timed, fmt: str) -> int:
-    from speech_transformer.streaming import StreamingRecognizer
+    from speech_transformer.recognition.streaming import StreamingRecognizer
 
     stream = StreamingRecognizer(recognizer, options, grammar)
     tty = sys.stdout.isatty()
@@ -151,8 +151,8 @@ def run(recognizer, options, grammar, rate: int, timed, fmt: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from speech_transformer.commands.grammar import Grammar, GrammarError
     from speech_transformer.model.checkpoint import CheckpointError
-    from speech_transformer.recognizer import Recognizer
-    from speech_transformer.streaming import StreamOptions
+    from speech_transformer.recognition.recognizer import Recognizer
+    from speech_transformer.recognition.streaming import StreamOptions
 
     def fail(message: str, code: int) -> int:
         print(f"speech-transformer listen: {message}", file=sys.stderr)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from speech_transformer.files import atomic_write
+from speech_transformer.utils.files import atomic_write
 
 _COLUMNS = ["System", "WER %", "CER %", "SER %", "Sub", "Del", "Ins", "Words", "Utts", "Failed", "RTF", "CPU RTF",
             "Peak MB"]

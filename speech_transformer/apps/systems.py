@@ -147,7 +147,7 @@ class CommandSystem(System):
 
 
 class SpeechTransformerSystem(System):
-    """Our model, loaded from a folder through `speech_transformer.recognizer.Recognizer`."""
+    """Our model, loaded from a folder through `speech_transformer.recognition.recognizer.Recognizer`."""
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", name: str | None = None,
                  **decoding: Any):
@@ -164,7 +164,7 @@ class SpeechTransformerSystem(System):
 
     def load(self) -> None:
         if self._recognizer is None:
-            from speech_transformer.recognizer import Recognizer
+            from speech_transformer.recognition.recognizer import Recognizer
 
             self._recognizer = Recognizer.from_dir(self.model_dir, device=self.device)
 
@@ -261,7 +261,7 @@ class FasterWhisperSystem(System):
 
     def model_dir(self) -> Path:
         """The folder ctranslate2 loads: `model` itself, or an installed copy concatenated into the cache."""
-        from speech_transformer.files import cache_dir
+        from speech_transformer.utils.files import cache_dir
         from speech_transformer.importers.ctranslate2 import FasterWhisperFolder
         from speech_transformer.importers.whisper import installed_folder
 

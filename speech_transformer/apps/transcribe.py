@@ -23,7 +23,7 @@ import numpy as np
 from speech_transformer.audio.features import length_sorted_batches
 from speech_transformer.audio.loading import SAMPLE_RATE, AudioError, describe, reason
 from speech_transformer.decoding.options import OPTIONS, DecodingOptions
-from speech_transformer.recognizer import Recognition, Recognizer
+from speech_transformer.recognition.recognizer import Recognition, Recognizer
 from speech_transformer.audio.sources import (
     ArraySource,
     FileSource,

@@ -22,7 +22,7 @@ from speech_transformer.apps.decoding_args import add_decoding_arguments, decodi
 from speech_transformer.audio.loading import reason
 from speech_transformer.audio.sources import InputFile, expand_inputs, output_stems
 from speech_transformer.apps.transcribe import TranscribeOptions, Transcriber, load_model
-from speech_transformer.runtime import setup_distributed
+from speech_transformer.utils.runtime import setup_distributed
 
 
 def _parser() -> argparse.ArgumentParser:

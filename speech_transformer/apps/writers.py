@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from speech_transformer.model.align import Word
-from speech_transformer.files import TEMP_SUFFIX, atomic_write
+from speech_transformer.utils.files import TEMP_SUFFIX, atomic_write
 
 __all__ = ["Word", "Segment", "Transcript", "FORMATS", "parse_formats", "write_outputs", "is_complete"]
 

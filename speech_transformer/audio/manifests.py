@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from speech_transformer.audio.loading import AUDIO_EXTENSIONS, AudioError, info
-from speech_transformer.files import atomic_write
+from speech_transformer.utils.files import atomic_write
 
 DATA_DIR_ENV = "SPEECH_TRANSFORMER_DATA"  # where ../shared/data-style corpora live
 

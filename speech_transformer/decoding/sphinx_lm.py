@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from speech_transformer.decoding.arpa import ArpaLM, write_arpa
-from speech_transformer.files import cache_dir
+from speech_transformer.utils.files import cache_dir
 
 SPHINX_HEADER = b"Trie Language Model"
 SPHINX_LOG_BASE = 1.0001  # pocketsphinx stores log probabilities in logmath units of this base

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from speech_transformer.files import atomic_write
+from speech_transformer.utils.files import atomic_write
 
 LM_FILE = "lm.json"
 DISCOUNT = 0.75

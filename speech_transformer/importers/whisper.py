@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from speech_transformer.files import DownloadError, cache_dir, fetch
+from speech_transformer.utils.files import DownloadError, cache_dir, fetch
 from speech_transformer.importers.whisper_convert import import_whisper
 from speech_transformer.model.checkpoint import CheckpointError
 

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from speech_transformer.decoding.options import DecodingOptions
-from speech_transformer.files import atomic_path, atomic_write
+from speech_transformer.utils.files import atomic_path, atomic_write
 from speech_transformer.model.quantize import quantize_model, quantize_rows
 from speech_transformer.model.transformer import ModelConfig, SpeechTransformer
 from speech_transformer.text.tokenizer import TextTokenizer, tokenizer_class

@@ -24,7 +24,7 @@ from speech_transformer.audio.manifests import (  # noqa: F401 (manifests are re
     speaker_from_id,
     write_manifest,
 )
-from speech_transformer.files import atomic_path
+from speech_transformer.utils.files import atomic_path
 from speech_transformer.text.normalize import normalize_transcript
 
 log = logging.getLogger(__name__)

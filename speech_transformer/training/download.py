@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from speech_transformer.files import CHUNK, DownloadError, fetch, log
+from speech_transformer.utils.files import CHUNK, DownloadError, fetch, log
 from speech_transformer.training.data import read_librispeech_dir, write_manifest
 
 DEFAULT_MIRROR = "https://www.openslr.org"

@@ -34,7 +34,7 @@ import torch.distributed as dist
 import yaml
 
 from speech_transformer.model import checkpoint
-from speech_transformer.runtime import limit_onednn_cache, malloc_trim, rss_mb, setup_distributed
+from speech_transformer.utils.runtime import limit_onednn_cache, malloc_trim, rss_mb, setup_distributed
 from speech_transformer.training.checkpoints import (
     export_model,
     latest_checkpoint,
@@ -84,7 +84,7 @@ def validate(model: SpeechTransformer, tokenizer: Tokenizer, waves: list[np.ndar
     from speech_transformer.decoding.options import DecodingOptions
 
     from speech_transformer.decoding.search import decode, sequence_log_probs
-    from speech_transformer.recognizer import Recognizer
+    from speech_transformer.recognition.recognizer import Recognizer
 
     recognizer = Recognizer(model, tokenizer)  # puts the model in eval mode
     special, has_ctc = tokenizer.special, model.ctc_head is not None

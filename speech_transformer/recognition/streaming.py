@@ -36,7 +36,7 @@ from speech_transformer.audio.loading import SAMPLE_RATE
 from speech_transformer.audio.vad import CONTEXT, WINDOW, SileroVad, VadOptions
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.model.align import Word
-from speech_transformer.recognizer import Recognizer
+from speech_transformer.recognition.recognizer import Recognizer
 
 PARTIAL = DecodingOptions(method="ctc")
 STABLE_AFTER = 0.5  # s: a partial's words ending this close to its end may still be growing
