@@ -90,3 +90,15 @@ def test_pocketsphinx_transcribes_jfk():
     assert score.n_words == 22
     assert 0.0 < score.wer < 0.8  # PocketSphinx gets most of it: the baseline is weak but not noise
     assert score.hits + score.substitutions + score.deletions == 22
+
+
+def test_model_system_runs_int8_compute_on_request(data_dir):
+    from speech_transformer.audio.loading import load_audio
+    from speech_transformer.model.quantize import Int8Linear
+
+    system = parse_system("default,compute=int8,method=ctc")
+    assert system.name == "speech-transformer:default(compute=int8,method=ctc)"
+    wave = load_audio(data_dir / "samples" / "jfk.flac")
+    int8 = system.transcribe([wave])[0]
+    assert any(isinstance(m, Int8Linear) for m in system._recognizer.model.modules())
+    assert int8 == parse_system("default,method=ctc").transcribe([wave])[0]  # CTC greedy: the same words here

@@ -14,6 +14,7 @@ Adapters:
   cmd:NAME=COMMAND                a shell command with {audio} in it, e.g. "cmd:whisper=whisper-cli {audio}"
   model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); device, name, and any decoding
                                   setting by name or short key (`decoding.options.OPTIONS`): method, beam, ctc,
+                                  compute=int8 (int8/bfloat16 matrices on the CPU),
                                   lm, ws (word score), rescore, nbest, word_lm, words, ... A setting of one search
                                   chooses it; `method=lexicon` alone is the model's tuned lexicon search
   default[,beam=N,ctc=W,...]      the embedded default model
@@ -150,15 +151,16 @@ class SpeechTransformerSystem(System):
     """Our model, loaded from a folder through `speech_transformer.recognition.recognizer.Recognizer`."""
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", name: str | None = None,
-                 **decoding: Any):
+                 compute: str = "float32", **decoding: Any):
         """`decoding`: DecodingOptions fields that change the model's preferred decoding (None: keep it)."""
         from speech_transformer.decoding.options import DecodingOptions
 
         self.model_dir = Path(model_dir)
         self.decoding: dict[str, Any] = {k: v for k, v in decoding.items() if v is not None}
         DecodingOptions().override(**self.decoding)  # unknown fields and bad values are refused here
-        self.device = device
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.decoding.items()))
+        self.device, self.compute = device, compute
+        opts = ",".join(f"{k}={v}" for k, v in sorted({**self.decoding, **(
+            {"compute": compute} if compute != "float32" else {})}.items()))
         self.name = name or f"speech-transformer:{self.model_dir.name}" + (f"({opts})" if opts else "")
         self._recognizer = None
 
@@ -166,7 +168,7 @@ class SpeechTransformerSystem(System):
         if self._recognizer is None:
             from speech_transformer.recognition.recognizer import Recognizer
 
-            self._recognizer = Recognizer.from_dir(self.model_dir, device=self.device)
+            self._recognizer = Recognizer.from_dir(self.model_dir, device=self.device, compute=self.compute)
 
     def transcribe(self, waveforms: Sequence[np.ndarray]) -> list[str]:
         self.load()
@@ -183,7 +185,7 @@ class SpeechTransformerSystem(System):
         files = sorted(self.model_dir.glob("*")) if self.model_dir.is_dir() else []
         stamp = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()]
         return {**super().config(), "model_dir": str(self.model_dir.resolve()), "decoding": self.options.to_dict(),
-                "device": self.device, "files": stamp}
+                "device": self.device, "compute": self.compute, "files": stamp}
 
 
 def default_model_system(**options: Any) -> SpeechTransformerSystem:
@@ -211,7 +213,7 @@ def parse_options(parts: list[str], spec: str, keys: dict[str, tuple[str, Any]],
     return out
 
 
-_MODEL_KEYS = {"device": ("device", str), "name": ("name", str),
+_MODEL_KEYS = {"device": ("device", str), "name": ("name", str), "compute": ("compute", str),
                **{key: (name, OPTIONS[name].parse) for key, name in SPEC_KEYS.items() if OPTIONS[name].kind is not tuple}}
 
 

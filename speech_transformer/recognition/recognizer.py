@@ -80,15 +80,17 @@ class Recognizer:
         self.options = options or DecodingOptions()  # the model's preferred decoding
 
     @classmethod
-    def from_dir(cls, name_or_dir: str | os.PathLike | None = None, device: str = "cpu") -> "Recognizer":
-        """Load a model directory, a shipped model's name, or (None) the embedded default model.
+    def from_dir(cls, name_or_dir: str | os.PathLike | None = None, device: str = "cpu",
+                 compute: str = "float32") -> "Recognizer":
+        """Load a model directory, a shipped model's name, or (None) the embedded default model; `compute="int8"`
+        runs its matrices in int8 (bfloat16 over frames where the CPU has it: `model.quantize`).
 
         The preferred decoding is config.json's "decoding" entry (its method, and the tuned settings of each
         search: `method=lexicon` alone gives the model's tuned lexicon search); greedy without one.
         """
         directory = pretrained.resolve(name_or_dir)
         settings = checkpoint.ModelDirectory.read(directory)  # a bad section is named before the weights load
-        model, tokenizer, config = checkpoint.load_model(directory, device)
+        model, tokenizer, config = checkpoint.load_model(directory, device, compute)
         lm = NgramLM.load(directory / LM_FILE) if (directory / LM_FILE).is_file() else None
         options = settings.decoding
         return cls(model, tokenizer, config, lm, options)
