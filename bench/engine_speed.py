@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-DATA = Path(os.environ.get("SPEECH_DATA", "/work/shared/data"))
 SYSTEMS = {  # key: (label, peer key for the ratio); run in this order
     "ours-greedy": ("ours float32, greedy", "fw-int8-greedy"),
     "ours-int8-greedy": ("ours int8, greedy", "fw-int8-greedy"),
@@ -46,19 +45,13 @@ def make_system(key: str, threads: int):
 
     label = SYSTEMS[key][0]
     beam = 5 if key.endswith("beam5") else 1
+    compute = "int8" if "int8" in key else "float32"
     if key.startswith("fw-"):
         return FasterWhisperSystem("base", beam_size=beam, compute_type="int8", name=label, threads=threads)
     if key.startswith("default"):
-        system = SpeechTransformerSystem(default_model_dir(), name=label)
-    else:
-        system = SpeechTransformerSystem(resolve("base"), beam_size=beam, ctc_weight=0.0, temperatures=(0.0,),
-                                         no_speech_threshold=1.0, name=label)
-    if "int8" in key:
-        from speech_transformer.model.quantize import quantize_model
-
-        system.load()  # the same as checkpoint.load_model(..., compute="int8")
-        quantize_model(system._recognizer.model)
-    return system
+        return SpeechTransformerSystem(default_model_dir(), name=label, compute=compute)
+    return SpeechTransformerSystem(resolve("base"), beam_size=beam, ctc_weight=0.0, temperatures=(0.0,),
+                                   no_speech_threshold=1.0, name=label, compute=compute)
 
 
 def timed_encoder(system) -> list[float]:
@@ -89,9 +82,9 @@ def worker(key: str, args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     from speech_transformer.apps.evaluate import run_system, system_report
-    from speech_transformer.training.data import read_manifest
+    from speech_transformer.audio.manifests import default_data_dir, read_manifest
 
-    utterances = read_manifest(DATA / "librispeech/dev.tsv")[: args.n]
+    utterances = read_manifest(default_data_dir() / "librispeech/dev.tsv")[: args.n]
     system = make_system(key, args.threads)
     system.load()
     system.transcribe([__import__("numpy").zeros(16000, dtype="float32")])  # warm-up: first-call allocations

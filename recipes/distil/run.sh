@@ -10,11 +10,12 @@
 #   tail -f /var/tmp/st-distil/label.log
 set -u
 RUN_DIR=${RUN_DIR:-/var/tmp/st-distil}
-DATA=${DATA:-/work/shared/data}
+DATA=${DATA:-$RUN_DIR/data}  # set up as a link to the shared data folder beside the checkout
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 if [ "$HERE" != "$(mkdir -p "$RUN_DIR" && cd "$RUN_DIR" && pwd)" ]; then
     REPO=$(cd "$HERE/../.." && pwd)
+    [ -e "$RUN_DIR/data" ] || ln -s "$(cd "${SPEECH_TRANSFORMER_DATA:-$REPO/../shared/data}" && pwd)" "$RUN_DIR/data"
     if [ ! -d "$RUN_DIR/code/speech_transformer" ]; then
         mkdir -p "$RUN_DIR/code"
         cp -r "$REPO/speech_transformer" "$RUN_DIR/code/"
