@@ -120,15 +120,16 @@ class SileroVad:
             x = torch.cat([rest, torch.as_tensor(block, dtype=torch.float32)])
             n = len(x) // WINDOW * WINDOW
             if n:
-                probs, context, state = self._score(x[:n], context, state)
+                probs, context, state = self.score_windows(x[:n], context, state)
                 out.append(probs)
             rest = x[n:]
         if len(rest):
-            out.append(self._score(F.pad(rest, (0, WINDOW - len(rest))), context, state)[0])
+            out.append(self.score_windows(F.pad(rest, (0, WINDOW - len(rest))), context, state)[0])
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
-    def _score(self, x: Tensor, context: Tensor, state) -> tuple[Tensor, Tensor, tuple | None]:
-        """x `(N*512,)` -> `(N,)` probabilities, and the context/state to carry on with."""
+    def score_windows(self, x: Tensor, context: Tensor, state) -> tuple[Tensor, Tensor, tuple | None]:
+        """x `(N*512,)` -> `(N,)` probabilities, and the context/state to carry on with: a stream scores its
+        windows as they come (`recognition.streaming`), a file in one pass (`probabilities`)."""
         if self.weights is None:  # unknown model layout: silero's own per-window calls
             probs = torch.cat([self.jit(x[i:i + WINDOW][None], SAMPLE_RATE)[:, 0] for i in range(0, len(x), WINDOW)])
             return probs, context, state

@@ -125,7 +125,7 @@ class VadStream:
         self.rest = x[n:]
         if not n:
             return np.zeros(0, np.float32)
-        probs, self.context, self.state = self.vad._score(torch.from_numpy(x[:n]), self.context, self.state)
+        probs, self.context, self.state = self.vad.score_windows(torch.from_numpy(x[:n]), self.context, self.state)
         return probs.numpy()
 
 
