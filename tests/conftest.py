@@ -1,4 +1,5 @@
-"""Shared fixtures: the real-speech folder (../shared/data or $SPEECH_TRANSFORMER_DATA) and a tokenizer.
+"""Shared fixtures: the real-speech folder (../shared/data or $SPEECH_TRANSFORMER_DATA) and a tokenizer; and the
+fixtures and helpers that several test modules use (they import the helpers: `from conftest import ...`).
 
 Under CI=true nothing may be skipped: a test that would skip for a missing requirement (the data folder,
 chromium, a test extra) fails instead, so a broken install cannot pass as a green run with few tests.
@@ -6,10 +7,20 @@ chromium, a test extra) fails instead, so a broken install cannot pass as a gree
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torchaudio.functional as AF
+from safetensors.torch import load_file
 
 STRICT = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
@@ -23,7 +34,19 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where every requirement must be installed: {reason}"
 
-from speech_transformer.training.data import DATA_DIR_ENV, default_data_dir, read_manifest
+from speech_transformer.audio.loading import SAMPLE_RATE, load_audio
+from speech_transformer.importers.whisper_convert import import_whisper
+from speech_transformer.text.normalize import normalize_transcript
+from speech_transformer.text.tokenizer import train_tokenizer
+from speech_transformer.training.data import DATA_DIR_ENV, default_data_dir, read_manifest, write_manifest
+
+
+def tiny_model(vocab_size: int = 64, seed: int = 0):
+    """A small untrained model (2 encoder and 2 decoder blocks), in eval mode."""
+    from speech_transformer.model.transformer import SpeechTransformer, preset
+
+    torch.manual_seed(seed)
+    return SpeechTransformer(preset("tiny", vocab_size=vocab_size, encoder_layers=2, decoder_layers=2)).eval()
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +65,6 @@ def librispeech_train(data_dir):
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory, librispeech_train):
     """A 256-token unigram SentencePiece model trained on the LibriSpeech train transcripts."""
-    from speech_transformer.text.tokenizer import train_tokenizer
-
     return train_tokenizer([u.text for u in librispeech_train], tmp_path_factory.mktemp("tok") / "sp.model", 256)
 
 
@@ -125,3 +146,165 @@ def fsdd(data_dir):
         for speaker in ("jackson", "lucas"):
             out.append(next(u for u in rows if u.text == digit and f"_{speaker}_" in str(u.audio)))
     return out
+
+
+@pytest.fixture(scope="module")
+def whisper_base(tmp_path_factory):
+    """The real Whisper base weights that the test extra installs, as a Recognizer."""
+    from speech_transformer.recognition.recognizer import Recognizer
+    from speech_transformer.importers.whisper import resolve
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECH_TRANSFORMER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return Recognizer.from_dir(resolve("base"))
+
+
+# --- the overfit model and its clips; subtitle parsers (test_transcribe, test_transcribe_cli) -------------
+
+@pytest.fixture(scope="module")
+def clips(overfit_clips):
+    """The five shortest training utterances: (16 kHz waveform, transcript)."""
+    return [(load_audio(u.audio), u.text) for u in overfit_clips]
+
+
+@pytest.fixture(scope="module")
+def model_dir(overfit_model_dir):
+    """A tiny model that reproduces the five clips exactly (beam, greedy attention and CTC)."""
+    return overfit_model_dir
+
+
+def resampled(wave: np.ndarray, rate: int) -> np.ndarray:
+    return AF.resample(torch.from_numpy(wave), SAMPLE_RATE, rate).numpy()
+
+
+SRT_TIME = re.compile(r"^(\d{2}):([0-5]\d):([0-5]\d),(\d{3}) --> (\d{2}):([0-5]\d):([0-5]\d),(\d{3})$")
+VTT_TIME = re.compile(r"^(\d{2}):([0-5]\d):([0-5]\d)\.(\d{3}) --> (\d{2}):([0-5]\d):([0-5]\d)\.(\d{3})$")
+
+
+def _seconds(g: tuple[str, ...]) -> float:
+    return int(g[0]) * 3600 + int(g[1]) * 60 + int(g[2]) + int(g[3]) / 1000
+
+
+def _cues(blocks: list[list[str]], pattern: re.Pattern, numbered: bool) -> list[tuple[float, float, str]]:
+    out, previous_end = [], 0.0
+    for n, lines in enumerate(blocks, 1):
+        if numbered:
+            assert lines[0] == str(n), f"cue {n}: bad index line {lines[0]!r}"
+            lines = lines[1:]
+        m = pattern.match(lines[0])
+        assert m, f"cue {n}: bad timing line {lines[0]!r}"
+        start, end = _seconds(m.groups()[:4]), _seconds(m.groups()[4:])
+        assert previous_end <= start < end, f"cue {n}: times {start}..{end} after {previous_end}"
+        text = lines[1:]
+        assert text and all(line.strip() for line in text), f"cue {n}: no text"
+        out.append((start, end, " ".join(text)))
+        previous_end = end
+    return out
+
+
+def _blocks(body: str) -> list[list[str]]:
+    assert "\r" not in body
+    if not body:
+        return []
+    assert body.endswith("\n\n") and "\n\n\n" not in body, "cues must be separated by exactly one blank line"
+    return [b.split("\n") for b in body[:-2].split("\n\n")]
+
+
+def parse_srt(text: str) -> list[tuple[float, float, str]]:
+    return _cues(_blocks(text), SRT_TIME, numbered=True)
+
+
+def parse_vtt(text: str) -> list[tuple[float, float, str]]:
+    assert text.startswith("WEBVTT\n\n"), "missing WEBVTT header"
+    return _cues(_blocks(text[len("WEBVTT\n\n"):]), VTT_TIME, numbered=False)
+
+
+# --- training runs in real processes (test_trainer, test_checkpoints) ---------------------------------
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, data_dir):
+    """40 FSDD training digits as a JSONL manifest, and a small tokenizer for them."""
+    root = tmp_path_factory.mktemp("train")
+    utts = read_manifest(data_dir / "fsdd" / "train.tsv")[::60][:40]
+    write_manifest(utts, root / "train.jsonl")
+    train_tokenizer([normalize_transcript(u.text) for u in utts] * 5, root / "tok.model", vocab_size=40)
+    return root
+
+
+def settings(setup: Path, out: str, **extra) -> list[str]:
+    base = {"out_dir": str(setup / out), "train": f"[{setup / 'train.jsonl'}]", "tokenizer": str(setup / "tok.model"),
+            "preset": "tiny", "model": "{encoder_layers: 1, decoder_layers: 1, d_model: 64, d_ff: 128, "
+                                       "subsampling_channels: 16}",
+            "batch_seconds": 6, "max_steps": 10, "warmup_steps": 3, "save_every": 2, "log_every": 1,
+            "num_workers": 0, "progress": "false", "lr": 0.003}
+    base.update(extra)
+    return [f"--set={k}={v}" for k, v in base.items()]
+
+
+def run(args: list[str], torchrun: int = 0, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if torchrun:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={torchrun}", "--master-addr=127.0.0.1",
+               f"--master-port={port}", "-m", "speech_transformer.training.trainer"]
+    else:
+        cmd = [sys.executable, "-m", "speech_transformer.training.trainer"]
+    return subprocess.Popen(cmd + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(p: subprocess.Popen) -> str:
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out[-3000:]
+    return out
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(sorted((out / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
+
+
+# --- random-weight openai-whisper models, converted (test_whisper, test_whisper_convert) ------------------
+
+# (d_model, heads, layers): Whisper tiny and base; vocabularies: English-only and multilingual
+SIZES = {"tiny": (384, 6, 4), "base": (512, 8, 6)}
+VOCABS = {"en": 51864, "multilingual": 51865}
+
+
+def random_whisper(size: str, vocab: str, seed: int = 0) -> Whisper:
+    """openai-whisper's model class with random weights spread enough that argmax decisions are clear."""
+    from whisper.model import ModelDimensions, Whisper
+
+    d, heads, layers = SIZES[size]
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=d, n_audio_head=heads, n_audio_layer=layers,
+                           n_vocab=VOCABS[vocab], n_text_ctx=448, n_text_state=d, n_text_head=heads,
+                           n_text_layer=layers)
+    torch.manual_seed(seed)
+    model = Whisper(dims)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:  # layer-norm gains near 1, biases near 0
+                p.normal_(1.0 if "ln" in name.rsplit(".", 2)[-2] and name.endswith("weight") else 0.0, 0.1)
+            else:
+                p.normal_(0.0, 2.0 / (p.shape[1] * p[0, 0].numel()) ** 0.5)
+    return model.eval()
+
+
+@functools.cache
+def converted(size: str, vocab: str, root: str) -> tuple[Whisper, Path, Path]:
+    model = random_whisper(size, vocab)
+    checkpoint = Path(root) / f"{size}.{vocab}.pt"
+    torch.save({"dims": dataclasses.asdict(model.dims), "model_state_dict": model.state_dict()}, checkpoint)
+    return model, checkpoint, import_whisper(checkpoint, Path(root) / f"{size}.{vocab}")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("whisper"))
+
+
+@pytest.fixture(scope="module")
+def speech(data_dir) -> list[np.ndarray]:
+    """Three real utterances of different lengths: jfk (11 s) and two LibriSpeech dev ones."""
+    dev = read_manifest(data_dir / "librispeech" / "dev.tsv")[:2]
+    return [load_audio(data_dir / "samples" / "jfk.flac")] + [load_audio(u.audio) for u in dev]

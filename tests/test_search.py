@@ -1,86 +1,12 @@
 import numpy as np
-import pytest
 import torch
-import torch.nn.functional as F
 
 from speech_transformer.decoding import search as decoding
-from speech_transformer.decoding.scorers import CTCPrefixScorer, DecoderScorer, default_filters
+from speech_transformer.decoding.scorers import DecoderScorer, default_filters
 from speech_transformer.decoding.search import (Beams, DecodingOptions, Limits, TopK, attention_search, beam_decoder,
                                                 ctc_greedy_search, max_lengths, repeats_too_often, search)
 from speech_transformer.model.transformer import SpeechTransformer, preset
 from speech_transformer.text.tokenizer import SOS_EOS_ID, SpecialTokens
-
-
-@pytest.fixture(scope="module")
-def default_recognizer():
-    from speech_transformer.recognition.recognizer import Recognizer
-
-    return Recognizer.from_dir(None)
-
-
-def test_ctc_prefix_scorer_full_sequence_matches_ctc_loss():
-    torch.manual_seed(0)
-    S, V = 30, 7
-    log_probs = torch.randn(2, S, V).log_softmax(-1)
-    lengths = torch.tensor([S, 22])
-    target = [3, 4, 4, 2]
-    scorer = CTCPrefixScorer(log_probs, lengths)
-    for token in target:  # extend both hypotheses token by token, then ask for <eos>
-        psi, r = scorer.extend(torch.tensor([[token], [token]]))
-        scorer.select(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([[token], [token]]), psi, r)
-    final, _ = scorer.extend(torch.tensor([[SOS_EOS_ID], [SOS_EOS_ID]]))
-    expected = -F.ctc_loss(log_probs.transpose(0, 1), torch.tensor([target, target]), lengths,
-                           torch.tensor([4, 4]), reduction="none")
-    torch.testing.assert_close(final[:, 0], expected, atol=1e-4, rtol=1e-4)
-
-
-def assert_same_scores(fast: CTCPrefixScorer, full: CTCPrefixScorer, steps: int, K: int, from_frame_1: bool,
-                       seed: int = 0) -> None:
-    """Both scorers take the same random candidates and choices and must give the same scores and forward
-    variables, bit for bit; with `from_frame_1`, `full` (its `length` held at 0) runs each recursion from frame 1,
-    as before the recursion started at the prefix length."""
-    g = torch.Generator().manual_seed(seed)
-    N, V = fast.r.shape[2], fast.x.shape[2]
-    for _ in range(steps):
-        candidates = torch.randint(2, V, (N, K), generator=g)
-        candidates[:, 0] = torch.where(fast.last > 1, fast.last, candidates[:, 0])  # a repeat: the r^b path
-        candidates[:, 1] = SOS_EOS_ID
-        full.length = 0 if from_frame_1 else full.length
-        (psi, r), (psi_full, r_full) = fast.extend(candidates), full.extend(candidates)
-        assert torch.equal(psi, psi_full) and torch.equal(r, r_full)
-        rows, columns = torch.randint(0, N, (N,), generator=g), torch.randint(2, K, (N,), generator=g)
-        fast.select(rows, columns, candidates, psi, r)
-        full.select(rows, columns, candidates, psi_full, r_full)
-    assert torch.isfinite(fast.score).all()
-
-
-def assert_prefix_start_changes_nothing(log_probs, lengths, steps: int, K: int) -> None:
-    fast, full = CTCPrefixScorer(log_probs, lengths), CTCPrefixScorer(log_probs, lengths)
-    assert_same_scores(fast, full, steps, K, from_frame_1=True)
-    assert fast.length == steps
-
-
-def test_ctc_prefix_scorer_shares_each_utterances_frames_among_its_hypotheses():
-    torch.manual_seed(0)
-    log_probs, lengths, W = (3 * torch.randn(2, 30, 9)).log_softmax(-1), torch.tensor([30, 21]), 3
-    shared = CTCPrefixScorer(log_probs, lengths, hypotheses=W)
-    copied = CTCPrefixScorer(log_probs.repeat_interleave(W, 0), lengths.repeat_interleave(W))
-    assert_same_scores(shared, copied, steps=8, K=4, from_frame_1=False)
-
-
-def test_ctc_prefix_recursion_starting_at_the_prefix_length_changes_nothing_on_random_inputs():
-    torch.manual_seed(0)
-    log_probs = (3 * torch.randn(3, 40, 12)).log_softmax(-1)
-    assert_prefix_start_changes_nothing(log_probs, torch.tensor([40, 31, 25]), steps=12, K=5)
-
-
-def test_ctc_prefix_recursion_starting_at_the_prefix_length_changes_nothing_on_real_speech(default_recognizer,
-                                                                                            data_dir):
-    from speech_transformer.audio.loading import load_audio
-
-    enc = default_recognizer.encode([load_audio(data_dir / "samples" / "jfk.flac"),
-                                     load_audio(data_dir / "librispeech" / "samples" / "1089-134686-0001.flac")])
-    assert_prefix_start_changes_nothing(enc.ctc_log_probs, enc.lengths, steps=25, K=6)
 
 
 def test_repetition_guard():
@@ -173,16 +99,6 @@ def test_greedy_means_greedy_and_ctc_weight_makes_a_joint_search(monkeypatch):
 
 # --- Whisper's decoding pieces, on the real Whisper base weights that the test extra installs -------------
 
-@pytest.fixture(scope="module")
-def whisper_base(tmp_path_factory):
-    from speech_transformer.recognition.recognizer import Recognizer
-    from speech_transformer.importers.whisper import resolve
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPEECH_TRANSFORMER_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return Recognizer.from_dir(resolve("base"))
-
-
 def test_whisper_suppresses_non_speech_tokens_and_a_blank_start_as_openai_whisper_does(whisper_base):
     import whisper.tokenizer
 
@@ -202,20 +118,3 @@ def test_whisper_noise_gives_no_text_and_speech_gives_text(whisper_base, data_di
     assert hiss.no_speech_prob > 0.6 and hiss.text == "" and hiss.tokens == []
 
 
-def test_temperature_fallback_samples_again_only_where_needed(whisper_base, data_dir):
-    from speech_transformer.audio.loading import load_audio
-    from speech_transformer.decoding.fallback import compression_ratio, decode_with_fallback, needs_fallback, sample_search
-
-    assert compression_ratio("the cat " * 20) > 2.4 > compression_ratio("And so my fellow Americans, ask not")
-    model, special, text = whisper_base.model, whisper_base.tokenizer.special, whisper_base.tokenizer.decode
-    enc = whisper_base.encode([load_audio(data_dir / "samples" / "jfk.flac")])
-    plain = DecodingOptions(max_length=12)
-    fallback = DecodingOptions(max_length=12, temperatures=(0.0, 1.0), best_of=2)
-    first = decode_with_fallback(model, enc.memory, enc.lengths, plain, special, text)
-    assert not needs_fallback(first[0], text(first[0].tokens), fallback)  # a sure result is kept as it is
-    assert decode_with_fallback(model, enc.memory, enc.lengths, fallback, special, text)[0].tokens == first[0].tokens
-    unsure = DecodingOptions(max_length=12, temperatures=(0.0, 1.0), best_of=2, logprob_threshold=0.0)  # all unsure
-    again = decode_with_fallback(model, enc.memory, enc.lengths, unsure, special, text)
-    sampled = sample_search(model, enc.memory, enc.lengths, unsure, special, 1.0,
-                            torch.Generator().manual_seed(unsure.seed))
-    assert again[0].tokens == sampled[0].tokens  # the temperature-1 samples, seeded, replaced the greedy result

@@ -1,82 +1,13 @@
-"""Training runs in real processes: kill-and-resume, and DDP (torchrun, gloo) against one process."""
+"""Training runs in real processes: DDP (torchrun, gloo) against one process; validation scores."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from speech_transformer.training.data import read_manifest, write_manifest
+from conftest import final_weights, finish, run, settings
+from speech_transformer.training.data import read_manifest
 from speech_transformer.text.normalize import normalize_transcript
-from speech_transformer.text.tokenizer import train_tokenizer
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, data_dir):
-    """40 FSDD training digits as a JSONL manifest, and a small tokenizer for them."""
-    root = tmp_path_factory.mktemp("train")
-    utts = read_manifest(data_dir / "fsdd" / "train.tsv")[::60][:40]
-    write_manifest(utts, root / "train.jsonl")
-    train_tokenizer([normalize_transcript(u.text) for u in utts] * 5, root / "tok.model", vocab_size=40)
-    return root
-
-
-def settings(setup: Path, out: str, **extra) -> list[str]:
-    base = {"out_dir": str(setup / out), "train": f"[{setup / 'train.jsonl'}]", "tokenizer": str(setup / "tok.model"),
-            "preset": "tiny", "model": "{encoder_layers: 1, decoder_layers: 1, d_model: 64, d_ff: 128, "
-                                       "subsampling_channels: 16}",
-            "batch_seconds": 6, "max_steps": 10, "warmup_steps": 3, "save_every": 2, "log_every": 1,
-            "num_workers": 0, "progress": "false", "lr": 0.003}
-    base.update(extra)
-    return [f"--set={k}={v}" for k, v in base.items()]
-
-
-def run(args: list[str], torchrun: int = 0, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    if torchrun:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={torchrun}", "--master-addr=127.0.0.1",
-               f"--master-port={port}", "-m", "speech_transformer.training.trainer"]
-    else:
-        cmd = [sys.executable, "-m", "speech_transformer.training.trainer"]
-    return subprocess.Popen(cmd + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def finish(p: subprocess.Popen) -> str:
-    out, _ = p.communicate(timeout=240)
-    assert p.returncode == 0, out[-3000:]
-    return out
-
-
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(sorted((out / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
-
-
-def test_kill_and_resume_is_bit_exact(setup):
-    finish(run(settings(setup, "straight")))
-    interrupted = run(settings(setup, "killed"), start_new_session=True)
-    deadline = time.time() + 120
-    while not (setup / "killed" / "checkpoints" / "step-00000004").exists():
-        assert time.time() < deadline and interrupted.poll() is None, "training ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(interrupted.pid, signal.SIGKILL)
-    interrupted.wait()
-    assert not (setup / "killed" / "model").exists()  # it really died mid-run
-    out = finish(run(settings(setup, "killed")))
-    assert "resumed from" in out
-    a, b = final_weights(setup / "straight"), final_weights(setup / "killed")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    summary = json.loads((setup / "killed" / "summary.json").read_text())
-    assert summary["steps"] == 10 and Path(summary["model_dir"]).is_dir()
 
 
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(setup):
