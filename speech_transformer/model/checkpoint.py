@@ -136,7 +136,11 @@ class ModelDirectory:
     @classmethod
     def read(cls, directory: str | os.PathLike) -> "ModelDirectory":
         """Parse and check `directory/config.json`; CheckpointError names the file and the bad section."""
-        config, path = read_config(directory), Path(directory) / CONFIG_FILE
+        return cls.from_config(read_config(directory), Path(directory) / CONFIG_FILE)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], path: Path) -> "ModelDirectory":
+        """The sections of a config.json already read from `path` (named in errors)."""
         sections = {"model": (ModelConfig.from_dict, config.get("model")),
                     "decoding": (DecodingOptions.from_dict, config.get("decoding"))}
         parsed = {}
@@ -203,6 +207,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
         raise ValueError(f"compute must be float32 or int8, not {compute!r}")
     directory = Path(directory)
     config = read_config(directory)
+    model_config = ModelDirectory.from_config(config, directory / CONFIG_FILE).model  # bad sections named first
     for name, key in ((WEIGHTS_FILE, "weights_sha256"), (tokenizer_file(config), "tokenizer_sha256")):
         path = directory / name
         if not path.is_file():
@@ -210,7 +215,6 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
         if config.get(key) and sha256(path) != config[key]:
             raise CheckpointError(f"{path}: contents do not match the sha256 recorded in {CONFIG_FILE} "
                                   "(file corrupt or modified)")
-    model_config = ModelDirectory.read(directory).model
     tokenizer = model_tokenizer(directory, config)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model expects "

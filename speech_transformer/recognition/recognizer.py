@@ -89,10 +89,9 @@ class Recognizer:
         search: `method=lexicon` alone gives the model's tuned lexicon search); greedy without one.
         """
         directory = pretrained.resolve(name_or_dir)
-        settings = checkpoint.ModelDirectory.read(directory)  # a bad section is named before the weights load
-        model, tokenizer, config = checkpoint.load_model(directory, device, compute)
+        model, tokenizer, config = checkpoint.load_model(directory, device, compute)  # checks every section
         lm = NgramLM.load(directory / LM_FILE) if (directory / LM_FILE).is_file() else None
-        options = settings.decoding
+        options = checkpoint.ModelDirectory.from_config(config, directory / checkpoint.CONFIG_FILE).decoding
         return cls(model, tokenizer, config, lm, options)
 
     @property
