@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from speech_transformer.apps import exitcodes
+from speech_transformer.audio.loading import SAMPLE_RATE, AudioError
 
 BLOCK_SECONDS = 0.05  # audio handed to the recogniser at a time
 
@@ -56,8 +57,8 @@ def file_blocks(path: str, raw_rate: int | None) -> tuple[int, Iterator[np.ndarr
     """(sample rate, blocks) of a file or of standard input ("-")."""
     import soundfile as sf
 
-    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
     if raw_rate is not None:
+        stream = sys.stdin.buffer if path == "-" else open(path, "rb")
         step = int(raw_rate * BLOCK_SECONDS) * 2
 
         def raw() -> Iterator[np.ndarray]:
@@ -67,7 +68,11 @@ def file_blocks(path: str, raw_rate: int | None) -> tuple[int, Iterator[np.ndarr
                 data, rest = data[:len(data) // 2 * 2], data[len(data) // 2 * 2:]
                 yield np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
         return raw_rate, raw()
-    f = sf.SoundFile(io.BytesIO(stream.read()) if path == "-" else stream)  # soundfile seeks: stdin is read whole
+    if path != "-":  # a file: the same checks and block reading as transcribe (16 kHz mono)
+        from speech_transformer.audio.sources import FileSource
+
+        return SAMPLE_RATE, FileSource(path, BLOCK_SECONDS).blocks()
+    f = sf.SoundFile(io.BytesIO(sys.stdin.buffer.read()))  # soundfile seeks: stdin is read whole
     return f.samplerate, f.blocks(max(1, int(f.samplerate * BLOCK_SECONDS)), dtype="float32", always_2d=True)
 
 
@@ -172,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         rate, timed = open_input(args)
     except NoDevice as e:
         return fail(str(e), exitcodes.USAGE_ERROR)
+    except AudioError as e:  # names the file and the reason
+        return fail(str(e), exitcodes.INPUTS_FAILED)
     except (OSError, RuntimeError) as e:  # soundfile's LibsndfileError is a RuntimeError
         return fail(f"cannot read {args.input}: {e}", exitcodes.INPUTS_FAILED)
     try:
@@ -182,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(recognizer, options, grammar, rate, timed, args.format)
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
+    except AudioError as e:
+        return fail(str(e), exitcodes.INPUTS_FAILED)
     except (OSError, RuntimeError) as e:
         return fail(f"reading {args.input or 'the microphone'} failed: {e}", exitcodes.INPUTS_FAILED)
 
