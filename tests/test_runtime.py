@@ -1,6 +1,7 @@
 """The process helpers: torchrun set-up outside torchrun, and memory readings."""
 
-import numpy as np
+import mmap
+
 import torch
 
 from speech_transformer.utils.runtime import reset_peak_rss, rss_mb, setup_distributed
@@ -16,8 +17,14 @@ def test_setup_distributed_without_torchrun(monkeypatch):
 def test_rss_grows_with_an_allocation_and_the_peak_stays():
     before = rss_mb()
     reset_peak_rss()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    # 64 MiB of fresh anonymous pages, touched 4 KiB at a time: a numpy array may reuse freed heap, or fault in
+    # 32 huge pages, too few page faults for the kernel to fold its per-thread RSS counters into VmRSS
+    block = mmap.mmap(-1, 64 * 2**20)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        block.madvise(mmap.MADV_NOHUGEPAGE)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
     during = rss_mb()
-    del block
+    block.close()
     assert during - before > 50
     assert rss_mb(peak=True) >= during - 1
