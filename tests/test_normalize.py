@@ -40,3 +40,11 @@ def test_normalized_text_uses_target_alphabet(data_dir):
 
     for utt in read_manifest(data_dir / "ljspeech" / "clips.tsv")[:100]:
         assert re.fullmatch(r"[A-Z' ]*", normalize_transcript(utt.text)), utt.text
+
+
+def test_whisper_style():
+    from speech_transformer.text.normalize import whisper_style
+
+    assert whisper_style("TURN ON  THE LIGHT") == " Turn on the light."
+    assert whisper_style("IS IT ON?") == " Is it on?"
+    assert whisper_style("Hello, World") == " Hello, World"  # mixed case: as written

@@ -59,3 +59,47 @@ def test_student_keeps_whispers_lower_encoder_and_trains_with_frozen_blocks(tmp_
     trained = load_model(tmp_path / "run" / "model")[0].state_dict()
     for name, value in ours.items():
         assert torch.equal(trained[name], value) == name.startswith(tuple(frozen)), name
+
+
+def test_distilled_student_has_two_vocabularies_end_to_end(tmp_path, root, speech):
+    """`distilled_student`: the teacher's lower blocks, the top model's upper block and CTC head, the teacher's
+    chosen decoder blocks over its pruned vocabulary; saved with its CTC vocabulary, the Recognizer decodes each
+    method in the right vocabulary, aligns in the CTC one, and refuses the joint CTC/attention search."""
+    from conftest import converted
+    from speech_transformer.model.checkpoint import CheckpointError, model_tokenizer, save_model
+    from speech_transformer.pretrained import default_model_dir
+    from speech_transformer.recognition.recognizer import Recognizer
+    from speech_transformer.decoding.options import DecodingOptions
+    from speech_transformer.training.student import distilled_student, student
+
+    _, checkpoint, teacher = converted("tiny", "multilingual", root)  # 4 blocks each side, d=384
+    ours = model_tokenizer(default_model_dir())
+    student(str(checkpoint), ours, tmp_path / "top", encoder_layers=4)  # "v3": Whisper's blocks + our CTC head
+    whisper_vocab = model_tokenizer(teacher)
+    keep = whisper_vocab.encode(" And so, my fellow Americans, ask not what your country can do for you.")
+    model, vocab, old_ids = distilled_student(teacher, tmp_path / "top", keep, tmp_path / "v.tiktoken", 3, (0, 3))
+    assert vocab.vocab_size == len(old_ids) == 256 + len(set(keep) - set(range(256))) + 6
+    assert [old_ids[i] for i in vocab.encode(" And so, my fellow Americans")] == whisper_vocab.encode(" And so, my fellow Americans")
+    t = load_model(teacher)[0].state_dict()
+    top = load_model(tmp_path / "top")[0].state_dict()
+    s = model.state_dict()
+    assert torch.equal(s["encoder.blocks.2.ff.0.weight"], t["encoder.blocks.2.ff.0.weight"])
+    assert torch.equal(s["encoder.blocks.3.ff.0.weight"], top["encoder.blocks.3.ff.0.weight"])
+    assert torch.equal(s["ctc_head.weight"], top["ctc_head.weight"]) and s["ctc_head.weight"].shape[0] == 256
+    assert torch.equal(s["decoder.blocks.1.cross_attn.key.weight"], t["decoder.blocks.3.cross_attn.key.weight"])
+    assert torch.equal(s["decoder.embed.weight"], t["decoder.embed.weight"][old_ids])
+
+    save_model(model, vocab, tmp_path / "distilled", ctc_tokenizer=ours)
+    r = Recognizer.from_dir(tmp_path / "distilled")
+    assert r.tokenizer.to_config()["pruned"] and r.ctc_tokenizer.vocab_size == 256
+    greedy = r.recognize(speech[:1], DecodingOptions(method="attention", beam_size=1, max_length=20),
+                         align=True)[0]
+    assert all(i < vocab.vocab_size for i in greedy.tokens) and greedy.text == vocab.decode(greedy.tokens).strip()
+    assert greedy.ctc_tokens is not None and all(i < 256 for i in greedy.ctc_tokens)
+    ctc = r.recognize(speech[:1], DecodingOptions(method="ctc"))[0]
+    assert ctc.text == ours.decode(ctc.tokens)
+    with pytest.raises(ValueError, match="own vocabularies"):
+        r.recognize(speech[:1], DecodingOptions(beam_size=2, ctc_weight=0.3))
+    (tmp_path / "distilled" / "ctc_tokenizer.model").write_bytes(b"not sentencepiece")
+    with pytest.raises(CheckpointError, match="ctc_tokenizer.model"):
+        Recognizer.from_dir(tmp_path / "distilled")

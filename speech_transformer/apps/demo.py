@@ -178,17 +178,18 @@ class Demo:
         `result` is the Recognizer's, with `align=True, attention=True`: the encoder is not run again.
         """
         recognizer = recognizer or self.recognizer
-        model, tokenizer = recognizer.model, recognizer.tokenizer
+        model = recognizer.model
         audio = torch.from_numpy(wave)[None].to(model.device)
         log_mel, mel_frames = model.frontend.log_mel(audio, torch.tensor([len(wave)], device=model.device))
         weights = result.cross_attention.mean(1)  # (layers, L+1, S), heads averaged
         weights = weights.mean(0) if layer == MEAN else weights[min(int(layer), len(weights)) - 1]
-        pieces = [tokenizer.id_to_piece(t).replace("▁", "_") for t in result.tokens]
+        pieces = [recognizer.tokenizer.id_to_piece(t).replace("▁", "_") for t in result.decoder_tokens]
+        ctc_pieces = [recognizer.ctc_tokenizer.id_to_piece(t).replace("▁", "_") for t in result.ctc_tokens or []]
         seconds = len(wave) / SAMPLE_RATE
         frame_s, offset = model.encoder_frame_seconds, model.encoder_frame_offset
         spans = [(offset + s.start * frame_s, offset + s.end * frame_s) for s in result.spans or []]
         which = f"mean of {len(model.decoder.blocks)} layers" if layer == MEAN else f"layer {layer}"
-        return (spectrogram_image(log_mel[0, : int(mel_frames[0])].cpu().numpy(), seconds, pieces, spans),
+        return (spectrogram_image(log_mel[0, : int(mel_frames[0])].cpu().numpy(), seconds, ctc_pieces, spans),
                 attention_image(weights.cpu().numpy(), seconds, pieces + ["<eos>"], which, frame_s))
 
 

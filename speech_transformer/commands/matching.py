@@ -45,6 +45,7 @@ from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.decoding.scorers import NEG_INF, CTCScorer, DecoderScorer
 from speech_transformer.decoding.search import Beams, Limits, attention_search, beam_decoder, search, sequence_log_probs
 from speech_transformer.commands.grammar import Grammar, GrammarError, WordGraph, epsilon_closure
+from speech_transformer.text.tokenizer import respell
 
 # for a model whose config.json has no "commands" entry; a shipped model carries its own, tuned with
 # `python bench/commands.py --tune` on FSDD train, the in-grammar AN4 train commands and LibriSpeech train
@@ -265,7 +266,10 @@ def match_all(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
 
     if recognizer.model.ctc_head is None:
         raise ValueError("grammar matching needs a model with a CTC head")
-    compiled = compile_grammar(grammar, recognizer.tokenizer, options.max_expansions)
+    compiled = compile_grammar(grammar, recognizer.ctc_tokenizer, options.max_expansions)
+    if compiled.phrases is None and recognizer.ctc_tokenizer is not recognizer.tokenizer:
+        raise ValueError(f"the grammar has over {options.max_expansions} phrases: its search joins the decoder to "
+                         "CTC prefix scores, and this model's decoder has its own vocabulary (raise max_expansions)")
     results: list[CommandMatch | None] = [None] * len(waveforms)
     for batch in length_sorted_batches([len(w) for w in waveforms], options.batch_seconds):
         for j, m in zip(batch, _match_batch(recognizer, [waveforms[j] for j in batch], compiled, options)):
@@ -299,18 +303,21 @@ def _candidates(model, enc, compiled: CompiledGrammar, options: MatchOptions, sp
 
 def _match_batch(recognizer, waveforms: list[np.ndarray], compiled: CompiledGrammar,
                  options: MatchOptions) -> list[CommandMatch | None]:
-    model, special = recognizer.model, recognizer.tokenizer.special
+    model, special = recognizer.model, recognizer.ctc_tokenizer.special
+    decoder_special = recognizer.tokenizer.special
     enc = recognizer.encode(waveforms)
     log_probs = enc.ctc_log_probs.cpu()
     lengths = enc.lengths.cpu()
     candidates, ctc_scores, phrase_ids = _candidates(model, enc, compiled, options, special)
     counts = torch.tensor([len(c) for c in candidates])
     flat = [s for c in candidates for s in c]
+    spelled = [respell(s, recognizer.ctc_tokenizer, recognizer.tokenizer) for s in flat]  # the decoder's tokens
     if options.ctc_weight < 1.0:
         att = sequence_log_probs(model, enc.memory.repeat_interleave(counts.to(enc.memory.device), dim=0),
-                                 enc.lengths.repeat_interleave(counts.to(enc.lengths.device)), flat, special).cpu()
+                                 enc.lengths.repeat_interleave(counts.to(enc.lengths.device)), spelled,
+                                 decoder_special).cpu()
         greedy = [(h.score, len(h.tokens) + 1)
-                  for h in attention_search(model, enc.memory, enc.lengths, DecodingOptions(), special)]
+                  for h in attention_search(model, enc.memory, enc.lengths, DecodingOptions(), decoder_special)]
     else:
         att = torch.zeros(len(flat))
         greedy = [(0.0, 1)] * len(candidates)
@@ -319,7 +326,7 @@ def _match_batch(recognizer, waveforms: list[np.ndarray], compiled: CompiledGram
     lam = options.ctc_weight
     for b, seqs in enumerate(candidates):
         n = int(lengths[b])
-        a = att[offset:offset + len(seqs)]
+        a, d = att[offset:offset + len(seqs)], spelled[offset:offset + len(seqs)]
         offset += len(seqs)
         c = ctc_scores[b]
         joint = lam * c + (1 - lam) * a
@@ -331,13 +338,13 @@ def _match_batch(recognizer, waveforms: list[np.ndarray], compiled: CompiledGram
         best_path = float(log_probs[b, :n].max(-1).values.sum())
         # the decoder's gap per token (with <eos>), over as many tokens as its free transcript has
         g_score, g_len = greedy[b]
-        att_gap = (float(a[k]) / (len(seqs[k]) + 1) - g_score / g_len) * g_len
+        att_gap = (float(a[k]) / (len(d[k]) + 1) - g_score / g_len) * g_len
         ctc_gap = float(c[k]) - best_path
         llr = min(ctc_gap, att_gap) if lam < 1.0 else ctc_gap
         if phrase_ids[b][k] >= 0:
             phrase = compiled.phrases[phrase_ids[b][k]]
         else:
-            phrase = compiled.grammar.parse(recognizer.tokenizer.decode(seqs[k]).split())
+            phrase = compiled.grammar.parse(recognizer.ctc_tokenizer.decode(seqs[k]).split())
             if phrase is None:  # cannot happen for a path of the grammar's own graph
                 out.append(None)
                 continue

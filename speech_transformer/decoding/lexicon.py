@@ -34,7 +34,7 @@ from torch import Tensor
 
 from speech_transformer.decoding.arpa import BOS, EOS, UNK, text_words
 from speech_transformer.decoding.sphinx_lm import packaged_arpa
-from speech_transformer.text.tokenizer import NUM_SPECIAL, SpecialTokens
+from speech_transformer.text.tokenizer import NUM_SPECIAL, SpecialTokens, respell
 
 WORD_RE = re.compile(r"[a-z][a-z']*")
 NEG_INF = float("-inf")
@@ -326,10 +326,12 @@ def ctc_sequence_log_probs(ctc_log_probs: Tensor, lengths: Tensor, sequences: li
 @torch.no_grad()
 def rescore(model, memory: Tensor, lengths: Tensor, ctc_log_probs: Tensor, nbest: list[list[WordHypothesis]],
             rescore_weight: float, lm_weight: float, word_score: float,
-            special: SpecialTokens = SpecialTokens()) -> list[list[WordHypothesis]]:
+            special: SpecialTokens = SpecialTokens(), spell=None) -> list[list[WordHypothesis]]:
     """Re-rank each utterance's n-best list (memory `(B, S, D)`, ctc_log_probs `(B, S, V)`) by
 
     total = (1 - rescore_weight) * ctc_sum + rescore_weight * attention + lm_weight * lm + word_score * |W|.
+    `spell` gives the decoder's tokens of a hypothesis, and `special` its specials, where its vocabulary is
+    not the CTC head's (a distilled student's); the CTC blank is then 0, ours.
     """
     from speech_transformer.decoding.search import sequence_log_probs  # imported late: decoding may import us
 
@@ -339,9 +341,11 @@ def rescore(model, memory: Tensor, lengths: Tensor, ctc_log_probs: Tensor, nbest
         return nbest
     index = torch.tensor(rows, device=memory.device)
     sequences = [h.tokens for h in flat]
-    att = sequence_log_probs(model, memory[index], lengths[index], sequences, special) if rescore_weight > 0 \
-        else torch.zeros(len(flat))
-    ctc = ctc_sequence_log_probs(ctc_log_probs[index.cpu()], lengths[index].cpu(), sequences, special.blank) \
+    decoder_sequences = [spell(s) for s in sequences] if spell else sequences
+    att = sequence_log_probs(model, memory[index], lengths[index], decoder_sequences, special) \
+        if rescore_weight > 0 else torch.zeros(len(flat))
+    blank = SpecialTokens.blank if spell else special.blank
+    ctc = ctc_sequence_log_probs(ctc_log_probs[index.cpu()], lengths[index].cpu(), sequences, blank) \
         if rescore_weight < 1 else torch.zeros(len(flat))
     for h, a, c in zip(flat, att.tolist(), ctc.tolist()):
         h.attention_score, h.ctc_sum_score = a, c
@@ -390,8 +394,9 @@ class LexiconSearch:
     (see docs/lexicon.md); the decoder (lexicon + LM) is built once per process on first use.
     """
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, decoder_tokenizer=None):
+        self.tokenizer = tokenizer  # the CTC head's vocabulary
+        self.decoder_tokenizer = decoder_tokenizer or tokenizer  # the rescoring decoder's
 
     @torch.inference_mode()
     def search(self, model, memory: Tensor, lengths: Tensor, ctc_log_probs: Tensor, options,
@@ -405,8 +410,10 @@ class LexiconSearch:
                                word_score=options.word_score, nbest=options.nbest)
         nbest = decoder.decode(ctc_log_probs.cpu(), lengths.cpu(), config)
         if options.rescore_weight > 0:
-            nbest = rescore(model, memory, lengths, ctc_log_probs, nbest, options.rescore_weight,
-                            config.lm_weight, config.word_score, special)
+            own = self.decoder_tokenizer is self.tokenizer
+            spell = None if own else (lambda ids: respell(ids, self.tokenizer, self.decoder_tokenizer))
+            nbest = rescore(model, memory, lengths, ctc_log_probs, nbest, options.rescore_weight, config.lm_weight,
+                            config.word_score, special if own else self.decoder_tokenizer.special, spell)
         return [Hypothesis(h[0].tokens, h[0].total if h[0].total is not None else h[0].score) if h
                 else Hypothesis([], NEG_INF) for h in nbest]
 
@@ -415,6 +422,5 @@ def lexicon_search(recognizer, encoding, options, special: SpecialTokens | None 
     """An Encoding of `recognizer` -> one `decoding.Hypothesis` per utterance (`LexiconSearch` on its tokenizer)."""
     if encoding.ctc_log_probs is None:
         raise ValueError("lexicon decoding needs a model with a CTC head")
-    return LexiconSearch(recognizer.tokenizer).search(recognizer.model, encoding.memory, encoding.lengths,
-                                                      encoding.ctc_log_probs, options,
-                                                      special or recognizer.tokenizer.special)
+    return recognizer.words.search(recognizer.model, encoding.memory, encoding.lengths, encoding.ctc_log_probs,
+                                   options, special or recognizer.ctc_tokenizer.special)

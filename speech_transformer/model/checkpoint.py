@@ -8,6 +8,9 @@ A model directory holds:
 - `model.safetensors`: the weights (front-end feature statistics included); a matrix stored as int8 has its
   per-row scales beside it under `NAME` + `SCALE_SUFFIX` (`quantize_int8`), dequantized by `load_state_dict`
 - `tokenizer.model`: the SentencePiece model, or `tokenizer.tiktoken` for an imported Whisper model
+- `ctc_tokenizer.model` (only where the CTC head spells in its own vocabulary, `ModelConfig.ctc_vocab_size`:
+  a student distilled from Whisper): that vocabulary, a SentencePiece model; config.json's "ctc_tokenizer" and
+  "ctc_tokenizer_sha256" describe it as "tokenizer" and "tokenizer_sha256" do the decoder's
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from speech_transformer.text.tokenizer import load_tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
+CTC_TOKENIZER_FILE = "ctc_tokenizer.model"
 SCALE_SUFFIX = ":int8_scale"  # `NAME:int8_scale` holds the per-row scales of the int8 tensor NAME
 
 
@@ -90,12 +94,13 @@ def dequantize_int8(state: dict[str, torch.Tensor], source: Path) -> dict[str, t
 
 def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: str | os.PathLike,
                info: dict | None = None, decoding: DecodingOptions | dict | None = None, int8: bool = False,
-               commands: dict | None = None) -> Path:
+               commands: dict | None = None, ctc_tokenizer: TextTokenizer | None = None) -> Path:
     """Write a complete model directory (into a temp dir, then moved into place).
 
     `decoding` is the model's preferred decoding (`DecodingOptions`, or its dict), used when a caller gives none;
     `commands` its grammar-matching settings (`commands.MatchOptions` fields: joint weight, reject threshold).
     `int8` stores the parameter matrices as int8 with per-row scales (`quantize_int8`): a quarter of float32.
+    `ctc_tokenizer`: the CTC head's own vocabulary, when it is not the decoder's.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -105,15 +110,22 @@ def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: st
         state = quantize_int8(state, {name for name, _ in model.named_parameters(remove_duplicate=False)})
     save_state_dict(state, tmp / WEIGHTS_FILE)
     (tmp / tokenizer.file_name).write_bytes(tokenizer.to_bytes())
+    files = [WEIGHTS_FILE, tokenizer.file_name]
+    if ctc_tokenizer is not None:
+        (tmp / CTC_TOKENIZER_FILE).write_bytes(ctc_tokenizer.to_bytes())
+        files.append(CTC_TOKENIZER_FILE)
     if not isinstance(decoding, DecodingOptions):
         decoding = DecodingOptions.from_dict(decoding)
     ModelDirectory(model.config, tokenizer.to_config(), decoding, commands or {}, info or {},
-                   sha256(tmp / WEIGHTS_FILE), sha256(tmp / tokenizer.file_name)).write(tmp)
-    for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # mkdtemp/safetensors make them private
+                   sha256(tmp / WEIGHTS_FILE), sha256(tmp / tokenizer.file_name),
+                   ctc_tokenizer.to_config() if ctc_tokenizer is not None else None,
+                   sha256(tmp / CTC_TOKENIZER_FILE) if ctc_tokenizer is not None else None).write(tmp)
+    files.append(CONFIG_FILE)  # last: it vouches for the others
+    for name in files:  # mkdtemp/safetensors make them private
         os.chmod(tmp / name, 0o644)
     os.chmod(tmp, 0o755)
     if directory.exists():
-        for name in (WEIGHTS_FILE, tokenizer.file_name, CONFIG_FILE):  # config last: it vouches for the others
+        for name in files:
             os.replace(tmp / name, directory / name)
         shutil.rmtree(tmp)
     else:
@@ -132,6 +144,8 @@ class ModelDirectory:
     info: dict[str, Any] = field(default_factory=dict)  # provenance: training, shipping
     weights_sha256: str | None = None
     tokenizer_sha256: str | None = None
+    ctc_tokenizer: dict[str, Any] | None = None  # the CTC head's own vocabulary (None: the decoder's)
+    ctc_tokenizer_sha256: str | None = None
 
     @classmethod
     def read(cls, directory: str | os.PathLike) -> "ModelDirectory":
@@ -151,12 +165,15 @@ class ModelDirectory:
                 raise CheckpointError(f"{path}: bad {name} entry ({e})") from None
         return cls(parsed["model"], dict(config.get("tokenizer") or {}), parsed["decoding"],
                    dict(config.get("commands") or {}), dict(config.get("info") or {}),
-                   config.get("weights_sha256"), config.get("tokenizer_sha256"))
+                   config.get("weights_sha256"), config.get("tokenizer_sha256"), config.get("ctc_tokenizer"),
+                   config.get("ctc_tokenizer_sha256"))
 
     def to_config(self) -> dict[str, Any]:
         config = {"format": FORMAT_VERSION, "model": self.model.to_dict(), "tokenizer": self.tokenizer,
                   "weights_sha256": self.weights_sha256, "tokenizer_sha256": self.tokenizer_sha256,
                   "info": self.info}
+        if self.ctc_tokenizer is not None:
+            config.update(ctc_tokenizer=self.ctc_tokenizer, ctc_tokenizer_sha256=self.ctc_tokenizer_sha256)
         if self.decoding != DecodingOptions():
             config["decoding"] = self.decoding.to_dict()
         if self.commands:
@@ -196,6 +213,14 @@ def model_tokenizer(directory: str | os.PathLike, config: dict | None = None) ->
     return load_tokenizer(Path(directory) / tokenizer_file(config), config.get("tokenizer"))
 
 
+def model_ctc_tokenizer(directory: str | os.PathLike, config: dict | None = None) -> TextTokenizer:
+    """The tokenizer of the CTC head's vocabulary: its own (`ctc_tokenizer.model`) or the decoder's."""
+    config = read_config(directory) if config is None else config
+    if config.get("ctc_tokenizer") is None:
+        return model_tokenizer(directory, config)
+    return load_tokenizer(Path(directory) / CTC_TOKENIZER_FILE, config["ctc_tokenizer"])
+
+
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu", compute: str = "float32"
                ) -> tuple[SpeechTransformer, TextTokenizer, dict]:
     """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes.
@@ -208,7 +233,10 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
     directory = Path(directory)
     config = read_config(directory)
     model_config = ModelDirectory.from_config(config, directory / CONFIG_FILE).model  # bad sections named first
-    for name, key in ((WEIGHTS_FILE, "weights_sha256"), (tokenizer_file(config), "tokenizer_sha256")):
+    files = [(WEIGHTS_FILE, "weights_sha256"), (tokenizer_file(config), "tokenizer_sha256")]
+    if config.get("ctc_tokenizer") is not None:
+        files.append((CTC_TOKENIZER_FILE, "ctc_tokenizer_sha256"))
+    for name, key in files:
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"{directory}: missing {name}")
@@ -219,6 +247,9 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
     if tokenizer.vocab_size != model_config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.vocab_size} tokens, model expects "
                               f"{model_config.vocab_size}")
+    if model_config.ctc_vocab_size and model_ctc_tokenizer(directory, config).vocab_size != model_config.ctc_vocab_size:
+        raise CheckpointError(f"{directory}: the CTC head has {model_config.ctc_vocab_size} outputs, "
+                              f"{CTC_TOKENIZER_FILE} does not have as many tokens")
     model = SpeechTransformer(model_config)
     load_weights(model, load_state_dict(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
     model = model.to(device).eval()

@@ -51,6 +51,7 @@ class ModelConfig:
     # decoder on Whisper's unscaled encoder needs it, or its small initial embeddings drown under the positions
     key_bias: bool = True  # (Whisper: no bias on the attention keys)
     ctc: bool = True  # a CTC head on the encoder (Whisper has none)
+    ctc_vocab_size: int = 0  # its own vocabulary (0: the decoder's); a distilled student spells CTC in our pieces
     # cheaper or stronger encoders (the defaults are the original model)
     subsampling_factor: int = 4  # feature frames per encoder frame: conv2d 4, 6 or 8; stack any (conv1d: 2)
     conformer_conv: bool = False  # a Conformer convolution module between self-attention and feed-forward
@@ -344,7 +345,7 @@ class SpeechTransformer(nn.Module):
         self.frontend = (FrontEnd(config.n_mels, config.normalization) if config.frontend == "log_mel" else
                          WhisperFrontEnd(config.n_mels, window=config.frontend == "whisper"))
         self.encoder = Encoder(config)
-        self.ctc_head = nn.Linear(config.d_model, config.vocab_size) if config.ctc else None
+        self.ctc_head = nn.Linear(config.d_model, config.ctc_vocab_size or config.vocab_size) if config.ctc else None
         self.decoder = Decoder(config)
 
     def num_parameters(self) -> int:

@@ -34,7 +34,7 @@ from speech_transformer.audio.features import length_sorted_batches, pad_wavefor
 from speech_transformer.decoding.lexicon import LexiconSearch
 from speech_transformer.decoding.token_lm import LM_FILE, NgramLM
 from speech_transformer.model.transformer import SpeechTransformer
-from speech_transformer.text.tokenizer import TextTokenizer
+from speech_transformer.text.tokenizer import TextTokenizer, respell
 
 
 @dataclass
@@ -61,6 +61,8 @@ class Recognition:
     spans: list[TokenSpan] | None = None  # with align=True: CTC forced alignment (None: could not align)
     words: list[Word] = field(default_factory=list)  # with align=True: times in seconds from the waveform's start
     cross_attention: torch.Tensor | None = None  # with attention=True: `(layers, heads, L + 1, S)`
+    ctc_tokens: list[int] | None = None  # with align=True: the tokens of `spans`, in the CTC head's vocabulary
+    decoder_tokens: list[int] | None = None  # with attention=True: the L tokens of `cross_attention`, the decoder's
     ctc_log_probs: torch.Tensor | None = None  # with posteriors=True: `(S, V)` of the valid frames
 
 
@@ -71,12 +73,14 @@ def avg_logprob(h: Hypothesis, frames: int, options: DecodingOptions) -> float:
 
 class Recognizer:
     def __init__(self, model: SpeechTransformer, tokenizer: TextTokenizer, info: dict | None = None,
-                 lm: NgramLM | None = None, options: DecodingOptions | None = None, words=None):
+                 lm: NgramLM | None = None, options: DecodingOptions | None = None, words=None,
+                 ctc_tokenizer: TextTokenizer | None = None):
         self.model = model.eval()
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # the decoder's vocabulary
+        self.ctc_tokenizer = ctc_tokenizer or tokenizer  # the CTC head's (a distilled student's own pieces)
         self.info = info or {}  # the model directory's config.json
         self.lm = lm  # token LM fused by beam search when options.lm_weight > 0
-        self.words = words or LexiconSearch(tokenizer)  # the word search of method "lexicon"
+        self.words = words or LexiconSearch(self.ctc_tokenizer, tokenizer)  # the word search of method "lexicon"
         self.options = options or DecodingOptions()  # the model's preferred decoding
 
     @classmethod
@@ -92,7 +96,15 @@ class Recognizer:
         model, tokenizer, config = checkpoint.load_model(directory, device, compute)  # checks every section
         lm = NgramLM.load(directory / LM_FILE) if (directory / LM_FILE).is_file() else None
         options = checkpoint.ModelDirectory.from_config(config, directory / checkpoint.CONFIG_FILE).decoding
-        return cls(model, tokenizer, config, lm, options)
+        own_ctc = checkpoint.model_ctc_tokenizer(directory, config) if config.get("ctc_tokenizer") else None
+        return cls(model, tokenizer, config, lm, options, ctc_tokenizer=own_ctc)
+
+    def vocabulary(self, options: DecodingOptions) -> TextTokenizer:
+        """The tokenizer of what `options`' search emits: the CTC head's for "ctc" and "lexicon"."""
+        if self.ctc_tokenizer is not self.tokenizer and options.method == "attention" and options.ctc_weight > 0:
+            raise ValueError("this model's CTC head and decoder have their own vocabularies: the attention search "
+                             "cannot join CTC prefix scores (use ctc_weight=0, or method ctc or lexicon)")
+        return self.ctc_tokenizer if options.method in ("ctc", "lexicon") else self.tokenizer
 
     @property
     def device(self) -> torch.device:
@@ -131,33 +143,41 @@ class Recognizer:
                attention: bool = False, posteriors: bool = False) -> list[Recognition]:
         """An Encoding -> one Recognition per row (decode one encoding several ways without encoding again)."""
         options = options or self.options
-        hyps = decode_with_fallback(self.model, enc.memory, enc.lengths, options, self.tokenizer.special,
-                                    self.tokenizer.decode, self.lm, self.words, enc.ctc_log_probs)
+        vocab = self.vocabulary(options)
+        hyps = decode_with_fallback(self.model, enc.memory, enc.lengths, options, vocab.special, vocab.decode,
+                                    self.lm if vocab is self.tokenizer else None, self.words, enc.ctc_log_probs)
         out = []
         for b, h in enumerate(hyps):
             frames = int(enc.lengths[b])
-            r = Recognition(self.tokenizer.decode(h.tokens).strip(), h.tokens, h.score,
+            r = Recognition(vocab.decode(h.tokens).strip(), h.tokens, h.score,
                             avg_logprob(h, frames, options), frames, h.no_speech_prob)
             if align:
-                self._align(r, enc, b, enc.seconds[b])
+                self._align(r, enc, b, enc.seconds[b], vocab)
             if posteriors and enc.ctc_log_probs is not None:
                 r.ctc_log_probs = enc.ctc_log_probs[b, :frames].cpu()
             out.append(r)
         if attention:
-            self._add_cross_attention(out, enc)
+            self._add_cross_attention(out, enc, vocab)
         return out
 
-    def _align(self, r: Recognition, enc: Encoding, b: int, seconds: float) -> None:
-        blank = self.tokenizer.special.blank
-        r.spans = None if enc.ctc_log_probs is None else align_tokens(enc.ctc_log_probs[b, :r.frames], r.tokens, blank)
-        times = token_times(r.spans, r.tokens, self.tokenizer, 0.0, seconds, self.model.encoder_frame_seconds,
+    def _align(self, r: Recognition, enc: Encoding, b: int, seconds: float, vocab: TextTokenizer) -> None:
+        """Token spans and word times by CTC forced alignment; where the text is in the decoder's own vocabulary
+        (a distilled student's), of its words as the CTC head spells them (upper case, no punctuation)."""
+        ctc = self.ctc_tokenizer
+        tokens = respell(r.tokens, vocab, ctc)
+        r.spans = (None if enc.ctc_log_probs is None else
+                   align_tokens(enc.ctc_log_probs[b, :r.frames], tokens, ctc.special.blank))
+        times = token_times(r.spans, tokens, ctc, 0.0, seconds, self.model.encoder_frame_seconds,
                             self.model.encoder_frame_offset)
-        r.words = words_from_tokens(r.tokens, times, self.tokenizer, 0.0, seconds)
+        r.words = words_from_tokens(tokens, times, ctc, 0.0, seconds)
+        r.ctc_tokens = tokens
 
-    def _add_cross_attention(self, results: list[Recognition], enc: Encoding) -> None:
+    def _add_cross_attention(self, results: list[Recognition], enc: Encoding, vocab: TextTokenizer) -> None:
         from speech_transformer.model.attention_maps import cross_attention
 
-        weights = cross_attention(self.model, enc.memory, enc.lengths, [r.tokens for r in results],
+        for r in results:
+            r.decoder_tokens = respell(r.tokens, vocab, self.tokenizer)
+        weights = cross_attention(self.model, enc.memory, enc.lengths, [r.decoder_tokens for r in results],
                                   self.tokenizer.special.prompt)
         for b, r in enumerate(results):
-            r.cross_attention = weights[b, :, :, :len(r.tokens) + 1, :r.frames].cpu()
+            r.cross_attention = weights[b, :, :, :len(r.decoder_tokens) + 1, :r.frames].cpu()

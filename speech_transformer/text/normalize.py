@@ -110,3 +110,14 @@ def normalize_transcript(text: str) -> str:
     text = re.sub(r"[^A-Z' ]+", " ", text)
     text = re.sub(r"(?<![A-Z])'|'(?![A-Z])", " ", text)  # quotes, not apostrophes inside words
     return " ".join(text.split())
+
+
+def whisper_style(text: str) -> str:
+    """A transcript as Whisper writes one, for a decoder over Whisper's vocabulary: a leading space, and an
+    all-upper-case transcript (LibriSpeech's, a grammar's words) in sentence case with a full stop:
+    "TURN ON THE LIGHT" -> " Turn on the light." Mixed-case text keeps its case and punctuation."""
+    text = " ".join(text.split())
+    if text.isupper():
+        text = text[:1] + text[1:].lower()
+        text = text if text[-1:] in ".?!" else text + "."
+    return " " + text

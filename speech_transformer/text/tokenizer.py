@@ -3,7 +3,9 @@
 Two kinds, chosen by the `tokenizer` entry of a model directory's config.json (`load_tokenizer`):
 - `Tokenizer` (type "sentencepiece"): ours. Ids 0 is the CTC blank, 1 is <sos/eos> (one token starts and
   ends every decoder sequence, as in ESPnet), and SentencePiece's pieces follow from 2 on (its <unk> included).
-- `WhisperTokenizer` (type "whisper"): Whisper's byte-level BPE through tiktoken, for imported Whisper models.
+- `WhisperTokenizer` (type "whisper"): Whisper's byte-level BPE through tiktoken, for imported Whisper models,
+  or (`pruned`) a subset of it for English transcription only, for a student distilled from Whisper
+  (`prune_vocabulary` writes it).
 
 Both give `vocab_size`, `special` (what decoding needs: prompt, eos, suppressed ids, blank), `encode`,
 `decode`, `id_to_piece` ('▁' marks a word start), `to_config`/`to_bytes` and the `file_name` they are stored as.
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
 
+from speech_transformer.text.normalize import normalize_transcript, whisper_style
 
 BLANK_ID = 0
 SOS_EOS_ID = 1
@@ -125,20 +128,24 @@ class WhisperTokenizer:
     file_name = "tokenizer.tiktoken"
 
     def __init__(self, vocab_file: str | os.PathLike, multilingual: bool, num_languages: int = 99,
-                 language: str | None = "en", task: str = "transcribe"):
+                 language: str | None = "en", task: str = "transcribe", pruned: bool = False):
         import tiktoken  # optional: the [whisper] extra
 
         self.vocab_file, self.multilingual, self.num_languages = Path(vocab_file), multilingual, num_languages
         self.language, self.task = (language or "en", task) if multilingual else (None, "transcribe")
+        self.pruned = pruned
+        if pruned and (self.language, task) != ("en", "transcribe"):
+            raise ValueError("a pruned Whisper vocabulary only transcribes English")
         if multilingual and self.language not in LANGUAGES[:num_languages]:
             raise ValueError(f"unsupported language {language!r}; choose from {' '.join(LANGUAGES[:num_languages])}")
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
         ranks = {base64.b64decode(token): int(rank)
                  for token, rank in (line.split() for line in self.vocab_file.read_text().splitlines() if line)}
-        names = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{c}|>" for c in LANGUAGES[:num_languages]],
-                 "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
-                 "<|notimestamps|>", *[f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMPS)]]
+        names = (PRUNED_SPECIALS if pruned else
+                 ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{c}|>" for c in LANGUAGES[:num_languages]],
+                  "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+                  "<|notimestamps|>", *[f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMPS)]])
         self.special_ids = {name: len(ranks) + i for i, name in enumerate(names)}
         self.encoding = tiktoken.Encoding(name=self.vocab_file.stem, explicit_n_vocab=len(ranks) + len(names),
                                           pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=self.special_ids)
@@ -159,21 +166,25 @@ class WhisperTokenizer:
         encode = self.encoding.encode
         symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』') + "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
         miscellaneous = list("♩♪♫♬♭♮♯")  # U+2640..267F: a multi-token symbol's first token is safe to drop
-        result = {encode(" -")[0], encode(" '")[0]}
+        def whole(tokens: list[int]) -> bool:  # never a lone byte that other characters start with too (" ", 0xE2)
+            return len(tokens) == 1 or len(self.encoding.decode_single_token_bytes(tokens[0])) > 1
+
+        result = {tokens[0] for tokens in (encode(" -"), encode(" '")) if len(tokens) == 1}
         for symbol in symbols + miscellaneous:
             for tokens in (encode(symbol), encode(" " + symbol)):
-                if len(tokens) == 1 or symbol in miscellaneous:
+                if len(tokens) == 1 or (symbol in miscellaneous and whole(tokens)):
                     result.add(tokens[0])
         return tuple(sorted(result))
 
     @classmethod
     def from_config(cls, vocab_file: str | os.PathLike, spec: dict) -> "WhisperTokenizer":
         return cls(vocab_file, spec["multilingual"], spec.get("num_languages", 99), spec.get("language"),
-                   spec.get("task", "transcribe"))
+                   spec.get("task", "transcribe"), spec.get("pruned", False))
 
     def to_config(self) -> dict:
-        return {"type": "whisper", "multilingual": self.multilingual, "num_languages": self.num_languages,
+        spec = {"type": "whisper", "multilingual": self.multilingual, "num_languages": self.num_languages,
                 "language": self.language, "task": self.task}
+        return {**spec, "pruned": True} if self.pruned else spec
 
     def to_bytes(self) -> bytes:
         return self.vocab_file.read_bytes()
@@ -194,6 +205,35 @@ class WhisperTokenizer:
             return next(name for name, j in self.special_ids.items() if j == i)
         text = self.encoding.decode_single_token_bytes(i).decode("utf-8", errors="replace")
         return "▁" + text[1:] if text.startswith(" ") else text
+
+
+PRUNED_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|nospeech|>",
+                   "<|notimestamps|>"]  # English transcription without timestamps
+
+
+def prune_vocabulary(tokenizer: WhisperTokenizer, keep: Iterable[int], output: str | os.PathLike
+                     ) -> tuple[WhisperTokenizer, list[int]]:
+    """Write the subset of a Whisper vocabulary that `keep` names (token ids below `<|endoftext|>`; the 256
+    single-byte tokens are always kept, so every text still encodes) as a tokenizer file of its own, and return
+    it with `old_ids`: old_ids[new id] is the token's id in `tokenizer` (its special tokens included, so that
+    the teacher's embedding rows can be copied). Tokens keep their order, hence their BPE merge priority."""
+    single_bytes = (i for i in range(tokenizer.eot) if len(tokenizer.encoding.decode_single_token_bytes(i)) == 1)
+    kept = sorted({*single_bytes, *(int(i) for i in keep if int(i) < tokenizer.eot)})
+    lines = [f"{base64.b64encode(tokenizer.encoding.decode_single_token_bytes(old)).decode()} {new}"
+             for new, old in enumerate(kept)]
+    Path(output).write_text("\n".join(lines) + "\n")
+    pruned = WhisperTokenizer(output, multilingual=True, num_languages=1, pruned=True)
+    return pruned, kept + [tokenizer.special_ids[name] for name in PRUNED_SPECIALS]
+
+
+def respell(ids: Iterable[int], source: TextTokenizer, target: TextTokenizer) -> list[int]:
+    """Tokens of `source` as `target` spells the same words, for a model whose CTC head and decoder have their
+    own vocabularies: into Whisper's as Whisper writes (`whisper_style`), into ours as our transcripts are
+    (`normalize_transcript`: upper case, no punctuation)."""
+    if source is target:
+        return list(ids)
+    text = source.decode(ids)
+    return target.encode(whisper_style(text) if isinstance(target, WhisperTokenizer) else normalize_transcript(text))
 
 
 TOKENIZERS = {"sentencepiece": Tokenizer, "whisper": WhisperTokenizer}

@@ -11,9 +11,10 @@ import torch
 
 from speech_transformer.importers.whisper import resolve_source
 from speech_transformer.importers.whisper_convert import read_any
-from speech_transformer.model.checkpoint import CheckpointError, save_model
+from speech_transformer.model.checkpoint import (WEIGHTS_FILE, CheckpointError, ModelDirectory, dequantize_int8,
+                                                 load_state_dict, load_weights, model_tokenizer, save_model)
 from speech_transformer.model.transformer import SpeechTransformer
-from speech_transformer.text.tokenizer import TextTokenizer
+from speech_transformer.text.tokenizer import TextTokenizer, WhisperTokenizer, prune_vocabulary
 
 STUDENT_KEPT = ("encoder.subsampling.", "encoder.positions.", "encoder.norm.")  # besides the kept blocks
 
@@ -47,3 +48,37 @@ def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder
     info = {"source": str(path), "initialised_from": "whisper",
             "whisper_layers_kept": f"stem and encoder blocks 0-{encoder_layers - 1}"}
     return save_model(model, tokenizer, output, info)
+
+
+def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, vocab_file: str | os.PathLike,
+                      lower: int = 5, teacher_layers: tuple[int, ...] = (0, 5)
+                      ) -> tuple[SpeechTransformer, WhisperTokenizer, list[int]]:
+    """The student that `recipes/distil` trains: the encoder of `teacher` (an imported Whisper model directory) with
+    the upper blocks, final LayerNorm and CTC head of `top` (a model directory fine-tuned on the same Whisper's
+    frozen blocks 0..`lower`-1, the shipped v3: the teacher's float weights of those are taken), and a decoder of the
+    teacher's `teacher_layers` blocks over its vocabulary pruned to `keep` (written to `vocab_file`).
+    Returns (model, pruned tokenizer, old_ids: the teacher's id of each student token)."""
+    path = Path(teacher)
+    teacher_config, teacher_tokenizer = ModelDirectory.read(path).model, model_tokenizer(path)
+    if not isinstance(teacher_tokenizer, WhisperTokenizer) or not teacher_tokenizer.multilingual:
+        raise ValueError(f"{path}: the teacher must be a multilingual Whisper model")
+    state = load_state_dict(path / WEIGHTS_FILE)
+    top_config = ModelDirectory.read(top).model
+    top_state = dequantize_int8(load_state_dict(Path(top) / WEIGHTS_FILE), Path(top))
+    vocab, old_ids = prune_vocabulary(teacher_tokenizer, keep, vocab_file)
+    config = replace(top_config, vocab_size=vocab.vocab_size, ctc_vocab_size=top_config.ctc_vocab_size or
+                     top_config.vocab_size, decoder_layers=len(teacher_layers), decoder_positions="learned",
+                     decoder_scale_embeddings=False, max_target_positions=teacher_config.max_target_positions)
+    student = {k: v for k, v in state.items() if k.startswith(STUDENT_KEPT[:2]) or
+               any(k.startswith(f"encoder.blocks.{i}.") for i in range(lower))}
+    student.update({k: v.float() for k, v in top_state.items() if k.startswith(("encoder.norm.", "ctc_head.")) or
+                    any(k.startswith(f"encoder.blocks.{i}.") for i in range(lower, config.encoder_layers))})
+    student["decoder.embed.weight"] = student["decoder.output.weight"] = state["decoder.embed.weight"][old_ids].clone()
+    for key in ("decoder.positions.table.weight", "decoder.norm.weight", "decoder.norm.bias"):
+        student[key] = state[key]
+    for new, old in enumerate(teacher_layers):
+        prefix = f"decoder.blocks.{old}."
+        student.update({f"decoder.blocks.{new}.{k[len(prefix):]}": v for k, v in state.items() if k.startswith(prefix)})
+    model = SpeechTransformer(config)
+    load_weights(model, student, path)
+    return model, vocab, old_ids

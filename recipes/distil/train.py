@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""Distillation, step 2: train the student on the teacher's labels (issue #22).
+
+The student: Whisper base's encoder over the audio as given (no 30 s window), its blocks 0-4 frozen and their
+output cached once per utterance; block 5, the final LayerNorm and the CTC head over our 256 pieces start
+from the shipped v3 model; a 2-block decoder starts from the teacher's decoder blocks 0 and 5, over the
+teacher's vocabulary pruned to what English needs (`text.tokenizer.prune_vocabulary`).
+
+Losses, per utterance (`distillation_loss`):
+- decoder, where the teacher's transcript is usable (ended with <|endoftext|>, WER against the human text at
+  most `--max-wer`): `--kl-weight` x cross-entropy to the teacher's top-32 distributions (renormalised over
+  the pruned vocabulary; the KL divergence up to a constant) + the rest x cross-entropy on its tokens;
+- decoder, elsewhere: cross-entropy on the human transcript written in the teacher's style (sentence case and
+  a full stop, when the source is all upper case) -- the teacher's early ends and AN4's run-together letters
+  and digit strings ("OTHFI50.") are not learnt;
+- CTC on the human transcript (english-v1 normalised, our pieces), weight `--ctc-weight`.
+
+    python recipes/distil/train.py --run /var/tmp/st-distil --minutes 60     # again: resumes exactly
+
+Everything lives in RUN/student/: init/ (the student before training, its pruned vocabulary), cache/ (frozen
+states, float16), checkpoints/ (model + optimiser + RNG: exact resume), log.jsonl (one line per evaluation:
+steps, CPU-seconds of training, dev WER of greedy decoding and of CTC greedy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from speech_transformer.audio.features import mask_time, pad_waveforms
+from speech_transformer.audio.loading import load_audio
+from speech_transformer.decoding.options import DecodingOptions
+from speech_transformer.decoding.search import attention_search, ctc_greedy_search
+from speech_transformer.model import checkpoint
+from speech_transformer.model.transformer import ModelConfig, SpeechTransformer, padding_mask
+from speech_transformer.text.normalize import normalize_transcript, whisper_style
+from speech_transformer.text.scoring import score_utterances
+from speech_transformer.text.tokenizer import Tokenizer, WhisperTokenizer, load_tokenizer, prune_vocabulary
+from speech_transformer.training.checkpoints import latest_checkpoint, load_training_checkpoint, \
+    save_training_checkpoint
+from speech_transformer.training.config import TrainState
+from speech_transformer.training.student import distilled_student
+
+FROZEN = 5  # blocks 0-4: Whisper base's, identical in the teacher and in v3
+TEACHER_LAYERS = (0, 5)  # the teacher's decoder blocks the student's start from
+SHARD = 256
+MAX_SECONDS = 30.0  # the learned position table: 1,500 encoder frames
+SETS = {"librispeech-train": "librispeech", "an4-train": "an4", "ljspeech": "ljspeech", "arctic-cathy": "arctic-cathy",
+        "fsdd-train": "fsdd", "wake-words": "wake-words", "speech-commands-train": "speech-commands"}  # label folder: data
+MANIFESTS = {"librispeech-train": "librispeech/train.tsv", "an4-train": "an4/train.tsv", "ljspeech": "ljspeech/clips.tsv",
+             "arctic-cathy": "arctic-cathy/clips.tsv", "fsdd-train": "fsdd/train.tsv",
+             "wake-words": "wake-words/clips.tsv", "speech-commands-train": "speech-commands/train.tsv"}
+TRAINABLE = ("encoder.blocks.5.", "encoder.norm.", "ctc_head.", "decoder.")
+
+
+def labelled_sets(run: Path) -> list[str]:
+    return [s for s in SETS if (run / "labels" / s / "DONE").exists()]
+
+
+def read_labels(run: Path, name: str) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "labels" / name / "labels.jsonl").open()]
+    return [dict(r, set=name, root=SETS[name]) for r in rows if "error" not in r and r["duration_s"] <= MAX_SECONDS]
+
+
+def vocabulary_keep(run: Path, sets: list[str], teacher: WhisperTokenizer) -> set[int]:
+    """The teacher's tokens that the student keeps: those of its transcripts, and of every training set's human
+    transcripts as Whisper would write them (`whisper_style`), labelled yet or not."""
+    keep: set[int] = set()
+    for name in sets:
+        for r in read_labels(run, name):
+            keep.update(r["tokens"])
+    for manifest in MANIFESTS.values():
+        for line in (run / "data" / manifest).read_text().splitlines()[1:]:
+            keep.update(teacher.encode(whisper_style(line.split("\t")[2])))
+    return keep
+
+
+def build_student(run: Path, v3: Path, out: Path, sets: list[str]) -> None:
+    """out/init: the student before training (model.safetensors, config.json, vocab.tiktoken, old_ids.json)."""
+    teacher = run / "teacher" / "whisper-base"
+    out.mkdir(parents=True, exist_ok=True)
+    keep = vocabulary_keep(run, sets, checkpoint.model_tokenizer(teacher))
+    model, vocab, old_ids = distilled_student(teacher, v3, keep, out / "vocab.tiktoken", FROZEN, TEACHER_LAYERS)
+    checkpoint.save_state_dict(model.state_dict(), out / "model.safetensors")
+    (out / "old_ids.json").write_text(json.dumps(old_ids))
+    (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "tokenizer": vocab.to_config(),
+                                                 "sets": sets, "teacher_layers": TEACHER_LAYERS}, indent=1))
+    print(f"student: {vocab.vocab_size} tokens (of {len(keep)} kept), {model.num_parameters() / 1e6:.1f} M "
+          "parameters", flush=True)
+
+
+@torch.no_grad()
+def cache_states(model: SpeechTransformer, rows: list[dict], run: Path, out: Path) -> list[torch.Tensor]:
+    """The output of the frozen blocks `(S_i, D)` float16 for every row, computed once (eval mode)."""
+    model.eval()
+    states: list[torch.Tensor] = []
+    for first in range(0, len(rows), SHARD):
+        path = out / f"{first // SHARD:04d}.safetensors"
+        part = rows[first:first + SHARD]
+        if not path.exists():
+            shard, t = {}, time.process_time()
+            order = sorted(range(len(part)), key=lambda i: part[i]["duration_s"])
+            for k in range(0, len(order), 16):
+                batch = order[k:k + 16]
+                audio, lengths = pad_waveforms([torch.from_numpy(load_audio(str(run / "data" / part[i]["root"] /
+                                                                               part[i]["audio"])))
+                                                for i in batch])
+                x, n = model.encoder.embed(*model.frontend(audio, lengths))
+                x, n, _ = model.encoder.blocks_from(x, n, 0, FROZEN)
+                for j, i in enumerate(batch):
+                    shard[str(i)] = x[j, :int(n[j])].to(torch.float16).contiguous()
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(shard, str(path), metadata={"cpu_s": str(time.process_time() - t)})
+            print(f"cached {out.name}/{path.name}: {len(shard)} utterances", flush=True)
+        shard = load_file(str(path))
+        states += [shard[str(i)] for i in range(len(part))]
+    return states
+
+
+class Targets:
+    """What each row teaches: CTC pieces; decoder tokens (pruned ids, no prompt, no eot); the teacher's top-k
+    distributions `(L + 1, K)` (ids, probabilities) or None where only the human transcript is learnt."""
+
+    def __init__(self, run: Path, rows: list[dict], ctc_tokenizer: Tokenizer, vocab: WhisperTokenizer,
+                 old_ids: list[int], max_wer: float):
+        new_id = torch.full((max(old_ids) + 1,), -1, dtype=torch.long)
+        new_id[torch.tensor(old_ids)] = torch.arange(len(old_ids))
+        self.ctc = [ctc_tokenizer.encode(normalize_transcript(r["text"])) for r in rows]
+        self.tokens: list[list[int]] = []
+        self.soft: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        shards: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        for r in rows:
+            usable = r.get("stop") == "eot" and r["wer"] <= max_wer and bool(r["tokens"])
+            mapped = new_id[torch.tensor(r["tokens"], dtype=torch.long)] if r["tokens"] else torch.zeros(0)
+            if usable and bool((mapped >= 0).all()):
+                key = (r["set"], r["shard"])
+                if key not in shards:
+                    shards = {key: load_file(str(run / "labels" / r["set"] / f"topk-{r['shard']:05d}.safetensors"))}
+                ids = new_id[shards[key][f"{r['index']}.ids"].long()]
+                probs = shards[key][f"{r['index']}.logprobs"].float().exp().masked_fill(ids < 0, 0.0)
+                self.tokens.append(mapped.tolist())
+                self.soft.append((ids.clamp(min=0), probs / probs.sum(-1, keepdim=True)))
+            else:
+                self.tokens.append(vocab.encode(whisper_style(r["text"])))
+                self.soft.append(None)
+
+
+def distillation_loss(model: SpeechTransformer, memory: torch.Tensor, lengths: torch.Tensor, targets: Targets,
+                      batch: list[int], prompt: tuple[int, ...], eot: int, ctc_weight: float, kl_weight: float
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+    """CTC + decoder losses (see the module's docstring), summed over tokens, divided by the batch size."""
+    B = len(batch)
+    ctc_targets = [targets.ctc[i] for i in batch]
+    flat = torch.tensor([t for seq in ctc_targets for t in seq], dtype=torch.long)
+    ctc = F.ctc_loss(model.ctc_log_probs(memory).transpose(0, 1), flat, lengths,
+                     torch.tensor([len(t) for t in ctc_targets]), reduction="sum", zero_infinity=True) / B
+    P, L = len(prompt), max(len(targets.tokens[i]) for i in batch) + 1
+    inputs = torch.full((B, P + L - 1), eot, dtype=torch.long)
+    hard = torch.full((B, L), -100, dtype=torch.long)
+    inputs[:, :P] = torch.tensor(prompt)
+    for b, i in enumerate(batch):
+        seq = targets.tokens[i]
+        inputs[b, P:P + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        hard[b, :len(seq) + 1] = torch.tensor(seq + [eot], dtype=torch.long)
+    logits, _ = model.decoder(inputs, model.decoder.memory_kv(memory), lengths)
+    logp = logits[:, P - 1:].float().log_softmax(-1)  # (B, L, V): row j predicts token j
+    ce_rows = -logp.gather(2, hard.clamp(min=0)[..., None])[..., 0].masked_fill(hard < 0, 0.0)  # (B, L)
+    soft_sum = logp.new_zeros(())
+    weights = torch.ones(B)
+    for b, i in enumerate(batch):
+        if targets.soft[i] is not None:
+            ids, probs = targets.soft[i]
+            soft_sum = soft_sum - (probs * logp[b, :len(ids)].gather(1, ids)).sum()
+            weights[b] = 1.0 - kl_weight
+    soft = kl_weight * soft_sum / B
+    ce = (ce_rows.sum(1) * weights).sum() / B
+    decoder = soft + ce
+    total = ctc_weight * ctc + (1 - ctc_weight) * decoder
+    return total, {"ctc": round(ctc.item(), 2), "soft": round(soft.item(), 2), "ce": round(ce.item(), 2),
+                   "tokens": int((hard >= 0).sum())}
+
+
+def batches(states: list[torch.Tensor], frames: int, rng: random.Random, pool: int = 1000) -> list[list[int]]:
+    """Shuffled batches of at most `frames` padded frames; similar lengths together (sorted pools)."""
+    order = list(range(len(states)))
+    rng.shuffle(order)
+    out: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        batch: list[int] = []
+        for i in sorted(order[start:start + pool], key=lambda i: len(states[i])):
+            if batch and (len(batch) + 1) * len(states[i]) > frames:
+                out.append(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            out.append(batch)
+    rng.shuffle(out)
+    return out
+
+
+def upper_blocks(model: SpeechTransformer, states: list[torch.Tensor], batch: list[int], augment: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.nn.utils.rnn.pad_sequence([states[i].float() for i in batch], batch_first=True)
+    lengths = torch.tensor([len(states[i]) for i in batch])
+    if augment:
+        x = mask_time(x, lengths, 2, 0.05)
+    memory, lengths, _ = model.encoder.blocks_from(x, lengths, FROZEN)
+    return memory, lengths
+
+
+@torch.no_grad()
+def evaluate(model: SpeechTransformer, states: list[torch.Tensor], rows: list[dict], vocab: WhisperTokenizer,
+             ctc_tokenizer: Tokenizer) -> dict[str, float]:
+    """Dev WER (english-v1) of greedy decoding and of CTC greedy, from the cached frozen states."""
+    model.eval()
+    hyps, ctc_hyps = [], []
+    options = DecodingOptions(method="attention", beam_size=1, ctc_weight=0.0)
+    for k in range(0, len(rows), 8):
+        batch = list(range(k, min(k + 8, len(rows))))
+        memory, lengths = upper_blocks(model, states, batch, augment=False)
+        hyps += [vocab.decode(h.tokens) for h in attention_search(model, memory, lengths, options, vocab.special)]
+        ctc_hyps += [ctc_tokenizer.decode(h.tokens) for h in ctc_greedy_search(model.ctc_log_probs(memory), lengths)]
+    refs = [r["text"] for r in rows]
+    model.train()
+    return {"wer": 100 * score_utterances(refs, hyps).wer, "ctc_wer": 100 * score_utterances(refs, ctc_hyps).wer,
+            "example": hyps[0]}
+
+
+def load_student(out: Path) -> tuple[SpeechTransformer, WhisperTokenizer, list[int], list[str]]:
+    meta = json.loads((out / "init" / "config.json").read_text())
+    model = SpeechTransformer(ModelConfig.from_dict(meta["model"]))
+    checkpoint.load_weights(model, checkpoint.load_state_dict(out / "init" / "model.safetensors"), out / "init")
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith(TRAINABLE)
+    vocab = load_tokenizer(out / "init" / "vocab.tiktoken", meta["tokenizer"])
+    return model, vocab, json.loads((out / "init" / "old_ids.json").read_text()), meta["sets"]
+
+
+def dev_rows(run: Path, manifest: str, n: int) -> list[dict]:
+    lines = (run / "data" / manifest).read_text().splitlines()[1:n + 1]
+    folder = (run / "data" / manifest).parent
+    return [{"audio": str(folder / a), "root": "", "duration_s": float(d), "text": t}
+            for a, d, t in (line.split("\t") for line in lines)]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, default=Path("/var/tmp/st-distil"), help="the labelling run's folder")
+    p.add_argument("--out", type=Path, help="default: RUN/student")
+    p.add_argument("--v3", type=Path, default=Path(__file__).resolve().parents[2] / "speech_transformer" /
+                   "pretrained" / "default", help="the model whose block 5, final norm and CTC head start the student")
+    p.add_argument("--minutes", type=float, default=60.0, help="CPU-minutes of training in this call")
+    p.add_argument("--eval-minutes", type=float, default=10.0, help="CPU-minutes between dev evaluations")
+    p.add_argument("--dev", default="librispeech/dev.tsv")
+    p.add_argument("--dev-utterances", type=int, default=40)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--frames", type=int, default=6000, help="padded encoder frames per batch (50 per second)")
+    p.add_argument("--max-wer", type=float, default=0.10, help="teacher transcripts above this WER are not learnt")
+    p.add_argument("--kl-weight", type=float, default=0.8)
+    p.add_argument("--ctc-weight", type=float, default=0.2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    out = a.out or a.run / "student"
+    torch.set_num_threads(a.threads)
+    if not (out / "init" / "config.json").exists():
+        build_student(a.run, a.v3, out / "init", labelled_sets(a.run))
+    model, vocab, old_ids, sets = load_student(out)
+    ctc_tokenizer = Tokenizer(a.v3 / "tokenizer.model")
+    rows = [r for name in sets for r in read_labels(a.run, name)]
+    states = [s for name in sets for s in cache_states(model, read_labels(a.run, name), a.run, out / "cache" / name)]
+    dev = dev_rows(a.run, a.dev, a.dev_utterances)
+    dev_states = cache_states(model, dev, a.run, out / "cache" / f"dev-{a.dev_utterances}")
+    targets = Targets(a.run, rows, ctc_tokenizer, vocab, old_ids, a.max_wer)
+    print(f"{len(rows)} utterances from {', '.join(sets)}; teacher distributions for "
+          f"{sum(s is not None for s in targets.soft)}", flush=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=a.lr, weight_decay=0.01)
+    state, cpu = TrainState(), 0.0
+    last = latest_checkpoint(out)
+    if last is not None:
+        state = load_training_checkpoint(last, model, optimizer, 0)
+        cpu = json.loads((last / "progress.json").read_text())["cpu_s"]
+        print(f"resumed from {last.name}: epoch {state.epoch}, step {state.step}, {cpu / 60:.1f} CPU-min", flush=True)
+    elif not (out / "log.jsonl").exists():
+        log_eval(out, model, dev_states, dev, vocab, ctc_tokenizer, state, cpu)
+    model.train()
+    start, next_eval = time.process_time(), cpu + 60 * a.eval_minutes
+    while time.process_time() - start < 60 * a.minutes:
+        order = batches(states, a.frames, random.Random(a.seed * 1000 + state.epoch))
+        for batch in order[state.epoch_step:]:
+            t = time.process_time()
+            for group in optimizer.param_groups:
+                group["lr"] = a.lr * min(1.0, (state.step + 1) / a.warmup)
+            memory, lengths = upper_blocks(model, states, batch, augment=True)
+            loss, parts = distillation_loss(model, memory, lengths, targets, batch, vocab.special.prompt,
+                                            vocab.special.eos, a.ctc_weight, a.kl_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 5.0)
+            optimizer.step()
+            state.step, state.epoch_step = state.step + 1, state.epoch_step + 1
+            state.audio_seconds += float(lengths.sum()) * 0.02
+            cpu += time.process_time() - t
+            if state.step % 20 == 0:
+                print(f"step {state.step} epoch {state.epoch} loss {float(loss):.2f} {parts} "
+                      f"{cpu / 60:.1f} CPU-min", flush=True)
+            if cpu >= next_eval or time.process_time() - start >= 60 * a.minutes:
+                break
+        else:
+            state.epoch, state.epoch_step = state.epoch + 1, 0
+        if cpu >= next_eval or time.process_time() - start >= 60 * a.minutes:
+            path = save_training_checkpoint(out, model, optimizer, state, 0, 1, a.keep)
+            (path / "progress.json").write_text(json.dumps({"cpu_s": cpu}))
+            log_eval(out, model, dev_states, dev, vocab, ctc_tokenizer, state, cpu)
+            next_eval = cpu + 60 * a.eval_minutes
+    return 0
+
+
+def log_eval(out: Path, model, dev_states, dev, vocab, ctc_tokenizer, state: TrainState, cpu: float) -> None:
+    t = time.process_time()
+    result = evaluate(model, dev_states, dev, vocab, ctc_tokenizer)
+    line = {"step": state.step, "epoch": state.epoch, "train_cpu_s": round(cpu, 1), **result,
+            "eval_cpu_s": round(time.process_time() - t, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    print("eval", json.dumps(line), flush=True)
+    with (out / "log.jsonl").open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
