@@ -46,7 +46,8 @@ from speech_transformer.training.trainer import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 CARD_FILE = "MODEL_CARD.md"
-MODEL_FILES = (checkpoint.WEIGHTS_FILE, checkpoint.TOKENIZER_FILE, checkpoint.CONFIG_FILE)
+MODEL_FILES = (checkpoint.WEIGHTS_FILE, checkpoint.TOKENIZER_FILE, "tokenizer.tiktoken", checkpoint.CTC_TOKENIZER_FILE,
+               checkpoint.CONFIG_FILE)  # those a model directory may have; a new model's replace them all
 MANAGED_FILES = (*MODEL_FILES, CARD_FILE, regression.REGRESSION_FILE)
 FLOAT16_MAX = 65504.0
 # the shared corpora (../shared/data/README.md) by top-level folder: (what the speech is, licence)
@@ -83,7 +84,9 @@ def stage_model(source: Path, stage: Path, dtype: str, decoding: dict, commands:
     info = portable_info(config.get("info", {}))
     info["shipped"] = {"source": repo_name(source), "dtype": dtype, "source_weights_sha256": config.get("weights_sha256")}
     commands = config.get("commands") if commands is None else commands
-    return checkpoint.save_model(model, tokenizer, stage, info, decoding, int8=dtype == "int8", commands=commands)
+    ctc = checkpoint.model_ctc_tokenizer(source, config) if config.get("ctc_tokenizer") else None
+    return checkpoint.save_model(model, tokenizer, stage, info, decoding, int8=dtype == "int8", commands=commands,
+                                 ctc_tokenizer=ctc)
 
 
 def repo_name(path: Path) -> str:
@@ -133,7 +136,8 @@ def same_model(a: Path, b: Path) -> bool:
         ca, cb = checkpoint.read_config(a), checkpoint.read_config(b)
     except checkpoint.CheckpointError:
         return False
-    return all(ca.get(k) and ca.get(k) == cb.get(k) for k in ("weights_sha256", "tokenizer_sha256"))
+    return (all(ca.get(k) and ca.get(k) == cb.get(k) for k in ("weights_sha256", "tokenizer_sha256"))
+            and ca.get("ctc_tokenizer_sha256") == cb.get("ctc_tokenizer_sha256"))
 
 
 def install(stage: Path, dest: Path, keep_model: bool) -> None:
@@ -146,8 +150,8 @@ def install(stage: Path, dest: Path, keep_model: bool) -> None:
         if (stage / name).is_file():
             os.chmod(stage / name, 0o644)  # staged in a private temp folder: readable by all once installed
             os.replace(stage / name, dest / name)
-        elif name == regression.REGRESSION_FILE:
-            (dest / name).unlink(missing_ok=True)  # it measured other weights
+        elif name in kept or name == regression.REGRESSION_FILE:
+            (dest / name).unlink(missing_ok=True)  # the old model's (another tokenizer), or measured other weights
 
 
 # --- facts for the card ------------------------------------------------------------------------
@@ -172,10 +176,13 @@ def model_step(info: dict) -> int | None:
 
 
 def training_facts(exp: Path, up_to_step: int | None) -> dict:
-    """What the run trained on and for how long, from EXP/train.yaml and EXP/train/metrics.jsonl.
+    """What the run trained on and for how long, from EXP/train.yaml and EXP/train/metrics.jsonl (the trainer's
+    runs), or from a distillation run's folder (`distil_facts`).
 
     Only log records up to `up_to_step` count: training may have gone on after the shipped weights were taken.
     """
+    if (exp / "init" / "config.json").is_file():
+        return distil_facts(exp, up_to_step)
     if not (exp / "train.yaml").is_file():
         raise ShipError(f"{exp / 'train.yaml'} not found: pass --exp, the recipe's experiment folder")
     c = TrainConfig.load(exp / "train.yaml")
@@ -206,8 +213,33 @@ def training_facts(exp: Path, up_to_step: int | None) -> dict:
         previous = r["elapsed_s"]
     wall += previous or 0.0
     valid = [r for r in records if "valid_wer" in r]
-    return {"config": c, "sets": sets, "steps": steps, "sessions": sessions, "wall_s": wall,
+    return {"kind": "trainer", "config": c, "sets": sets, "steps": steps, "sessions": sessions, "wall_s": wall,
             "audio_hours": audio / 3600, "last_valid": valid[-1] if valid else None}
+
+
+def distil_facts(exp: Path, up_to_step: int | None) -> dict:
+    """A distillation run (recipes/distil/train.py, EXP = its --out folder, beside the labelling run's labels/):
+    the labelled sets it trained on, its settings per session, CPU time and dev curve up to `up_to_step`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distil_train", HERE.parent / "distil" / "train.py")
+    distil = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(distil)
+    init = json.loads((exp / "init" / "config.json").read_text())
+    sets = []
+    for name in init["sets"]:
+        rows = distil.read_labels(exp.parent, name)
+        sets.append({"name": distil.MANIFESTS[name], "n_utts": len(rows), "hours": sum(r["duration_s"] for r in rows) / 3600,
+                     "audio": {str((exp.parent / "data" / r["root"] / r["audio"]).resolve()) for r in rows},
+                     "teacher_wer": json.loads((exp.parent / "labels" / name / "summary.json").read_text())
+                     .get("corpus_wer_pct")})
+    read = lambda f: [json.loads(x) for x in (exp / f).read_text().splitlines() if x.strip()] if (exp / f).is_file() else []
+    step = up_to_step if up_to_step is not None else 1 << 62
+    curve = [r for r in read("log.jsonl") if r["step"] <= step]
+    sessions = [r for r in read("sessions.jsonl") if r["step"] <= step]
+    return {"kind": "distil", "init": init, "sets": sets, "steps": curve[-1]["step"] if curve else 0,
+            "sessions": sessions, "curve": curve, "cpu_s": curve[-1]["train_cpu_s"] if curve else 0.0,
+            "last_valid": curve[-1] if curve else None}
 
 
 def decoding_label(decoding: dict) -> str:
@@ -239,7 +271,9 @@ def report_row(block: dict, dest: Path, source: Path) -> dict:
     if ours:
         model_dir = Path(block["config"]["model_dir"]).resolve()
         scored = ("shipped copy" if model_dir == dest.resolve() else "source" if model_dir == source.resolve()
-                  else str(model_dir))
+                  else "peer")
+        if scored == "peer":  # another model in this engine (Whisper base): a peer, named as evaluate named it
+            label, ours = f"{block['name']}, {label}", False
     return {"label": label, "ours": ours, "scored": scored, "spec": system_spec(block, dest),
             "decoding": block["config"].get("decoding", {}) if ours else None,
             **{k: block.get(k) for k in ("wer", "cer", "rtf", "rtf_cpu", "n_utts", "n_errors")}}
@@ -351,53 +385,35 @@ def domains(sets: list[dict]) -> str:
 
 def render_card(facts: dict) -> str:
     """MODEL_CARD.md from the facts gathered by `ship`."""
-    t, model, cfg = facts["training"], facts["model"], facts["training"]["config"]
-    mc = model["config"]
+    t, model = facts["training"], facts["model"]
+    distilled = t["kind"] == "distil"
     lines = [
         "# speech_transformer default model", "",
         "The model `speech-transformer transcribe`, `evaluate` and the demo use when no `--model` is given "
         f"(`Recognizer.from_dir(None)`). Generated by `recipes/default/ship.py` on {facts['date']}.", "",
-        "## Model", "",
-        f"- Architecture: `{cfg.preset}` preset, encoder-decoder transformer"
-        f"{' with a CTC head' if mc.get('ctc', True) else ''}: d_model {mc['d_model']}, "
-        f"{mc['encoder_layers']} encoder + {mc['decoder_layers']} decoder layers, {mc['n_heads']} heads, "
-        f"feed-forward {mc['d_ff']}, {mc.get('subsampling', 'conv2d')} subsampling; "
-        f"{mc['n_mels']}-bin log-mel input at 16 kHz.",
+        "## Model", "", *(distil_model_lines(facts) if distilled else trainer_model_lines(facts)),
         f"- Parameters: {model['params']:,}.",
-        f"- Vocabulary: {mc['vocab_size']}-piece SentencePiece (`tokenizer.model`).",
         f"- Weights: `model.safetensors`, parameters stored as {DTYPE_WORDS.get(model['dtype'], model['dtype'])} "
         f"({model['weights_mb']:.1f} MB; "
         f"loaded as float32); averaged checkpoints {', '.join(model['info'].get('averaged', [])) or '-'}.",
         f"- Shipped folder: {facts['folder_mb']:.1f} MB.", "",
         "## Training data", "",
-        f"Training manifests (paths relative to the shared data folder, `../shared/data`), utterances of "
-        f"{cfg.min_duration:g} to {cfg.max_duration:g} s:", "",
-        "| manifest | utterances | hours | licence |", "|---|---:|---:|---|"]
+        "Training manifests (paths relative to the shared data folder, `../shared/data`)"
+        + (", utterances up to 30 s (the encoder's position table):" if distilled else
+           f", utterances of {t['config'].min_duration:g} to {t['config'].max_duration:g} s:"), "",
+        "| manifest | utterances | hours | licence |" + (" teacher WER % |" if distilled else ""),
+        "|---|---:|---:|---|" + ("---:|" if distilled else "")]
     for s in t["sets"]:
         lines.append(f"| `{s['name']}` | {s['n_utts']:,} | {s['hours']:.2f} | "
-                     f"{DATA_SETS.get(s['name'].split('/')[0], ('', 'see the data README'))[1]} |")
-    lines += [f"| total | {sum(s['n_utts'] for s in t['sets']):,} | {sum(s['hours'] for s in t['sets']):.2f} | |", ""]
+                     f"{DATA_SETS.get(s['name'].split('/')[0], ('', 'see the data README'))[1]} |"
+                     + (f" {s['teacher_wer']:.2f} |" if distilled else ""))
+    lines += [f"| total | {sum(s['n_utts'] for s in t['sets']):,} | {sum(s['hours'] for s in t['sets']):.2f} | |"
+              + (" |" if distilled else ""), ""]
     if facts["reports"]:
         held_out = ", ".join(f"`{r['data']}`" for r in facts["reports"])
         lines.append(f"None of the audio scored under Evaluation ({held_out}) is in these manifests "
                      "(checked by ship.py).")
-    if cfg.valid:
-        lines.append(f"Validation during training: the first {cfg.valid_utterances} utterances of "
-                     f"`{data_name(cfg.valid)}`.")
-    lines += [f"Augmentation: speed perturbation {cfg.speed_perturb}, SpecAugment {cfg.spec_augment}.", "",
-              "## Training", "",
-              f"- Recipe: `{facts['recipe_command']}`.",
-              f"- {t['steps']:,} optimiser steps of {cfg.batch_seconds:g} s padded audio, {cfg.schedule} schedule, "
-              f"peak learning rate {cfg.lr:g}, {cfg.warmup_steps} warmup steps, CTC weight {cfg.ctc_weight:g}, "
-              f"label smoothing {cfg.label_smoothing:g}.",
-              f"- Training time: {_duration(t['wall_s'])} of wall time in {t['sessions']} session(s); "
-              f"{t['audio_hours']:.1f} h of (speed-perturbed) audio processed, about "
-              f"{t['audio_hours'] / max(sum(s['hours'] for s in t['sets']), 1e-9):.1f} passes over the data.",
-              f"- Hardware: {facts['hardware']}."]
-    if v := t["last_valid"]:
-        lines.append(f"- Last validation during training (step {v['step']}, first {cfg.valid_utterances} utterances "
-                     f"of `{data_name(cfg.valid)}`, greedy decoding of the weights of that step): "
-                     f"WER {_pct(v['valid_wer'])} %, CER {_pct(v['valid_cer'])} %.")
+    lines += distil_training_lines(facts) if distilled else trainer_training_lines(facts)
     lines += ["", "## Evaluation", ""]
     if facts["reports"]:
         lines += [f"`speech-transformer evaluate` reports, normaliser `{facts['reports'][0]['normalizer']}`; "
@@ -420,19 +436,96 @@ def render_card(facts: dict) -> str:
     lines += ["", "## Limitations", "",
               f"- Trained on {sum(s['hours'] for s in t['sets']):.1f} h of speech: {domains(t['sets'])}. "
               "Conversational, noisy, far-field or strongly accented speech is out of domain; expect far higher "
-              "error rates there.",
-              "- English only; output is upper-case words without punctuation; " + (
-                  "the preferred decoding spells only words of its lexicon (pocketsphinx's US-English LM, 72k words; "
-                  "add your own with `--words`)." if facts.get("decoding", {}).get("method") == "lexicon"
-                  else "no external language model."),
-              f"- Utterances up to {cfg.max_duration:g} s in training: longer audio relies on the voice-activity "
-              "chunking of `speech-transformer transcribe`."]
+              "error rates there.", output_line(facts),
+              "- Utterances up to " + ("30" if distilled else f"{t['config'].max_duration:g}") + " s in training: "
+              "longer audio relies on the voice-activity chunking of `speech-transformer transcribe`."]
     if worse := worse_than_peers(facts["reports"]):
         lines.append(f"- Worse than a peer system on: {'; '.join(worse)}.")
     lines += [f"- {x}" for x in facts["limitations"]]
     commands = [c for r in facts["reports"] for c in r["commands"]]
     lines += ["", "## Reproduce", "", "```bash", facts["recipe_command"], *commands, facts["ship_command"], "```", ""]
     return "\n".join(lines)
+
+
+def output_line(facts: dict) -> str:
+    if facts["training"]["kind"] == "distil" and facts.get("decoding", {}).get("method", "attention") == "attention":
+        return ("- English only. The attention decoder writes cased, punctuated text in Whisper's style (numbers as "
+                "Whisper writes them); `method=ctc` and `method=lexicon` write upper-case words without punctuation "
+                "(the CTC head's pieces).")
+    return "- English only; output is upper-case words without punctuation; " + (
+        "the preferred decoding spells only words of its lexicon (pocketsphinx's US-English LM, 72k words; "
+        "add your own with `--words`)." if facts.get("decoding", {}).get("method") == "lexicon"
+        else "no external language model.")
+
+
+def trainer_model_lines(facts: dict) -> list[str]:
+    mc, cfg = facts["model"]["config"], facts["training"]["config"]
+    return [f"- Architecture: `{cfg.preset}` preset, encoder-decoder transformer"
+            f"{' with a CTC head' if mc.get('ctc', True) else ''}: d_model {mc['d_model']}, "
+            f"{mc['encoder_layers']} encoder + {mc['decoder_layers']} decoder layers, {mc['n_heads']} heads, "
+            f"feed-forward {mc['d_ff']}, {mc.get('subsampling', 'conv2d')} subsampling; "
+            f"{mc['n_mels']}-bin log-mel input at 16 kHz.",
+            f"- Vocabulary: {mc['vocab_size']}-piece SentencePiece (`tokenizer.model`)."]
+
+
+def distil_model_lines(facts: dict) -> list[str]:
+    mc, init = facts["model"]["config"], facts["training"]["init"]
+    return [f"- Architecture: a student distilled from Whisper base: Whisper base's encoder ({mc['encoder_layers']} "
+            f"blocks, d_model {mc['d_model']}, {mc['n_heads']} heads) over the audio as given (no 30 s window: "
+            f"its cost grows with the audio), a CTC head, and a {mc['decoder_layers']}-block decoder initialised "
+            f"from the teacher's decoder blocks {init.get('teacher_layers')}; "
+            f"{mc['n_mels']}-bin log-mel input at 16 kHz (Whisper's front end).",
+            f"- Vocabularies: the decoder's, Whisper's byte-level BPE pruned to {mc['vocab_size']:,} of 51,865 "
+            f"tokens (`tokenizer.tiktoken`: every token of the teacher's transcripts and of the training sets' "
+            f"words, all 256 single bytes, so any text still encodes); the CTC head's, "
+            f"{mc['ctc_vocab_size']} SentencePiece pieces (`ctc_tokenizer.model`, v3's)."]
+
+
+def trainer_training_lines(facts: dict) -> list[str]:
+    t, cfg = facts["training"], facts["training"]["config"]
+    lines = [f"Validation during training: the first {cfg.valid_utterances} utterances of "
+             f"`{data_name(cfg.valid)}`."] if cfg.valid else []
+    lines += [f"Augmentation: speed perturbation {cfg.speed_perturb}, SpecAugment {cfg.spec_augment}.", "",
+              "## Training", "",
+              f"- Recipe: `{facts['recipe_command']}`.",
+              f"- {t['steps']:,} optimiser steps of {cfg.batch_seconds:g} s padded audio, {cfg.schedule} schedule, "
+              f"peak learning rate {cfg.lr:g}, {cfg.warmup_steps} warmup steps, CTC weight {cfg.ctc_weight:g}, "
+              f"label smoothing {cfg.label_smoothing:g}.",
+              f"- Training time: {_duration(t['wall_s'])} of wall time in {t['sessions']} session(s); "
+              f"{t['audio_hours']:.1f} h of (speed-perturbed) audio processed, about "
+              f"{t['audio_hours'] / max(sum(s['hours'] for s in t['sets']), 1e-9):.1f} passes over the data.",
+              f"- Hardware: {facts['hardware']}."]
+    if v := t["last_valid"]:
+        lines.append(f"- Last validation during training (step {v['step']}, first {cfg.valid_utterances} utterances "
+                     f"of `{data_name(cfg.valid)}`, greedy decoding of the weights of that step): "
+                     f"WER {_pct(v['valid_wer'])} %, CER {_pct(v['valid_cer'])} %.")
+    return lines
+
+
+def distil_training_lines(facts: dict) -> list[str]:
+    t = facts["training"]
+    settings = t["sessions"][-1]["settings"] if t["sessions"] else {}
+    lines = ["The teacher, Whisper base in this engine, labelled every utterance (recipes/distil/label.py: greedy, "
+             "30 s window; its transcripts and top-32 token distributions). Teacher WER is against the human "
+             "transcripts (english-v1).", "", "## Training", "",
+             f"- Recipe: `{facts['recipe_command']}`.",
+             "- Frozen: the stem and encoder blocks 0-4 (their output cached once per utterance); trained: block 5, "
+             "the final LayerNorm, the CTC head and the decoder."]
+    if settings:
+        lines.append(f"- Losses: CTC on the human transcript (weight {settings['ctc_weight']:g}); for the decoder, "
+                     f"where the teacher's transcript is within {100 * settings['max_wer']:g} % WER of the human one, "
+                     f"{settings['kl_weight']:g} x cross-entropy to the teacher's distributions + "
+                     f"{1 - settings['kl_weight']:g} x cross-entropy on its tokens, elsewhere cross-entropy on the "
+                     "human transcript in Whisper's style. AdamW, learning rate "
+                     f"{settings['lr']:g} after {settings['warmup']} warmup steps, {settings['frames']} encoder "
+                     "frames per batch, 2 time masks on the cached states.")
+    lines += [f"- {t['steps']:,} optimiser steps, {t['cpu_s'] / 3600:.2f} CPU-hours of training (one thread) in "
+              f"{len(t['sessions'])} call(s); curve in `recipes/distil/RESULTS.md`.",
+              f"- Hardware: {facts['hardware']}."]
+    if v := t["last_valid"]:
+        lines.append(f"- Last evaluation during training (step {v['step']}, first 40 utterances of "
+                     f"`librispeech/dev.tsv`, greedy): WER {v['wer']:.2f} %, CTC greedy {v['ctc_wer']:.2f} %.")
+    return lines
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -269,13 +269,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    p.add_argument("--export", type=Path, metavar="DIR", help="write the model directory of the last checkpoints "
+                   "(averaged, --average) to DIR and stop; no training")
+    p.add_argument("--average", type=int, default=1, help="with --export: how many of the last checkpoints")
     return p.parse_args(argv)
+
+
+def export(a: argparse.Namespace, out: Path) -> Path:
+    """A model directory (float32) of the mean of the last `--average` checkpoints, with both vocabularies, a
+    greedy preferred decoding and what it was trained on."""
+    model, vocab, _, sets = load_student(out)
+    paths = sorted((out / "checkpoints").glob("step-*"))[-a.average:]
+    if not paths:
+        raise SystemExit(f"{out}: no checkpoint yet")
+    checkpoint.load_weights(model, checkpoint.average_state_dicts([p / checkpoint.WEIGHTS_FILE for p in paths]),
+                            paths[-1])
+    meta = [json.loads((p / "trainer.json").read_text())["state"] for p in paths]
+    info = {"train": [f"{SETS[s]}/{MANIFESTS[s].split('/')[1]}" for s in sets], "steps": meta[-1]["step"],
+            "train_cpu_s": json.loads((paths[-1] / "progress.json").read_text())["cpu_s"],
+            "frozen_blocks": FROZEN, "recipe": "recipes/distil/train.py", "averaged": [p.name for p in paths],
+            "initialised_from": {"encoder": "whisper base (blocks 0-4), v3 (block 5, CTC head)",
+                                 "decoder": f"whisper base decoder blocks {list(TEACHER_LAYERS)}"},
+            "teacher": "whisper base, run in this engine (recipes/distil/label.py)"}
+    decoding = {"method": "attention", "attention": {"beam_size": 1}}
+    return checkpoint.save_model(model, vocab, a.export, info, decoding,
+                                 ctc_tokenizer=Tokenizer(a.v3 / checkpoint.TOKENIZER_FILE))
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
     out = a.out or a.run / "student"
     torch.set_num_threads(a.threads)
+    if a.export:
+        print(f"exported {export(a, out)}")
+        return 0
     if not (out / "init" / "config.json").exists():
         build_student(a.run, a.v3, out / "init", labelled_sets(a.run))
     model, vocab, old_ids, sets = load_student(out)
@@ -297,6 +324,11 @@ def main(argv=None) -> int:
         print(f"resumed from {last.name}: epoch {state.epoch}, step {state.step}, {cpu / 60:.1f} CPU-min", flush=True)
     elif not (out / "log.jsonl").exists():
         log_eval(out, model, dev_states, dev, vocab, ctc_tokenizer, state, cpu)
+    with (out / "sessions.jsonl").open("a") as f:  # what each call ran with: the card's training facts
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": state.step, "train_cpu_s": cpu,
+                            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+                            "utterances": len(rows), "teacher_distributions": sum(s is not None for s in targets.soft),
+                            "audio_h": sum(r["duration_s"] for r in rows) / 3600}) + "\n")
     model.train()
     start, next_eval = time.process_time(), cpu + 60 * a.eval_minutes
     while time.process_time() - start < 60 * a.minutes:
