@@ -6,6 +6,12 @@ benchmark's variants, if given: training CPU on one thread).
         --run "v2=recipes/default/curves/v2.jsonl" [--bench /var/tmp/lc/run] --out recipes/default/learning_curve_v3.png
 
 A run is LABEL=PATH: a train_cached.py run folder (its log.jsonl) or such a log itself.
+
+The distilled student's curve (recipes/distil/train.py's log.jsonl: dev WER of greedy decoding and of CTC greedy
+against training CPU-minutes, one thread; caching excluded), with the teacher's and v3's WER as lines:
+
+    python bench/student_curve.py --distil "v4=/var/tmp/st-distil/student" --teacher 4.33 --v3 27.98 \
+        --out recipes/distil/learning_curve.png
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="append", default=[], metavar="LABEL=PATH", help="a train_cached.py run or log")
     p.add_argument("--bench", type=Path, default=None, help="bench/learning_curve.py run folder")
     p.add_argument("--variants", nargs="*", default=BENCH_VARIANTS)
+    p.add_argument("--distil", action="append", default=[], metavar="LABEL=PATH", help="a distil train.py run")
+    p.add_argument("--teacher", type=float, help="with --distil: the teacher's dev WER %%, drawn as a line")
+    p.add_argument("--v3", type=float, help="with --distil: v3's dev WER %% on the same utterances")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     import matplotlib
@@ -35,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    if args.distil:
+        return distil_curve(args, fig, ax)
     if args.bench:
         log = read_log(args.bench)
         for name in args.variants:
@@ -51,6 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_xlabel("CPU-minutes")
     ax.set_ylabel("dev CTC-greedy CER % (first 40 utterances)")
     ax.set_ylim(0, 60 if not args.bench else 105)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    print(args.out)
+    return 0
+
+
+def distil_curve(args, fig, ax) -> int:
+    for spec in args.distil:
+        label, _, path = spec.partition("=")
+        run = read_log(Path(path))
+        minutes = [r["train_cpu_s"] / 60 for r in run]
+        ax.plot(minutes, [r["wer"] for r in run], marker="o", label=f"{label}: decoder, greedy")
+        ax.plot(minutes, [r["ctc_wer"] for r in run], marker="s", label=f"{label}: CTC greedy")
+    for value, label, style in ((args.teacher, "teacher (Whisper base, 30 s window)", "--"), (args.v3, "v3", ":")):
+        if value is not None:
+            ax.axhline(value, color="grey", linestyle=style, label=f"{label}: {value:.2f} %")
+    ax.set_xlabel("training CPU-minutes (one thread)")
+    ax.set_ylabel("dev WER % (first 40 utterances, english-v1)")
+    ax.set_ylim(0, 60)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -80,3 +80,14 @@ def test_frame_timing_comes_from_the_models_stem(overrides, offset):
     model = SpeechTransformer(preset("tiny", vocab_size=10, **overrides))
     assert model.encoder_frame_offset == pytest.approx(offset)
     assert model.encoder_frame_seconds == pytest.approx(0.02 if overrides else 0.04)
+
+
+def test_display_words_take_the_times_of_their_spelling():
+    from speech_transformer.model.align import Word, display_words
+    from speech_transformer.text.normalize import normalize_transcript
+
+    spelled = [Word("ENTER", 0.1, 0.4, 0.9), Word("FIFTY", 0.5, 0.8, 0.8), Word("FOUR", 0.8, 1.0, 0.6)]
+    words = display_words("Enter -- 54.", spelled, normalize_transcript)
+    assert [(w.word, w.start, w.end) for w in words] == [("Enter", 0.1, 0.4), ("--", 0.4, 0.4), ("54.", 0.5, 1.0)]
+    assert words[2].confidence == 0.7 and words[1].confidence is None
+    assert display_words("Hello", [], normalize_transcript) == []  # nothing aligned: no times to give

@@ -227,7 +227,7 @@ def distil_facts(exp: Path, up_to_step: int | None) -> dict:
     spec.loader.exec_module(distil)
     init = json.loads((exp / "init" / "config.json").read_text())
     sets = []
-    for name in init["sets"]:
+    for name in distil.trained_sets(exp):
         rows = distil.read_labels(exp.parent, name)
         sets.append({"name": distil.MANIFESTS[name], "n_utts": len(rows), "hours": sum(r["duration_s"] for r in rows) / 3600,
                      "audio": {str((exp.parent / "data" / r["root"] / r["audio"]).resolve()) for r in rows},

@@ -243,6 +243,15 @@ def load_student(out: Path) -> tuple[SpeechTransformer, WhisperTokenizer, list[i
     return model, vocab, json.loads((out / "init" / "old_ids.json").read_text()), meta["sets"]
 
 
+def trained_sets(out: Path) -> list[str]:
+    """Every set the run has trained on: the init's, then those each call added (`--sets`)."""
+    sets = json.loads((out / "init" / "config.json").read_text())["sets"]
+    log = out / "sessions.jsonl"
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        sets += [s for s in json.loads(line).get("sets", []) if s not in sets]
+    return sets
+
+
 def dev_rows(run: Path, manifest: str, n: int) -> list[dict]:
     lines = (run / "data" / manifest).read_text().splitlines()[1:n + 1]
     folder = (run / "data" / manifest).parent
@@ -266,6 +275,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-wer", type=float, default=0.10, help="teacher transcripts above this WER are not learnt")
     p.add_argument("--kl-weight", type=float, default=0.8)
     p.add_argument("--ctc-weight", type=float, default=0.2)
+    p.add_argument("--sets", help="comma-separated labelled sets to train on (default: those of the student's init); "
+                   "a resume with other sets goes on from the checkpoint with another data order")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
@@ -278,7 +289,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def export(a: argparse.Namespace, out: Path) -> Path:
     """A model directory (float32) of the mean of the last `--average` checkpoints, with both vocabularies, a
     greedy preferred decoding and what it was trained on."""
-    model, vocab, _, sets = load_student(out)
+    model, vocab, _, _ = load_student(out)
+    sets = trained_sets(out)
     paths = sorted((out / "checkpoints").glob("step-*"))[-a.average:]
     if not paths:
         raise SystemExit(f"{out}: no checkpoint yet")
@@ -306,6 +318,11 @@ def main(argv=None) -> int:
     if not (out / "init" / "config.json").exists():
         build_student(a.run, a.v3, out / "init", labelled_sets(a.run))
     model, vocab, old_ids, sets = load_student(out)
+    if a.sets:
+        sets = a.sets.split(",")
+        missing = [s for s in sets if s not in SETS or not (a.run / "labels" / s / "DONE").exists()]
+        if missing:
+            raise SystemExit(f"not labelled (yet): {', '.join(missing)}")
     ctc_tokenizer = Tokenizer(a.v3 / "tokenizer.model")
     rows = [r for name in sets for r in read_labels(a.run, name)]
     states = [s for name in sets for s in cache_states(model, read_labels(a.run, name), a.run, out / "cache" / name)]
@@ -327,7 +344,7 @@ def main(argv=None) -> int:
     with (out / "sessions.jsonl").open("a") as f:  # what each call ran with: the card's training facts
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": state.step, "train_cpu_s": cpu,
                             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
-                            "utterances": len(rows), "teacher_distributions": sum(s is not None for s in targets.soft),
+                            "sets": sets, "utterances": len(rows), "teacher_distributions": sum(s is not None for s in targets.soft),
                             "audio_h": sum(r["duration_s"] for r in rows) / 3600}) + "\n")
     model.train()
     start, next_eval = time.process_time(), cpu + 60 * a.eval_minutes

@@ -87,3 +87,22 @@ def words_from_tokens(tokens: list[int], times: list[tuple[float, float, float |
         conf = None if any(s is None for s in scores) else round(float(np.mean(scores)), 4)
         words.append(Word(text, round(a, 3), round(max(a, b), 3), conf))
     return words
+
+
+def display_words(text: str, spelled: list[Word], normalize) -> list[Word]:
+    """The words of `text` as written ("Americans," "54.") with the times of `spelled`, the same words as the CTC
+    head spells them (`normalize` of each written word gives its spelled words: "54." -> FIFTY FOUR); a written
+    word with no spelled word ("--") takes the end of the one before."""
+    out, k = [], 0
+    for written in text.split():
+        n = len(normalize(written).split())
+        group = spelled[k:k + n]
+        k += n
+        if group:
+            scores = [w.confidence for w in group]
+            conf = None if any(s is None for s in scores) else round(float(np.mean(scores)), 4)
+            out.append(Word(written, group[0].start, group[-1].end, conf))
+        elif out or spelled:
+            at = out[-1].end if out else spelled[0].start
+            out.append(Word(written, at, at, None))
+    return out

@@ -23,6 +23,7 @@ from speech_transformer.model.align import (
     TokenSpan,
     Word,
     align_tokens,
+    display_words,
     token_times,
     words_from_tokens,
 )
@@ -34,6 +35,7 @@ from speech_transformer.audio.features import length_sorted_batches, pad_wavefor
 from speech_transformer.decoding.lexicon import LexiconSearch
 from speech_transformer.decoding.token_lm import LM_FILE, NgramLM
 from speech_transformer.model.transformer import SpeechTransformer
+from speech_transformer.text.normalize import normalize_transcript
 from speech_transformer.text.tokenizer import TextTokenizer, respell
 
 
@@ -171,6 +173,8 @@ class Recognizer:
                             self.model.encoder_frame_offset)
         r.words = words_from_tokens(tokens, times, ctc, 0.0, seconds)
         r.ctc_tokens = tokens
+        if vocab is not ctc:  # the decoder's own words, with the times of their spelling
+            r.words = display_words(r.text, r.words, normalize_transcript)
 
     def _add_cross_attention(self, results: list[Recognition], enc: Encoding, vocab: TextTokenizer) -> None:
         from speech_transformer.model.attention_maps import cross_attention
