@@ -286,6 +286,9 @@ def system_spec(block: dict, dest: Path) -> str:
         return "pocketsphinx"
     if config["class"] == "CommandSystem":
         return f"cmd:{block['name']}={config['command']}"
+    if config["class"] == "FasterWhisperSystem":
+        return (f"faster-whisper:{config['model']},beam={config['beam_size']},compute={config['compute_type']},"
+                f"name={block['name']}")
     decoding = DecodingOptions.from_dict(config.get("decoding", {}))
     chosen = decoding.to_dict().get(decoding.method, {})
     options = [f"method={decoding.method}", *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"

@@ -184,7 +184,9 @@ class SpeechTransformerSystem(System):
     def config(self) -> dict[str, Any]:
         files = sorted(self.model_dir.glob("*")) if self.model_dir.is_dir() else []
         stamp = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()]
-        return {**super().config(), "model_dir": str(self.model_dir.resolve()), "decoding": self.options.to_dict(),
+        named = str(self.model_dir).startswith("whisper:")  # an imported Whisper model, by its name
+        return {**super().config(), "model_dir": str(self.model_dir if named else self.model_dir.resolve()),
+                "decoding": self.options.to_dict(),
                 "device": self.device, "compute": self.compute, "files": stamp}
 
 

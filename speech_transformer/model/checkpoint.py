@@ -38,6 +38,7 @@ from speech_transformer.text.tokenizer import load_tokenizer
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
 CTC_TOKENIZER_FILE = "ctc_tokenizer.model"
+TIED_INPUT, TIED_OUTPUT = "decoder.embed.weight", "decoder.output.weight"  # one matrix when tie_embeddings
 SCALE_SUFFIX = ":int8_scale"  # `NAME:int8_scale` holds the per-row scales of the int8 tensor NAME
 
 
@@ -106,6 +107,8 @@ def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: st
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     state = model.state_dict()
+    if model.config.tie_embeddings:  # one copy of the shared matrix (`load_weights` ties it again)
+        state.pop(TIED_OUTPUT, None)
     if int8:
         state = quantize_int8(state, {name for name, _ in model.named_parameters(remove_duplicate=False)})
     save_state_dict(state, tmp / WEIGHTS_FILE)
@@ -258,6 +261,9 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     expected = model.state_dict()
+    config = getattr(model, "config", None)
+    if getattr(config, "tie_embeddings", False) and TIED_OUTPUT not in state and TIED_INPUT in state:
+        state = {**state, TIED_OUTPUT: state[TIED_INPUT]}  # stored once (`save_model`)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
