@@ -82,16 +82,18 @@ def vocabulary_keep(run: Path, sets: list[str], teacher: WhisperTokenizer) -> se
     return keep
 
 
-def build_student(run: Path, v3: Path, out: Path, sets: list[str]) -> None:
+def build_student(run: Path, v3: Path, out: Path, sets: list[str], upper_from_teacher: bool = False) -> None:
     """out/init: the student before training (model.safetensors, config.json, vocab.tiktoken, old_ids.json)."""
     teacher = run / "teacher" / "whisper-base"
     out.mkdir(parents=True, exist_ok=True)
     keep = vocabulary_keep(run, sets, checkpoint.model_tokenizer(teacher))
-    model, vocab, old_ids = distilled_student(teacher, v3, keep, out / "vocab.tiktoken", FROZEN, TEACHER_LAYERS)
+    model, vocab, old_ids = distilled_student(teacher, v3, keep, out / "vocab.tiktoken", FROZEN, TEACHER_LAYERS,
+                                               upper_from_teacher)
     checkpoint.save_state_dict(model.state_dict(), out / "model.safetensors")
     (out / "old_ids.json").write_text(json.dumps(old_ids))
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "tokenizer": vocab.to_config(),
-                                                 "sets": sets, "teacher_layers": TEACHER_LAYERS}, indent=1))
+                                                 "sets": sets, "teacher_layers": TEACHER_LAYERS,
+                                                 "upper_from_teacher": upper_from_teacher}, indent=1))
     print(f"student: {vocab.vocab_size} tokens (of {len(keep)} kept), {model.num_parameters() / 1e6:.1f} M "
           "parameters", flush=True)
 
@@ -277,6 +279,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ctc-weight", type=float, default=0.2)
     p.add_argument("--sets", help="comma-separated labelled sets to train on (default: those of the student's init); "
                    "a resume with other sets goes on from the checkpoint with another data order")
+    p.add_argument("--upper", choices=["v3", "teacher"], default="v3", help="where encoder block 5 and the final "
+                   "LayerNorm start from (a new student only): v3's, or the teacher's (what its decoder blocks read)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
@@ -316,7 +320,7 @@ def main(argv=None) -> int:
         print(f"exported {export(a, out)}")
         return 0
     if not (out / "init" / "config.json").exists():
-        build_student(a.run, a.v3, out / "init", labelled_sets(a.run))
+        build_student(a.run, a.v3, out / "init", labelled_sets(a.run), a.upper == "teacher")
     model, vocab, old_ids, sets = load_student(out)
     if a.sets:
         sets = a.sets.split(",")

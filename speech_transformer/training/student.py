@@ -51,12 +51,14 @@ def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder
 
 
 def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, vocab_file: str | os.PathLike,
-                      lower: int = 5, teacher_layers: tuple[int, ...] = (0, 5)
+                      lower: int = 5, teacher_layers: tuple[int, ...] = (0, 5), upper_from_teacher: bool = False
                       ) -> tuple[SpeechTransformer, WhisperTokenizer, list[int]]:
     """The student that `recipes/distil` trains: the encoder of `teacher` (an imported Whisper model directory) with
     the upper blocks, final LayerNorm and CTC head of `top` (a model directory fine-tuned on the same Whisper's
     frozen blocks 0..`lower`-1, the shipped v3: the teacher's float weights of those are taken), and a decoder of the
     teacher's `teacher_layers` blocks over its vocabulary pruned to `keep` (written to `vocab_file`).
+    `upper_from_teacher`: the upper blocks and final LayerNorm are the teacher's too (what its decoder blocks
+    read), only the CTC head is `top`'s.
     Returns (model, pruned tokenizer, old_ids: the teacher's id of each student token)."""
     path = Path(teacher)
     teacher_config, teacher_tokenizer = ModelDirectory.read(path).model, model_tokenizer(path)
@@ -69,10 +71,13 @@ def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, 
     config = replace(top_config, vocab_size=vocab.vocab_size, ctc_vocab_size=top_config.ctc_vocab_size or
                      top_config.vocab_size, decoder_layers=len(teacher_layers), decoder_positions="learned",
                      decoder_scale_embeddings=False, max_target_positions=teacher_config.max_target_positions)
-    student = {k: v for k, v in state.items() if k.startswith(STUDENT_KEPT[:2]) or
-               any(k.startswith(f"encoder.blocks.{i}.") for i in range(lower))}
-    student.update({k: v.float() for k, v in top_state.items() if k.startswith(("encoder.norm.", "ctc_head.")) or
-                    any(k.startswith(f"encoder.blocks.{i}.") for i in range(lower, config.encoder_layers))})
+    ours = config.encoder_layers if upper_from_teacher else lower  # encoder blocks taken from the teacher
+    from_teacher = STUDENT_KEPT[:2] + (("encoder.norm.",) if upper_from_teacher else ()) + tuple(
+        f"encoder.blocks.{i}." for i in range(ours))
+    from_top = ("ctc_head.",) + (() if upper_from_teacher else ("encoder.norm.",) + tuple(
+        f"encoder.blocks.{i}." for i in range(lower, config.encoder_layers)))
+    student = {k: v for k, v in state.items() if k.startswith(from_teacher)}
+    student.update({k: v.float() for k, v in top_state.items() if k.startswith(from_top)})
     student["decoder.embed.weight"] = student["decoder.output.weight"] = state["decoder.embed.weight"][old_ids].clone()
     for key in ("decoder.positions.table.weight", "decoder.norm.weight", "decoder.norm.bias"):
         student[key] = state[key]
