@@ -65,7 +65,14 @@ def labelled_sets(run: Path) -> list[str]:
 
 
 def read_labels(run: Path, name: str) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "labels" / name / "labels.jsonl").open()]
+    """A set's utterances up to 30 s with the teacher's labels; where the teacher has not labelled the whole set
+    (`--human`), its manifest rows, learnt from the human transcripts alone."""
+    if not (run / "labels" / name / "DONE").exists():
+        lines = (run / "data" / MANIFESTS[name]).read_text().splitlines()[1:]
+        rows = [{"index": i, "audio": a, "duration_s": float(d), "text": t, "tokens": [], "stop": None, "wer": 1.0}
+                for i, (a, d, t) in enumerate(line.split("\t") for line in lines)]
+    else:
+        rows = [json.loads(line) for line in (run / "labels" / name / "labels.jsonl").open()]
     return [dict(r, set=name, root=SETS[name]) for r in rows if "error" not in r and r["duration_s"] <= MAX_SECONDS]
 
 
@@ -279,6 +286,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ctc-weight", type=float, default=0.2)
     p.add_argument("--sets", help="comma-separated labelled sets to train on (default: those of the student's init); "
                    "a resume with other sets goes on from the checkpoint with another data order")
+    p.add_argument("--human", help="comma-separated sets of --sets that the teacher has not labelled (yet): learnt "
+                   "from their human transcripts alone (CTC, and the decoder on them in Whisper's style)")
     p.add_argument("--upper", choices=["v3", "teacher"], default="v3", help="where encoder block 5 and the final "
                    "LayerNorm start from (a new student only): v3's, or the teacher's (what its decoder blocks read)")
     p.add_argument("--threads", type=int, default=1)
@@ -324,12 +333,15 @@ def main(argv=None) -> int:
     model, vocab, old_ids, sets = load_student(out)
     if a.sets:
         sets = a.sets.split(",")
-        missing = [s for s in sets if s not in SETS or not (a.run / "labels" / s / "DONE").exists()]
+        human = (a.human or "").split(",")
+        missing = [s for s in sets if s not in SETS or not ((a.run / "labels" / s / "DONE").exists() or s in human)]
         if missing:
-            raise SystemExit(f"not labelled (yet): {', '.join(missing)}")
+            raise SystemExit(f"not labelled (yet): {', '.join(missing)} (--human SETS: learn them from the human "
+                             "transcripts alone)")
     ctc_tokenizer = Tokenizer(a.v3 / "tokenizer.model")
     rows = [r for name in sets for r in read_labels(a.run, name)]
-    states = [s for name in sets for s in cache_states(model, read_labels(a.run, name), a.run, out / "cache" / name)]
+    states = [s for name in sets for s in cache_states(model, read_labels(a.run, name), a.run, out / "cache" / (
+        name if (a.run / "labels" / name / "DONE").exists() else f"{name}-human"))]  # other rows, other cache
     dev = dev_rows(a.run, a.dev, a.dev_utterances)
     dev_states = cache_states(model, dev, a.run, out / "cache" / f"dev-{a.dev_utterances}")
     targets = Targets(a.run, rows, ctc_tokenizer, vocab, old_ids, a.max_wer)
