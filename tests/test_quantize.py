@@ -82,6 +82,9 @@ def test_default_model_runs_its_stored_int8_weights(dev20, jfk):
     options = DecodingOptions.from_dict(config.get("decoding"))
     float32 = Recognizer(model, tokenizer, config, options=options)
     int8_model, _, _ = checkpoint.load_model(directory, compute="int8")
+    auto, _, _ = checkpoint.load_model(directory, compute="auto")  # stored as int8, on the CPU: int8
+    assert isinstance(auto.decoder.blocks[0].ff[0], Int8Linear) and checkpoint.stored_int8(
+        directory / checkpoint.WEIGHTS_FILE)
     int8 = Recognizer(int8_model, tokenizer, config, options=options)
     stored = load_file(str(directory / checkpoint.WEIGHTS_FILE))
     ff = int8_model.decoder.blocks[1].ff[0]

@@ -582,8 +582,8 @@ def ship(args: argparse.Namespace, argv: list[str]) -> Path:
         keep_model = same_model(stage, dest)
         model, tokenizer, config = checkpoint.load_model(stage)  # what users will load: float32 parameters
         if args.regression:
-            preferred = DecodingOptions.from_dict(checkpoint.read_config(stage).get("decoding"))
-            measured = regression.measure(Recognizer(model, tokenizer, options=preferred), default_data_dir())
+            preferred = DecodingOptions.from_dict(checkpoint.read_config(stage).get("decoding"))  # its own
+            measured = regression.measure(Recognizer.from_dir(stage), default_data_dir())  # as users load it
             regression.write(stage, measured, preferred, margin=args.margin)
         elif keep_model and (dest / regression.REGRESSION_FILE).is_file():
             shutil.copy2(dest / regression.REGRESSION_FILE, stage / regression.REGRESSION_FILE)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from speech_transformer.decoding.options import DecodingOptions
@@ -224,16 +224,27 @@ def model_ctc_tokenizer(directory: str | os.PathLike, config: dict | None = None
     return load_tokenizer(Path(directory) / CTC_TOKENIZER_FILE, config["ctc_tokenizer"])
 
 
+def stored_int8(path: Path) -> bool:
+    """Whether a weights file holds int8 matrices (`quantize_int8`), read from its header alone."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return any(key.endswith(SCALE_SUFFIX) for key in f.keys())
+    except (SafetensorError, OSError):
+        return False  # load_model names the problem
+
+
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu", compute: str = "float32"
                ) -> tuple[SpeechTransformer, TextTokenizer, dict]:
     """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes.
 
     `compute="int8"` (CPU only) runs the matrices as int8 (`quantize.quantize_model`); a model stored as int8
-    then multiplies by exactly its stored integers.
+    then multiplies by exactly its stored integers. `"auto"`: int8 for a model stored as int8 on the CPU.
     """
-    if compute not in ("float32", "int8"):
-        raise ValueError(f"compute must be float32 or int8, not {compute!r}")
+    if compute not in ("float32", "int8", "auto"):
+        raise ValueError(f"compute must be float32, int8 or auto, not {compute!r}")
     directory = Path(directory)
+    if compute == "auto":
+        compute = "int8" if torch.device(device).type == "cpu" and stored_int8(directory / WEIGHTS_FILE) else "float32"
     config = read_config(directory)
     model_config = ModelDirectory.from_config(config, directory / CONFIG_FILE).model  # bad sections named first
     files = [(WEIGHTS_FILE, "weights_sha256"), (tokenizer_file(config), "tokenizer_sha256")]
