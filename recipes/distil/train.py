@@ -196,10 +196,14 @@ def distillation_loss(model: SpeechTransformer, memory: torch.Tensor, lengths: t
                    "tokens": int((hard >= 0).sum())}
 
 
-def batches(states: list[torch.Tensor], frames: int, rng: random.Random, pool: int = 1000) -> list[list[int]]:
-    """Shuffled batches of at most `frames` padded frames; similar lengths together (sorted pools)."""
+def batches(states: list[torch.Tensor], frames: int, rng: random.Random, pool: int = 1000,
+            share: list[float] | None = None) -> list[list[int]]:
+    """Shuffled batches of at most `frames` padded frames; similar lengths together (sorted pools). `share`: the
+    chance of each row to be in this epoch (1: always), so that many short clips do not crowd out the rest."""
     order = list(range(len(states)))
     rng.shuffle(order)
+    if share is not None:
+        order = [i for i in order if share[i] >= 1.0 or rng.random() < share[i]]
     out: list[list[int]] = []
     for start in range(0, len(order), pool):
         batch: list[int] = []
@@ -288,6 +292,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "a resume with other sets goes on from the checkpoint with another data order")
     p.add_argument("--human", help="comma-separated sets of --sets that the teacher has not labelled (yet): learnt "
                    "from their human transcripts alone (CTC, and the decoder on them in Whisper's style)")
+    p.add_argument("--subsample", default="", help="SET=FRACTION,...: the share of a set's utterances in each "
+                   "epoch (a new random subset every epoch), e.g. speech-commands-train=0.2")
     p.add_argument("--upper", choices=["v3", "teacher"], default="v3", help="where encoder block 5 and the final "
                    "LayerNorm start from (a new student only): v3's, or the teacher's (what its decoder blocks read)")
     p.add_argument("--threads", type=int, default=1)
@@ -347,6 +353,8 @@ def main(argv=None) -> int:
     targets = Targets(a.run, rows, ctc_tokenizer, vocab, old_ids, a.max_wer)
     print(f"{len(rows)} utterances from {', '.join(sets)}; teacher distributions for "
           f"{sum(s is not None for s in targets.soft)}", flush=True)
+    fractions = {k: float(v) for k, _, v in (x.partition("=") for x in a.subsample.split(",") if x)}
+    share = [fractions.get(r["set"], 1.0) for r in rows]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=a.lr, weight_decay=0.01)
     state, cpu = TrainState(), 0.0
@@ -365,7 +373,7 @@ def main(argv=None) -> int:
     model.train()
     start, next_eval = time.process_time(), cpu + 60 * a.eval_minutes
     while time.process_time() - start < 60 * a.minutes:
-        order = batches(states, a.frames, random.Random(a.seed * 1000 + state.epoch))
+        order = batches(states, a.frames, random.Random(a.seed * 1000 + state.epoch), share=share)
         for batch in order[state.epoch_step:]:
             t = time.process_time()
             for group in optimizer.param_groups:
