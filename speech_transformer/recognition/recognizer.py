@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from speech_transformer.model import checkpoint
 from speech_transformer import pretrained
@@ -27,7 +28,7 @@ from speech_transformer.model.align import (
     token_times,
     words_from_tokens,
 )
-from speech_transformer.audio.loading import SAMPLE_RATE
+from speech_transformer.audio.loading import HOP_LENGTH, SAMPLE_RATE
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.decoding.fallback import decode_with_fallback
 from speech_transformer.decoding.search import Hypothesis
@@ -37,6 +38,9 @@ from speech_transformer.decoding.token_lm import LM_FILE, NgramLM
 from speech_transformer.model.transformer import SpeechTransformer
 from speech_transformer.text.normalize import normalize_transcript
 from speech_transformer.text.tokenizer import TextTokenizer, respell
+
+
+ENCODER_SECONDS = 60.0  # padded audio per encoder call (a batch's rows are encoded in groups this long)
 
 
 @dataclass
@@ -137,7 +141,13 @@ class Recognizer:
         """One padded batch of 16 kHz waveforms `(T_i,)` -> its Encoding."""
         audio, lengths = pad_waveforms(waveforms)
         feats, feat_lengths = self.model.frontend(audio.to(self.device), lengths.to(self.device))
-        memory, memory_lengths = self.model.encode(feats, feat_lengths)
+        # the encoder a few rows at a time: its attention scores grow with rows x frames^2 (Whisper's 30 s windows:
+        # 72 MB per row and layer), the decoder then searches the whole batch at once
+        rows = max(1, int(ENCODER_SECONDS * SAMPLE_RATE / HOP_LENGTH / max(1, feats.shape[1])))  # feats (B, F, mels)
+        parts = [self.model.encode(feats[i:i + rows], feat_lengths[i:i + rows]) for i in range(0, len(feats), rows)]
+        S = max(m.shape[1] for m, _ in parts)
+        memory = torch.cat([F.pad(m, (0, 0, 0, S - m.shape[1])) for m, _ in parts])
+        memory_lengths = torch.cat([n for _, n in parts])
         ctc = self.model.ctc_log_probs(memory).float() if self.model.ctc_head is not None else None
         return Encoding(memory, memory_lengths, ctc, [len(w) / SAMPLE_RATE for w in waveforms])
 
