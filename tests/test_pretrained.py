@@ -234,3 +234,41 @@ def test_transcribe_without_model_uses_the_embedded_one(tmp_path, data_dir):
     assert result.returncode == 0, result.stdout + result.stderr
     expected = transcribe(str(DEFAULT), str(jfk)).text
     assert expected.strip() and (tmp_path / "jfk.txt").read_text().split() == expected.split()
+
+
+def test_ship_a_distillation_run(ship, tmp_path, root, data_dir):
+    """ship.py on a distil run folder (recipes/distil/train.py's --out beside labels/): a two-vocabulary model
+    with both tokenizers, a card with the labelled sets and their teacher WER, the settings and the dev curve;
+    the old model's tokenizer file goes."""
+    from conftest import two_vocabulary_model
+
+    _, _, model_dir = two_vocabulary_model(tmp_path, root)
+    run = tmp_path / "run"
+    (run / "labels" / "an4-train").mkdir(parents=True)
+    (run / "data").symlink_to(data_dir)
+    rows = read_manifest(data_dir / "an4" / "train.tsv")[:3]
+    (run / "labels" / "an4-train" / "labels.jsonl").write_text("".join(json.dumps(
+        {"index": i, "audio": str(Path(u.audio).relative_to(data_dir / "an4")), "duration_s": u.duration,
+         "text": u.text, "tokens": [1, 2], "stop": "eot", "wer": 0.0}) + "\n" for i, u in enumerate(rows)))
+    (run / "labels" / "an4-train" / "summary.json").write_text(json.dumps({"corpus_wer_pct": 39.99}))
+    (run / "labels" / "an4-train" / "DONE").touch()
+    (run / "student" / "init").mkdir(parents=True)
+    (run / "student" / "init" / "config.json").write_text(json.dumps({"sets": ["an4-train"], "teacher_layers": [0, 3]}))
+    settings = {"ctc_weight": 0.2, "max_wer": 0.1, "kl_weight": 0.8, "lr": 1e-4, "warmup": 100, "frames": 6000}
+    (run / "student" / "sessions.jsonl").write_text(json.dumps({"step": 0, "settings": settings, "sets": ["an4-train"]}) + "\n")
+    (run / "student" / "log.jsonl").write_text("".join(json.dumps(
+        {"step": s, "train_cpu_s": 60.0 * s, "wer": w, "ctc_wer": 40.0}) + "\n" for s, w in ((0, 100.0), (10, 30.0))))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "tokenizer.model").write_text("the old model's")
+    argv = ["--exp", str(run / "student"), "--model", str(model_dir), "--dest", str(dest), "--dtype", "int8",
+            "--hardware", HARDWARE, "--recipe-command", "recipes/distil/train.sh",
+            "--decoding", '{"method": "attention", "attention": {"beam_size": 1}}']
+    assert ship.main(argv) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["MODEL_CARD.md", "config.json", "ctc_tokenizer.model",
+                                                      "model.safetensors", "tokenizer.tiktoken"]
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "distilled from Whisper base" in card and "| `an4/train.tsv` | 3 |" in card and "39.99 |" in card
+    assert "WER 30.00 %" in card and "0.8 x cross-entropy to the teacher's distributions" in card
+    r = Recognizer.from_dir(dest)
+    assert r.ctc_tokenizer.vocab_size == 256 and r.tokenizer.to_config()["pruned"]
