@@ -98,6 +98,14 @@ def test_distilled_student_has_two_vocabularies_end_to_end(tmp_path, root, speec
     assert greedy.ctc_tokens is not None and all(i < 256 for i in greedy.ctc_tokens)
     ctc = r.recognize(speech[:1], DecodingOptions(method="ctc"))[0]
     assert ctc.text == ours.decode(ctc.tokens)
+    from speech_transformer.decoding.arpa import write_arpa
+    from speech_transformer.decoding.word_lm import build_kneser_ney
+
+    said = ["AND SO MY FELLOW AMERICANS".split(), "ASK NOT WHAT YOUR COUNTRY CAN DO".split()]
+    lm = write_arpa(build_kneser_ney(said, order=2), tmp_path / "lm.arpa")
+    words = r.recognize(speech[:1], DecodingOptions(method="lexicon", word_lm=str(lm), rescore_weight=0.5))[0]
+    assert all(i < 256 for i in words.tokens)  # CTC pieces, rescored by the decoder on their respelling
+    assert set(words.text.split()) <= set(said[0] + said[1])
     with pytest.raises(ValueError, match="own vocabularies"):
         r.recognize(speech[:1], DecodingOptions(beam_size=2, ctc_weight=0.3))
     (tmp_path / "distilled" / "ctc_tokenizer.model").write_bytes(b"not sentencepiece")

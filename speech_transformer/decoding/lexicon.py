@@ -326,12 +326,13 @@ def ctc_sequence_log_probs(ctc_log_probs: Tensor, lengths: Tensor, sequences: li
 @torch.no_grad()
 def rescore(model, memory: Tensor, lengths: Tensor, ctc_log_probs: Tensor, nbest: list[list[WordHypothesis]],
             rescore_weight: float, lm_weight: float, word_score: float,
-            special: SpecialTokens = SpecialTokens(), spell=None) -> list[list[WordHypothesis]]:
+            special: SpecialTokens = SpecialTokens(), spell=None,
+            decoder_special: SpecialTokens | None = None) -> list[list[WordHypothesis]]:
     """Re-rank each utterance's n-best list (memory `(B, S, D)`, ctc_log_probs `(B, S, V)`) by
 
     total = (1 - rescore_weight) * ctc_sum + rescore_weight * attention + lm_weight * lm + word_score * |W|.
-    `spell` gives the decoder's tokens of a hypothesis, and `special` its specials, where its vocabulary is
-    not the CTC head's (a distilled student's); the CTC blank is then 0, ours.
+    `special` is the CTC vocabulary's; where the decoder has its own (a distilled student's), `spell` gives its
+    tokens of a hypothesis and `decoder_special` its specials.
     """
     from speech_transformer.decoding.search import sequence_log_probs  # imported late: decoding may import us
 
@@ -342,10 +343,9 @@ def rescore(model, memory: Tensor, lengths: Tensor, ctc_log_probs: Tensor, nbest
     index = torch.tensor(rows, device=memory.device)
     sequences = [h.tokens for h in flat]
     decoder_sequences = [spell(s) for s in sequences] if spell else sequences
-    att = sequence_log_probs(model, memory[index], lengths[index], decoder_sequences, special) \
+    att = sequence_log_probs(model, memory[index], lengths[index], decoder_sequences, decoder_special or special) \
         if rescore_weight > 0 else torch.zeros(len(flat))
-    blank = SpecialTokens.blank if spell else special.blank
-    ctc = ctc_sequence_log_probs(ctc_log_probs[index.cpu()], lengths[index].cpu(), sequences, blank) \
+    ctc = ctc_sequence_log_probs(ctc_log_probs[index.cpu()], lengths[index].cpu(), sequences, special.blank) \
         if rescore_weight < 1 else torch.zeros(len(flat))
     for h, a, c in zip(flat, att.tolist(), ctc.tolist()):
         h.attention_score, h.ctc_sum_score = a, c
@@ -413,7 +413,7 @@ class LexiconSearch:
             own = self.decoder_tokenizer is self.tokenizer
             spell = None if own else (lambda ids: respell(ids, self.tokenizer, self.decoder_tokenizer))
             nbest = rescore(model, memory, lengths, ctc_log_probs, nbest, options.rescore_weight, config.lm_weight,
-                            config.word_score, special if own else self.decoder_tokenizer.special, spell)
+                            config.word_score, special, spell, None if own else self.decoder_tokenizer.special)
         return [Hypothesis(h[0].tokens, h[0].total if h[0].total is not None else h[0].score) if h
                 else Hypothesis([], NEG_INF) for h in nbest]
 

@@ -158,7 +158,7 @@ class Recognizer:
         options = options or self.options
         vocab = self.vocabulary(options)
         hyps = decode_with_fallback(self.model, enc.memory, enc.lengths, options, vocab.special, vocab.decode,
-                                    self.lm if vocab is self.tokenizer else None, self.words, enc.ctc_log_probs)
+                                    self.lm, self.words, enc.ctc_log_probs)
         out = []
         for b, h in enumerate(hyps):
             frames = int(enc.lengths[b])
