@@ -82,11 +82,14 @@ def words_from_tokens(tokens: list[int], times: list[tuple[float, float, float |
         text = tokenizer.decode([tokens[k] for k in g]).strip()
         if not text:
             continue
-        scores = [times[k][2] for k in g]
         a, b = min(max(times[g[0]][0], start), end), min(max(times[g[-1]][1], start), end)
-        conf = None if any(s is None for s in scores) else round(float(np.mean(scores)), 4)
-        words.append(Word(text, round(a, 3), round(max(a, b), 3), conf))
+        words.append(Word(text, round(a, 3), round(max(a, b), 3), mean_confidence([times[k][2] for k in g])))
     return words
+
+
+def mean_confidence(scores: list[float | None]) -> float | None:
+    """A word's confidence from its parts' (None if any part was not aligned)."""
+    return None if any(s is None for s in scores) else round(float(np.mean(scores)), 4)
 
 
 def display_words(text: str, spelled: list[Word], normalize) -> list[Word]:
@@ -99,9 +102,7 @@ def display_words(text: str, spelled: list[Word], normalize) -> list[Word]:
         group = spelled[k:k + n]
         k += n
         if group:
-            scores = [w.confidence for w in group]
-            conf = None if any(s is None for s in scores) else round(float(np.mean(scores)), 4)
-            out.append(Word(written, group[0].start, group[-1].end, conf))
+            out.append(Word(written, group[0].start, group[-1].end, mean_confidence([w.confidence for w in group])))
         elif out or spelled:
             at = out[-1].end if out else spelled[0].start
             out.append(Word(written, at, at, None))
