@@ -58,3 +58,17 @@ def test_dataset_and_collate(tmp_path, tokenizer, librispeech_train):
     batch = collate([ds[i] for i in range(3)])
     assert batch["audio"].shape[0] == 3 and batch["targets"].shape[0] == 3
     assert batch["audio_lengths"].max() == batch["audio"].shape[1]
+
+
+def test_frame_batches_bound_padded_frames_and_subsample():
+    import random
+
+    from speech_transformer.training.data import frame_batches
+
+    lengths = [50] * 10 + [500] * 10
+    batches = frame_batches(lengths, 2000, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(20))  # every row once
+    assert all(len(b) * max(lengths[i] for i in b) <= 2000 for b in batches)
+    shared = frame_batches(lengths, 2000, random.Random(0), share=[0.2] * 10 + [1.0] * 10)
+    kept = sorted(i for b in shared for i in b)
+    assert kept[-10:] == list(range(10, 20)) and len(kept) < 20  # the long rows always, a share of the short

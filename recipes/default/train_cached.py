@@ -37,7 +37,8 @@ from safetensors.torch import load_file, save_file
 
 from speech_transformer.model import checkpoint
 from speech_transformer.audio.loading import load_audio
-from speech_transformer.training.data import SpeechDataset, default_data_dir, filter_by_duration, pad_targets, read_manifest
+from speech_transformer.training.data import (SpeechDataset, default_data_dir, filter_by_duration, frame_batches,
+                                              pad_targets, read_manifest)
 from speech_transformer.audio.features import mask_time, pad_waveforms
 from speech_transformer.model.transformer import SpeechTransformer
 from speech_transformer.text.normalize import normalize_transcript
@@ -81,24 +82,6 @@ def cache_states(model: SpeechTransformer, dataset: SpeechDataset, frozen: int, 
         shard = load_file(str(path))
         states += [shard[str(i)] for i in rows]
     return states, cpu
-
-
-def batches(states: list[torch.Tensor], frames: int, rng: random.Random, pool: int = 1000) -> list[list[int]]:
-    """Shuffled batches of at most `frames` padded frames; similar lengths together (sorted pools)."""
-    order = list(range(len(states)))
-    rng.shuffle(order)
-    out: list[list[int]] = []
-    for start in range(0, len(order), pool):
-        batch: list[int] = []
-        for i in sorted(order[start:start + pool], key=lambda i: len(states[i])):
-            if batch and (len(batch) + 1) * len(states[i]) > frames:
-                out.append(batch)
-                batch = []
-            batch.append(i)
-        if batch:
-            out.append(batch)
-    rng.shuffle(out)
-    return out
 
 
 def train_step(model, optimizer, c: TrainConfig, states, targets, batch, step: int, frozen: int) -> float:
@@ -184,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     deadline, epoch = time.monotonic() + 60 * args.minutes, 0
     while time.monotonic() < deadline:
-        for batch in batches(states, frames, rng):
+        for batch in frame_batches([len(s) for s in states], frames, rng):
             model.train()
             t, w = time.process_time(), time.monotonic()
             loss = train_step(model, optimizer, c, states, dataset.targets, batch, step, args.frozen)

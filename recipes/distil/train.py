@@ -46,6 +46,7 @@ from speech_transformer.text.tokenizer import Tokenizer, WhisperTokenizer, load_
 from speech_transformer.training.checkpoints import latest_checkpoint, load_training_checkpoint, \
     save_training_checkpoint
 from speech_transformer.training.config import TrainState
+from speech_transformer.training.data import frame_batches
 from speech_transformer.training.student import distilled_student
 
 FROZEN = 5  # blocks 0-4: Whisper base's, identical in the teacher and in v3
@@ -194,28 +195,6 @@ def distillation_loss(model: SpeechTransformer, memory: torch.Tensor, lengths: t
     total = ctc_weight * ctc + (1 - ctc_weight) * decoder
     return total, {"ctc": round(ctc.item(), 2), "soft": round(soft.item(), 2), "ce": round(ce.item(), 2),
                    "tokens": int((hard >= 0).sum())}
-
-
-def batches(states: list[torch.Tensor], frames: int, rng: random.Random, pool: int = 1000,
-            share: list[float] | None = None) -> list[list[int]]:
-    """Shuffled batches of at most `frames` padded frames; similar lengths together (sorted pools). `share`: the
-    chance of each row to be in this epoch (1: always), so that many short clips do not crowd out the rest."""
-    order = list(range(len(states)))
-    rng.shuffle(order)
-    if share is not None:
-        order = [i for i in order if share[i] >= 1.0 or rng.random() < share[i]]
-    out: list[list[int]] = []
-    for start in range(0, len(order), pool):
-        batch: list[int] = []
-        for i in sorted(order[start:start + pool], key=lambda i: len(states[i])):
-            if batch and (len(batch) + 1) * len(states[i]) > frames:
-                out.append(batch)
-                batch = []
-            batch.append(i)
-        if batch:
-            out.append(batch)
-    rng.shuffle(out)
-    return out
 
 
 def upper_blocks(model: SpeechTransformer, states: list[torch.Tensor], batch: list[int], augment: bool
@@ -373,7 +352,8 @@ def main(argv=None) -> int:
     model.train()
     start, next_eval = time.process_time(), cpu + 60 * a.eval_minutes
     while time.process_time() - start < 60 * a.minutes:
-        order = batches(states, a.frames, random.Random(a.seed * 1000 + state.epoch), share=share)
+        order = frame_batches([len(s) for s in states], a.frames, random.Random(a.seed * 1000 + state.epoch),
+                              share=share)
         for batch in order[state.epoch_step:]:
             t = time.process_time()
             for group in optimizer.param_groups:

@@ -101,6 +101,29 @@ def collate(items: list[tuple[torch.Tensor, list[int]]]) -> dict[str, torch.Tens
     return {"audio": audio, "audio_lengths": lengths, "targets": targets, "target_lengths": target_lengths}
 
 
+def frame_batches(lengths: list[int], frames: int, rng: random.Random, pool: int = 1000,
+                  share: list[float] | None = None) -> list[list[int]]:
+    """Shuffled batches of row indices, each of at most `frames` padded frames (rows x longest), similar lengths
+    together (sorted pools of `pool` rows): the batches of training on cached encoder states. `share`: the chance
+    of each row to be in this epoch (1: always), so that many short clips do not crowd out the rest."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if share is not None:
+        order = [i for i in order if share[i] >= 1.0 or rng.random() < share[i]]
+    out: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        batch: list[int] = []
+        for i in sorted(order[start:start + pool], key=lambda i: lengths[i]):
+            if batch and (len(batch) + 1) * lengths[i] > frames:
+                out.append(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            out.append(batch)
+    rng.shuffle(out)
+    return out
+
+
 class DurationBatchSampler:
     """Duration-bucketed dynamic batches, sharded over DDP ranks and gradient-accumulation steps.
 
