@@ -59,15 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         run = read_log(Path(path))
         ax.plot([(r["cache_cpu_s"] + r["train_cpu_s"]) / 60 for r in run], [r["ctc_cer"] for r in run],
                 marker="s", label=f"{label} (train_cached.py; CPU incl. caching)")
-    ax.set_xlabel("CPU-minutes")
-    ax.set_ylabel("dev CTC-greedy CER % (first 40 utterances)")
-    ax.set_ylim(0, 60 if not args.bench else 105)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    print(args.out)
-    return 0
+    return save(fig, ax, "CPU-minutes", "dev CTC-greedy CER % (first 40 utterances)", 60 if not args.bench else 105,
+                args.out)
 
 
 def distil_curve(args, fig, ax) -> int:
@@ -80,14 +73,19 @@ def distil_curve(args, fig, ax) -> int:
     for value, label, style in ((args.teacher, "teacher (Whisper base, 30 s window)", "--"), (args.v3, "v3", ":")):
         if value is not None:
             ax.axhline(value, color="grey", linestyle=style, label=f"{label}: {value:.2f} %")
-    ax.set_xlabel("training CPU-minutes (one thread)")
-    ax.set_ylabel("dev WER % (first 40 utterances, english-v1)")
-    ax.set_ylim(0, 60)
+    return save(fig, ax, "training CPU-minutes (one thread)", "dev WER % (first 40 utterances, english-v1)", 60,
+                args.out)
+
+
+def save(fig, ax, xlabel: str, ylabel: str, top: float, out: Path) -> int:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, top)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    print(args.out)
+    fig.savefig(out, dpi=100)
+    print(out)
     return 0
 
 
