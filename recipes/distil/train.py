@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from speech_transformer.audio.features import mask_time, pad_waveforms
 from speech_transformer.audio.loading import load_audio
+from speech_transformer.audio.manifests import read_manifest
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.decoding.search import attention_search, ctc_greedy_search
 from speech_transformer.model import checkpoint
@@ -67,11 +68,10 @@ def labelled_sets(run: Path) -> list[str]:
 
 def read_labels(run: Path, name: str) -> list[dict]:
     """A set's utterances up to 30 s with the teacher's labels; where the teacher has not labelled the whole set
-    (`--human`), its manifest rows, learnt from the human transcripts alone."""
+    (`--human`), its manifest rows (absolute audio paths), learnt from the human transcripts alone."""
     if not (run / "labels" / name / "DONE").exists():
-        lines = (run / "data" / MANIFESTS[name]).read_text().splitlines()[1:]
-        rows = [{"index": i, "audio": a, "duration_s": float(d), "text": t, "tokens": [], "stop": None, "wer": 1.0}
-                for i, (a, d, t) in enumerate(line.split("\t") for line in lines)]
+        rows = [{"index": i, "audio": u.audio, "duration_s": u.duration, "text": u.text, "tokens": [], "stop": None,
+                 "wer": 1.0} for i, u in enumerate(read_manifest(run / "data" / MANIFESTS[name]))]
     else:
         rows = [json.loads(line) for line in (run / "labels" / name / "labels.jsonl").open()]
     return [dict(r, set=name, root=SETS[name]) for r in rows if "error" not in r and r["duration_s"] <= MAX_SECONDS]
@@ -85,8 +85,8 @@ def vocabulary_keep(run: Path, sets: list[str], teacher: WhisperTokenizer) -> se
         for r in read_labels(run, name):
             keep.update(r["tokens"])
     for manifest in MANIFESTS.values():
-        for line in (run / "data" / manifest).read_text().splitlines()[1:]:
-            keep.update(teacher.encode(whisper_style(line.split("\t")[2])))
+        for u in read_manifest(run / "data" / manifest):
+            keep.update(teacher.encode(whisper_style(u.text)))
     return keep
 
 
@@ -245,10 +245,8 @@ def trained_sets(out: Path) -> list[str]:
 
 
 def dev_rows(run: Path, manifest: str, n: int) -> list[dict]:
-    lines = (run / "data" / manifest).read_text().splitlines()[1:n + 1]
-    folder = (run / "data" / manifest).parent
-    return [{"audio": str(folder / a), "root": "", "duration_s": float(d), "text": t}
-            for a, d, t in (line.split("\t") for line in lines)]
+    return [{"audio": u.audio, "root": "", "duration_s": u.duration, "text": u.text}
+            for u in read_manifest(run / "data" / manifest)[:n]]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
