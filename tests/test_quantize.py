@@ -17,7 +17,9 @@ from torch import nn
 from speech_transformer.audio.loading import load_audio
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.model import checkpoint
-from speech_transformer.model.quantize import Bf16Linear, Int8Linear, native_bfloat16, quantize_model, quantize_rows
+from speech_transformer.model.quantize import (Bf16Linear, Int8Embedding, Int8Linear, native_bfloat16, quantize_model,
+                                               quantize_rows)
+from speech_transformer.model.transformer import MultiHeadAttention, SpeechTransformer, preset
 from speech_transformer.recognition.recognizer import Recognizer
 from speech_transformer.text.scoring import score_utterances
 from speech_transformer.training.data import read_manifest
@@ -52,6 +54,28 @@ def test_quantize_model_swaps_every_linear():
     kind = Bf16Linear if native_bfloat16() else Int8Linear  # no decoder: every product is over "frames"
     assert sum(isinstance(m, kind) for m in model.modules()) == 2
     assert torch.allclose(model(x), expected, atol=0.05)
+
+
+def test_quantized_model_keeps_one_low_precision_copy_of_each_matrix():
+    torch.manual_seed(0)
+    model = SpeechTransformer(preset("tiny", vocab_size=300, encoder_layers=1, decoder_layers=1)).eval()
+    table = model.decoder.embed.weight.detach().clone()
+    feats, lengths, tokens = torch.randn(1, 64, 80), torch.tensor([64]), torch.tensor([[1, 5, 7, 5]])
+    with torch.no_grad():
+        memory, memory_lengths = model.encode(feats, lengths)
+        expected, _ = model.decoder(tokens, model.decoder.memory_kv(memory), memory_lengths)
+        quantize_model(model)
+        got, _ = model.decoder(tokens, model.decoder.memory_kv(model.encode(feats, lengths)[0]), memory_lengths)
+    q, scale = quantize_rows(table)  # the token embedding: int8 rows, the tied output layer's integers
+    assert isinstance(model.decoder.embed, Int8Embedding)
+    assert torch.equal(model.decoder.embed(tokens), q[tokens].float() * scale[tokens, None])
+    for attention in model.modules():  # the fused products replace the separate ones, which are gone
+        if isinstance(attention, MultiHeadAttention):
+            assert attention.key is None and attention.value is None
+            in_encoder = any(attention is m for m in model.encoder.modules())
+            assert (attention.query is None) == in_encoder == (attention.fused_qkv is not None)
+            assert (attention.fused_kv is None) == in_encoder
+    assert (got.softmax(-1) - expected.softmax(-1)).abs().max() < 0.05
 
 
 def transcripts(recognizer: Recognizer, waves, options: DecodingOptions | None = None) -> list[str]:

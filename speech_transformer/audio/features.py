@@ -131,10 +131,10 @@ class WhisperFrontEnd(nn.Module):
     def __init__(self, n_mels: int = N_MELS, window: bool = True):
         super().__init__()
         self.window_audio = window
-        import librosa  # only Whisper's front end needs it
-
-        filters = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels)  # the filters Whisper ships
-        self.register_buffer("filters", torch.from_numpy(filters).float(), persistent=False)
+        # the filters Whisper ships (librosa's Slaney mel filters, to float32 rounding), without librosa's 130 MB
+        filters = AF.melscale_fbanks(N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE,
+                                        norm="slaney", mel_scale="slaney").T
+        self.register_buffer("filters", filters.float(), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

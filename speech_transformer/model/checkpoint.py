@@ -266,15 +266,20 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
         raise CheckpointError(f"{directory}: the CTC head has {model_config.ctc_vocab_size} outputs, "
                               f"{CTC_TOKENIZER_FILE} does not have as many tokens")
     model = SpeechTransformer(model_config)
-    load_weights(model, load_state_dict(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
+    load_weights(model, load_state_dict(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE, assign=True)
     model = model.to(device).eval()
     if compute == "int8":
         model = quantize_model(model)
-        malloc_trim()  # the float32 matrices just swapped out: ~120 MB of heap for Whisper base, back to the OS
+        for tensor in [*model.parameters(), *model.buffers()]:  # what stays float32 (embeddings, norms) leaves the
+            tensor.data = tensor.data.clone()  # file's map, which then closes with the swapped-out matrices' pages
+        malloc_trim()
     return model, tokenizer, config
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False) -> None:
+    """Load `state` into `model`, checking names and shapes first. `assign`: the model's parameters become
+    `state`'s tensors instead of copies (those of `load_file` are copy-on-write maps of the file, so a float32
+    matrix that int8 compute replaces is never copied into memory)."""
     expected = model.state_dict()
     config = getattr(model, "config", None)
     if getattr(config, "tie_embeddings", False) and TIED_OUTPUT not in state and TIED_INPUT in state:
@@ -285,7 +290,11 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     if missing or unexpected or wrong:
         raise CheckpointError(f"{source}: weights do not match the config (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]})")
-    model.load_state_dict(state)
+    if assign:  # the model's dtypes, as copying into its parameters gives (float16 files: float32); none copied
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=assign)
+    if getattr(config, "tie_embeddings", False):  # `assign` gave the two names a Parameter each
+        model.decoder.output.weight = model.decoder.embed.weight
 
 
 def average_state_dicts(paths: list[str | os.PathLike]) -> dict[str, torch.Tensor]:

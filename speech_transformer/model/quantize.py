@@ -11,7 +11,8 @@
   in bfloat16 too. One input scale over thousands of frames loses too much where activations have outliers
   (Whisper's reach 140x their rms): int8 there changed the default model's encoder output by 22 %, bfloat16
   by 1 %, and was slower. Without native bfloat16 these products run in int8 as well.
-Convolutions, norms and embeddings stay float32.
+The decoder's token embedding becomes an int8 table (`Int8Embedding`, the same integers as the tied output
+layer's), a quarter of float32. Convolutions, norms and position tables stay float32.
 
 The int8 kernels come from the first engine this PyTorch offers of oneDNN (fastest on x86 here: VNNI /
 AMX int8), x86, fbgemm, QNNPACK (ARM). A quantized model is for inference on the CPU only: its
@@ -65,7 +66,7 @@ class Int8Linear(nn.Module):
         w = torch._make_per_channel_quantized_tensor(weight.cpu(), scale.double().cpu(), zero, 0)
         previous, torch.backends.quantized.engine = torch.backends.quantized.engine, engine()
         try:  # the packed weight keeps its engine's kernels whatever the global setting is later
-            self._packed = torch.ops.quantized.linear_prepack(w, None if bias is None else bias.detach().float().cpu())
+            self._packed = torch.ops.quantized.linear_prepack(w, None if bias is None else bias.detach().float().clone().cpu())
         finally:
             torch.backends.quantized.engine = previous
 
@@ -78,6 +79,19 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class Int8Embedding(nn.Module):
+    """Rows of an int8 table `(V, D)` with per-row scales `(V,)` (`quantize_rows`): ids `(*)` -> `(*, D)` float32."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        q, scale = quantize_rows(weight)
+        self.register_buffer("table", q, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.table[ids].float() * self.scale[ids].unsqueeze(-1)
 
 
 class Bf16Linear(nn.Module):
@@ -125,12 +139,17 @@ def quantize_model(model: nn.Module) -> nn.Module:
     token_side = set() if decoder is None else set(decoder.modules())
     for attention in model.modules():
         if isinstance(attention, MultiHeadAttention) and isinstance(attention.query, nn.Linear):
-            frames = attention not in token_side
-            attention.fused_qkv = fused([attention.query, attention.key, attention.value], frames)
-            cross = decoder is not None and any(attention is b.cross_attn for b in decoder.blocks)
-            # the cross-attention keys/values stay bfloat16: half the memory and time of reading them every step
-            attention.fused_kv = fused([attention.key, attention.value], frames or cross, keep=cross)
-            attention.attention_dtype = torch.bfloat16 if frames and native_bfloat16() else None
+            if attention not in token_side:  # the encoder's self-attention: query, key and value in one product
+                attention.fused_qkv = fused([attention.query, attention.key, attention.value], frames=True)
+                attention.attention_dtype = torch.bfloat16 if native_bfloat16() else None
+                attention.query = None
+            else:  # the decoder's: new tokens' queries alone, keys and values together (for its cache or memory)
+                cross = any(attention is b.cross_attn for b in decoder.blocks)
+                # the cross-attention keys/values stay bfloat16: half the memory and time of reading them every step
+                attention.fused_kv = fused([attention.key, attention.value], frames=cross, keep=cross)
+            attention.key = attention.value = None  # the fused products replace them
+    if decoder is not None and isinstance(decoder.embed, nn.Embedding):
+        decoder.embed = Int8Embedding(decoder.embed.weight)
     for parent in list(model.modules()):
         frames = parent not in token_side
         for name, child in parent.named_children():

@@ -26,10 +26,10 @@ class ConvSubsampling(nn.Module):
         for i, (kernel, stride) in enumerate(self.LAYERS[factor]):
             layers += [nn.Conv2d(1 if i == 0 else channels, channels, kernel, stride), nn.GELU()]
         self.conv = nn.Sequential(*layers)
-        self.proj = nn.Linear(channels * int(self._reduce(torch.tensor(n_mels))), d_model)
-        self.min_frames = next(n for n in range(1, 64) if self._reduce(torch.tensor(n)) >= 1)
+        self.proj = nn.Linear(channels * self._reduce(n_mels), d_model)
+        self.min_frames = next(n for n in range(1, 64) if self._reduce(n) >= 1)
 
-    def _reduce(self, lengths: Tensor) -> Tensor:
+    def _reduce(self, lengths: Tensor | int) -> Tensor | int:
         for kernel, stride in self.LAYERS[self.factor]:
             lengths = (lengths - kernel) // stride + 1
         return lengths

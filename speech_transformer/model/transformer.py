@@ -317,8 +317,8 @@ class Decoder(nn.Module):
         previous call), `tokens` holds only the new positions.
         """
         cache = KVCache() if cache is None else cache
-        x = self.drop(self.embed(tokens) * self.scale
-                      + self.positions(tokens.shape[1], cache.length).to(self.embed.weight))
+        x = self.embed(tokens) * self.scale
+        x = self.drop(x + self.positions(tokens.shape[1], cache.length).to(x))
         S = memory_kv[0][0].shape[2]
         # no mask when nothing is padded (e.g. Whisper's 30 s windows): SDPA's faster kernels need none
         memory_mask = None if bool((memory_lengths == S).all()) else padding_mask(memory_lengths, S)[:, None, None, :]
