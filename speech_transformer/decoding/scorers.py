@@ -103,6 +103,21 @@ class Scorer(Protocol):
         """Only these utterances `(B',)` and their rows `(N',)` stay in the batch."""
 
 
+def log_recursion(initial: Tensor, inputs: Tensor, factors: Tensor) -> Tensor:
+    """y_t = logaddexp(y_{t-1}, inputs_t) + factors_t for t = 1..T from y_0 = `initial` `(*)`, all T at once:
+    inputs, factors `(T, *)` -> y `(T, *)`.
+
+    In probabilities it is linear, Y_t = (Y_{t-1} + I_t) F_t, so with G_t = factors_1 + ... + factors_t,
+    y_t - G_t = logsumexp(initial, inputs_1 - G_0, ..., inputs_t - G_{t-1}): a cumulative log-sum-exp instead
+    of a loop over frames. In float64, with factors floored at -1e4 (a probability that is 0 in float64 as
+    -inf is, but keeps G finite), because G_t grows with t and differences of its values are taken.
+    """
+    g = factors.double().clamp(min=-1e4).cumsum(0)
+    before = torch.cat([torch.zeros_like(g[:1]), g[:-1]])  # G_{t-1}
+    terms = torch.cat([initial[None].double(), inputs.double() - before])
+    return (g + torch.logcumsumexp(terms, 0)[1:]).to(factors.dtype)
+
+
 class CTCPrefixScorer:
     """CTC prefix scores of N hypotheses extended by K candidate tokens each.
 
@@ -129,33 +144,44 @@ class CTCPrefixScorer:
         self.last = torch.full((N,), -1, dtype=torch.long, device=x.device)
         self.length = 0  # tokens in every prefix (each `select` adds one)
 
-    def extend(self, candidates: Tensor) -> tuple[Tensor, Tensor]:
-        """candidates `(N, K)` -> prefix scores `(N, K)` and new forward variables `(S, 2, N, K)`."""
-        S = self.x.shape[0]
+    def extend(self, candidates: Tensor) -> Tensor:
+        """candidates `(N, K)` -> prefix scores psi(h + c) `(N, K)`. The scores need no forward variables of h + c:
+        those are computed by `select`, for the N extensions kept, not for all N x K."""
         N, K = candidates.shape
-        B = self.x.shape[1]
-        x_c = self.x.gather(2, candidates.reshape(B, -1)[None].expand(S, B, self.W * K)).view(S, N, K)
-        x_blank = self.x_blank[..., None]  # (S, N, 1)
-        phi = torch.logaddexp(self.r[:, 0], self.r[:, 1])[..., None].expand(S, N, K).clone()
-        repeat = (candidates == self.last[:, None])[None]
-        phi = torch.where(repeat, self.r[:, 1][..., None].expand(S, N, K), phi)
-        r = torch.full((S, 2, N, K), NEG_INF, device=x_c.device)
-        empty = (self.last < 0)[:, None]
-        r[0, 0] = torch.where(empty, x_c[0], torch.full_like(x_c[0], NEG_INF))
-        for t in range(max(self.length, 1), S):  # before frame L, r_t(h + c) is -inf
-            r[t, 0] = torch.logaddexp(r[t - 1, 0], phi[t - 1]) + x_c[t]
-            r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + x_blank[t]
-        psi = torch.logsumexp(torch.cat([r[:1, 0], phi[:-1] + x_c[1:]], dim=0), dim=0)
+        x_c = self._frames(candidates)
+        phi = self._phi(torch.arange(N, device=candidates.device), candidates)
+        first = torch.where((self.last < 0)[:, None], x_c[0], NEG_INF)  # an empty h: c may start at frame 0
+        psi = torch.logsumexp(torch.cat([first[None], phi[:-1] + x_c[1:]]), dim=0)
         full = torch.logaddexp(self.r[-1, 0], self.r[-1, 1])  # h itself is the whole sequence
-        psi = torch.where(candidates == self.eos, full[:, None].expand(N, K), psi)
-        return psi, r
+        return torch.where(candidates == self.eos, full[:, None].expand(N, K), psi)
 
-    def select(self, rows: Tensor, columns: Tensor, candidates: Tensor, psi: Tensor, r: Tensor) -> None:
-        """Keep, for each new hypothesis, the extension (rows[i], columns[i])."""
-        self.r = r[:, :, rows, columns]
-        self.score = psi[rows, columns]
-        self.last = candidates[rows, columns]
+    def select(self, rows: Tensor, columns: Tensor, candidates: Tensor, psi: Tensor) -> None:
+        """Keep, for each new hypothesis, the extension (rows[i], columns[i]) of `extend`'s candidates and scores:
+        its forward variables r_t(h + c) `(S, 2, N)`, from frame L (before it they are -inf)."""
+        S = self.x.shape[0]
+        tokens = candidates[rows, columns]
+        x_c, phi = self._frames(tokens[:, None])[..., 0], self._phi(rows, tokens[:, None])[..., 0]  # (S, N)
+        r = torch.full((S, 2, len(rows)), NEG_INF, device=x_c.device)
+        r[0, 0] = torch.where(self.last[rows] < 0, x_c[0], NEG_INF)
+        start = max(self.length, 1)
+        if start < S:  # r_t^n = logaddexp(r_{t-1}^n, phi_{t-1}) + x_t(c), r_t^b = logaddexp(r_{t-1}^n, r_{t-1}^b) + x_t(blank)
+            r[start:, 0] = log_recursion(r[start - 1, 0], phi[start - 1:-1], x_c[start:])
+            r[start:, 1] = log_recursion(r[start - 1, 1], r[start - 1:-1, 0], self.x_blank[start:])
+        self.r, self.score, self.last = r, psi[rows, columns], tokens
         self.length += 1
+
+    def _frames(self, candidates: Tensor) -> Tensor:
+        """x_t(c) `(S, N, K)` of candidates `(N, K)`: row i's from its utterance i // W."""
+        S, B = self.x.shape[:2]
+        N, K = candidates.shape
+        return self.x.gather(2, candidates.reshape(B, -1)[None].expand(S, B, N // B * K)).view(S, N, K)
+
+    def _phi(self, rows: Tensor, candidates: Tensor) -> Tensor:
+        """phi_t `(S, N, K)` for extending the prefixes of `rows` `(N,)` by candidates `(N, K)`: r^n + r^b of the
+        prefix, only r^b where c repeats its last token (a repeat needs a blank between)."""
+        r, last = self.r[:, :, rows], self.last[rows]
+        return torch.where((candidates == last[:, None])[None], r[:, 1, :, None],
+                           torch.logaddexp(r[:, 0], r[:, 1])[..., None])
 
     def keep(self, utterances: Tensor, rows: Tensor) -> None:
         """Only these utterances `(B',)` and their rows `(N',)` stay."""
@@ -170,16 +196,15 @@ class CTCScorer:
                  hypotheses: int = 1):
         self.weight = weight
         self.prefix = CTCPrefixScorer(log_probs, lengths, special.blank, special.eos, hypotheses)
-        self._last: tuple[Tensor, Tensor, Tensor] | None = None
+        self._last: tuple[Tensor, Tensor] | None = None
 
     def score(self, sequences: Sequence[list[int]], candidates: Tensor) -> Tensor:
-        psi, r = self.prefix.extend(candidates)
-        self._last = (candidates, psi, r)
+        psi = self.prefix.extend(candidates)
+        self._last = (candidates, psi)
         return psi - self.prefix.score[:, None]
 
     def select(self, rows: Tensor, columns: Tensor) -> None:
-        candidates, psi, r = self._last
-        self.prefix.select(rows, columns, candidates, psi, r)
+        self.prefix.select(rows, columns, *self._last)
 
     def keep(self, utterances: Tensor, rows: Tensor) -> None:
         self.prefix.keep(utterances, rows)
