@@ -41,7 +41,7 @@ from speech_transformer.text.normalize import normalize_transcript
 from speech_transformer.text.tokenizer import TextTokenizer, respell
 
 
-ENCODER_SECONDS = 60.0  # padded audio per encoder call (a batch's rows are encoded in groups this long)
+ENCODER_SECONDS = 30.0  # padded audio per encoder call (a batch's rows are encoded in groups this long)
 
 
 @dataclass
