@@ -51,7 +51,7 @@ from speech_transformer.training.data import frame_batches
 from speech_transformer.training.student import distilled_student
 
 FROZEN = 5  # blocks 0-4: Whisper base's, identical in the teacher and in v3
-TEACHER_LAYERS = (0, 5)  # the teacher's decoder blocks the student's start from
+TEACHER_LAYERS = (0, 5)  # the teacher's decoder blocks the student's start from (default of --teacher-layers)
 SHARD = 256
 MAX_SECONDS = 30.0  # the learned position table: 1,500 encoder frames
 SETS = {"librispeech-train": "librispeech", "an4-train": "an4", "ljspeech": "ljspeech", "arctic-cathy": "arctic-cathy",
@@ -90,17 +90,18 @@ def vocabulary_keep(run: Path, sets: list[str], teacher: WhisperTokenizer) -> se
     return keep
 
 
-def build_student(run: Path, v3: Path, out: Path, sets: list[str], upper_from_teacher: bool = False) -> None:
+def build_student(run: Path, v3: Path, out: Path, sets: list[str], upper_from_teacher: bool = False,
+                  teacher_layers: tuple[int, ...] = TEACHER_LAYERS) -> None:
     """out/init: the student before training (model.safetensors, config.json, vocab.tiktoken, old_ids.json)."""
     teacher = run / "teacher" / "whisper-base"
     out.mkdir(parents=True, exist_ok=True)
     keep = vocabulary_keep(run, sets, checkpoint.model_tokenizer(teacher))
-    model, vocab, old_ids = distilled_student(teacher, v3, keep, out / "vocab.tiktoken", FROZEN, TEACHER_LAYERS,
+    model, vocab, old_ids = distilled_student(teacher, v3, keep, out / "vocab.tiktoken", FROZEN, teacher_layers,
                                                upper_from_teacher)
     checkpoint.save_state_dict(model.state_dict(), out / "model.safetensors")
     (out / "old_ids.json").write_text(json.dumps(old_ids))
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "tokenizer": vocab.to_config(),
-                                                 "sets": sets, "teacher_layers": TEACHER_LAYERS,
+                                                 "sets": sets, "teacher_layers": teacher_layers,
                                                  "upper_from_teacher": upper_from_teacher}, indent=1))
     print(f"student: {vocab.vocab_size} tokens (of {len(keep)} kept), {model.num_parameters() / 1e6:.1f} M "
           "parameters", flush=True)
@@ -273,6 +274,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "epoch (a new random subset every epoch), e.g. speech-commands-train=0.2")
     p.add_argument("--upper", choices=["v3", "teacher"], default="v3", help="where encoder block 5 and the final "
                    "LayerNorm start from (a new student only): v3's, or the teacher's (what its decoder blocks read)")
+    p.add_argument("--teacher-layers", default=",".join(map(str, TEACHER_LAYERS)),
+                   help="the teacher's decoder blocks that the student's decoder starts from (when it is built)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
@@ -286,6 +289,7 @@ def export(a: argparse.Namespace, out: Path) -> Path:
     """A model directory (float32) of the mean of the last `--average` checkpoints, with both vocabularies, a
     greedy preferred decoding and what it was trained on."""
     model, vocab, _, _ = load_student(out)
+    init = json.loads((out / "init" / "config.json").read_text())
     sets = trained_sets(out)
     paths = sorted((out / "checkpoints").glob("step-*"))[-a.average:]
     if not paths:
@@ -296,8 +300,10 @@ def export(a: argparse.Namespace, out: Path) -> Path:
     info = {"train": [f"{SETS[s]}/{MANIFESTS[s].split('/')[1]}" for s in sets], "steps": meta[-1]["step"],
             "train_cpu_s": json.loads((paths[-1] / "progress.json").read_text())["cpu_s"],
             "frozen_blocks": FROZEN, "recipe": "recipes/distil/train.py", "averaged": [p.name for p in paths],
-            "initialised_from": {"encoder": "whisper base (blocks 0-4), v3 (block 5, CTC head)",
-                                 "decoder": f"whisper base decoder blocks {list(TEACHER_LAYERS)}"},
+            "initialised_from": {"encoder": "whisper base (blocks 0-4), " + (
+                                     "whisper base (block 5), v3 (CTC head)" if init.get("upper_from_teacher")
+                                     else "v3 (block 5, CTC head)"),
+                                 "decoder": f"whisper base decoder blocks {list(init['teacher_layers'])}"},
             "teacher": "whisper base, run in this engine (recipes/distil/label.py)"}
     decoding = {"method": "attention", "attention": {"beam_size": 1}}
     return checkpoint.save_model(model, vocab, a.export, info, decoding,
@@ -312,7 +318,8 @@ def main(argv=None) -> int:
         print(f"exported {export(a, out)}")
         return 0
     if not (out / "init" / "config.json").exists():
-        build_student(a.run, a.v3, out / "init", labelled_sets(a.run), a.upper == "teacher")
+        build_student(a.run, a.v3, out / "init", labelled_sets(a.run), a.upper == "teacher",
+                      tuple(int(i) for i in a.teacher_layers.split(",")))
     model, vocab, old_ids, sets = load_student(out)
     if a.sets:
         sets = a.sets.split(",")
