@@ -1,8 +1,10 @@
 import numpy as np
 import torch
+import pytest
 
 from speech_transformer.audio.loading import HOP_LENGTH, N_FFT, N_MELS, load_audio
 from speech_transformer.audio.features import FrontEnd, SpecAugment, SpecAugmentConfig, num_frames, pad_waveforms
+from speech_transformer.model.transformer import ModelConfig
 
 
 def test_shapes_and_lengths():
@@ -63,6 +65,22 @@ def test_whisper_features_without_the_window_equal_the_windowed_ones(librispeech
     assert frames.tolist() == [len(w) // HOP_LENGTH for w in waves] and unpadded.shape[1] == max(frames)
     for i, n in enumerate(frames.tolist()):  # the last frames see the end of the audio: reflection vs zeros
         torch.testing.assert_close(unpadded[i, : n - 2], windowed[i, : n - 2], atol=1e-5, rtol=1e-5)
+
+
+def test_whisper_features_with_trailing_silence_are_those_of_the_audio_followed_by_zeros(librispeech_train):
+    """Each row gets its silence right after its own end, whatever the longer rows of its batch."""
+    from speech_transformer.audio.features import WhisperFrontEnd
+
+    waves = [load_audio(u.audio) for u in librispeech_train[:2]]
+    with_silence, frames = WhisperFrontEnd(window=False, silence_seconds=1.0)(*pad_waveforms(waves))
+    assert frames.tolist() == [(len(w) + 16000) // HOP_LENGTH for w in waves]
+    for i, w in enumerate(waves):
+        padded = np.concatenate([w, np.zeros(16000, np.float32)])
+        alone, n = WhisperFrontEnd(window=False)(*pad_waveforms([padded]))
+        assert n.item() == frames[i]
+        torch.testing.assert_close(with_silence[i, : n.item()], alone[0, : n.item()], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="trailing_silence"):
+        ModelConfig(frontend="whisper", trailing_silence=1.0)
 
 
 def test_length_sorted_batches():

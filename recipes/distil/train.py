@@ -91,13 +91,13 @@ def vocabulary_keep(run: Path, sets: list[str], teacher: WhisperTokenizer) -> se
 
 
 def build_student(run: Path, v3: Path, out: Path, sets: list[str], upper_from_teacher: bool = False,
-                  teacher_layers: tuple[int, ...] = TEACHER_LAYERS) -> None:
+                  teacher_layers: tuple[int, ...] = TEACHER_LAYERS, silence: float = 0.0) -> None:
     """out/init: the student before training (model.safetensors, config.json, vocab.tiktoken, old_ids.json)."""
     teacher = run / "teacher" / "whisper-base"
     out.mkdir(parents=True, exist_ok=True)
     keep = vocabulary_keep(run, sets, checkpoint.model_tokenizer(teacher))
     model, vocab, old_ids = distilled_student(teacher, v3, keep, out / "vocab.tiktoken", FROZEN, teacher_layers,
-                                               upper_from_teacher)
+                                               upper_from_teacher, silence)
     checkpoint.save_state_dict(model.state_dict(), out / "model.safetensors")
     (out / "old_ids.json").write_text(json.dumps(old_ids))
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "tokenizer": vocab.to_config(),
@@ -276,6 +276,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "LayerNorm start from (a new student only): v3's, or the teacher's (what its decoder blocks read)")
     p.add_argument("--teacher-layers", default=",".join(map(str, TEACHER_LAYERS)),
                    help="the teacher's decoder blocks that the student's decoder starts from (when it is built)")
+    p.add_argument("--silence", type=float, default=0.0, help="seconds of silence the student's front end appends "
+                   "to each input (when it is built; 1.0 keeps the teacher's whole decoder accurate unwindowed)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
@@ -319,7 +321,7 @@ def main(argv=None) -> int:
         return 0
     if not (out / "init" / "config.json").exists():
         build_student(a.run, a.v3, out / "init", labelled_sets(a.run), a.upper == "teacher",
-                      tuple(int(i) for i in a.teacher_layers.split(",")))
+                      tuple(int(i) for i in a.teacher_layers.split(",")), a.silence)
     model, vocab, old_ids, sets = load_student(out)
     if a.sets:
         sets = a.sets.split(",")

@@ -41,6 +41,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     frontend: str = "log_mel"  # "log_mel" (FrontEnd), "whisper" (WhisperFrontEnd, 30 s windows) or
     # "whisper_log_mel" (Whisper's features over the audio as given: models fine-tuned from Whisper's encoder)
+    trailing_silence: float = 0.0  # seconds of silence "whisper_log_mel" appends to each input (a Whisper
+    # decoder without its 30 s window needs to see the speech end: WhisperFrontEnd)
     subsampling: str = "conv2d"  # "conv2d" (x4 in time) or "conv1d" (Whisper's stem, x2)
     encoder_positions: str = "sinusoidal"  # "sinusoidal" (computed) or "learned" (a stored table)
     decoder_positions: str = "sinusoidal"
@@ -65,6 +67,8 @@ class ModelConfig:
                                      ("decoder_positions", self.decoder_positions, ("sinusoidal", "learned"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+        if self.trailing_silence and self.frontend != "whisper_log_mel":
+            raise ValueError(f"trailing_silence is for the whisper_log_mel front end, not {self.frontend!r}")
         if self.subsampling == "conv2d" and self.subsampling_factor not in (4, 6, 8):
             raise ValueError(f"the conv2d stem subsamples by 4, 6 or 8, not {self.subsampling_factor}")
         if self.conformer_conv and self.conv_kernel % 2 == 0:
@@ -343,7 +347,7 @@ class SpeechTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.frontend = (FrontEnd(config.n_mels, config.normalization) if config.frontend == "log_mel" else
-                         WhisperFrontEnd(config.n_mels, window=config.frontend == "whisper"))
+                         WhisperFrontEnd(config.n_mels, config.frontend == "whisper", config.trailing_silence))
         self.encoder = Encoder(config)
         self.ctc_head = nn.Linear(config.d_model, config.ctc_vocab_size or config.vocab_size) if config.ctc else None
         self.decoder = Decoder(config)

@@ -51,14 +51,15 @@ def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder
 
 
 def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, vocab_file: str | os.PathLike,
-                      lower: int = 5, teacher_layers: tuple[int, ...] = (0, 5), upper_from_teacher: bool = False
-                      ) -> tuple[SpeechTransformer, WhisperTokenizer, list[int]]:
+                      lower: int = 5, teacher_layers: tuple[int, ...] = (0, 5), upper_from_teacher: bool = False,
+                      trailing_silence: float = 0.0) -> tuple[SpeechTransformer, WhisperTokenizer, list[int]]:
     """The student that `recipes/distil` trains: the encoder of `teacher` (an imported Whisper model directory) with
     the upper blocks, final LayerNorm and CTC head of `top` (a model directory fine-tuned on the same Whisper's
     frozen blocks 0..`lower`-1, the shipped v3: the teacher's float weights of those are taken), and a decoder of the
     teacher's `teacher_layers` blocks over its vocabulary pruned to `keep` (written to `vocab_file`).
     `upper_from_teacher`: the upper blocks and final LayerNorm are the teacher's too (what its decoder blocks
-    read), only the CTC head is `top`'s.
+    read), only the CTC head is `top`'s. `trailing_silence`: seconds of silence its front end appends to each
+    input (`ModelConfig.trailing_silence`: the teacher's decoder blocks stop where they see the speech end).
     Returns (model, pruned tokenizer, old_ids: the teacher's id of each student token)."""
     path = Path(teacher)
     teacher_config, teacher_tokenizer = ModelDirectory.read(path).model, model_tokenizer(path)
@@ -70,7 +71,8 @@ def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, 
     vocab, old_ids = prune_vocabulary(teacher_tokenizer, keep, vocab_file)
     config = replace(top_config, vocab_size=vocab.vocab_size, ctc_vocab_size=top_config.ctc_vocab_size or
                      top_config.vocab_size, decoder_layers=len(teacher_layers), decoder_positions="learned",
-                     decoder_scale_embeddings=False, max_target_positions=teacher_config.max_target_positions)
+                     decoder_scale_embeddings=False, max_target_positions=teacher_config.max_target_positions,
+                     trailing_silence=trailing_silence)
     ours = config.encoder_layers if upper_from_teacher else lower  # encoder blocks taken from the teacher
     from_teacher = STUDENT_KEPT[:2] + (("encoder.norm.",) if upper_from_teacher else ()) + tuple(
         f"encoder.blocks.{i}." for i in range(ours))
