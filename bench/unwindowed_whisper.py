@@ -1,11 +1,12 @@
 """Whisper without its 30 s window: WER and CPU cost of a Whisper model fed only the audio's own features, with
-some seconds of silence (zeros) appended, against the same model with its 30 s window, on the first N
-utterances of `librispeech/dev.tsv` (greedy, no temperature fallback, int8 compute unless --float32).
+some seconds of silence appended by its front end (`ModelConfig.trailing_silence`), against the same model with
+its 30 s window, on the first N utterances of `librispeech/dev.tsv` (greedy, no temperature fallback, int8
+compute unless --float32).
 
     OMP_NUM_THREADS=1 python bench/unwindowed_whisper.py [--model whisper:base] [--n 40] [--pads 0 1 3]
 
-The unwindowed model is the same folder with `"frontend": "whisper_log_mel"` in its config.json (a temporary
-folder of links to the weights and tokenizer). Without anything appended the decoder runs on past the speech
+The unwindowed model is the same folder with `"frontend": "whisper_log_mel"` and `"trailing_silence"` in its
+config.json (a temporary folder of links to the weights and tokenizer). Without anything appended the decoder runs on past the speech
 (it has never seen memory end without silence); recipes/distil/RESULTS.md has what one second does.
 """
 
@@ -21,19 +22,20 @@ import numpy as np
 import torch
 
 
-def unwindowed_copy(model_dir: Path, into: Path) -> Path:
-    """`into`: links to `model_dir`'s files, and its config.json with the frontend that keeps the audio's length."""
+def unwindowed_copy(model_dir: Path, into: Path, silence: float) -> Path:
+    """`into`: links to `model_dir`'s files, and its config.json with the front end that keeps the audio's length
+    and appends `silence` seconds."""
     into.mkdir(parents=True, exist_ok=True)
     for f in model_dir.iterdir():
         if f.name != "config.json":
             (into / f.name).symlink_to(f.resolve())
     config = json.loads((model_dir / "config.json").read_text())
-    config["model"]["frontend"] = "whisper_log_mel"
+    config["model"].update(frontend="whisper_log_mel", trailing_silence=silence)
     (into / "config.json").write_text(json.dumps(config, indent=1))
     return into
 
 
-def run(model_dir: Path, waves: list[np.ndarray], texts: list[str], pad: float, compute: str, batch: int) -> str:
+def run(model_dir: Path, waves: list[np.ndarray], texts: list[str], compute: str, batch: int) -> str:
     from speech_transformer.apps.systems import SpeechTransformerSystem
     from speech_transformer.text.scoring import score_utterances
 
@@ -41,10 +43,9 @@ def run(model_dir: Path, waves: list[np.ndarray], texts: list[str], pad: float, 
                                      no_speech_threshold=1.0, compute=compute)
     system.load()
     system.transcribe([np.zeros(16000, np.float32)])  # warm-up
-    silence = np.zeros(int(pad * 16000), np.float32)
     start, hyps = time.process_time(), []
     for i in range(0, len(waves), batch):
-        hyps += system.transcribe([np.concatenate([w, silence]) for w in waves[i:i + batch]])
+        hyps += system.transcribe(waves[i:i + batch])
     cpu = time.process_time() - start
     score = score_utterances(texts, hyps, "english-v1")
     audio = sum(len(w) for w in waves) / 16000
@@ -56,7 +57,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="whisper:base", help="whisper:NAME or an imported Whisper model folder")
     p.add_argument("--n", type=int, default=40)
-    p.add_argument("--pads", type=float, nargs="+", default=[0.0, 1.0, 3.0], help="seconds of silence appended")
+    p.add_argument("--pads", type=float, nargs="+", default=[0.0, 1.0, 3.0], help="seconds of silence appended "
+                   "(trailing_silence)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--float32", action="store_true")
     args = p.parse_args()
@@ -71,11 +73,11 @@ def main() -> None:
     print(f"{model_dir.name}, {compute}, greedy, librispeech/dev.tsv first {args.n}, batches of {args.batch_size}, "
           f"{torch.get_num_threads()} thread(s)\n")
     print("| input | WER % | insertions | substitutions | deletions | CPU RTF |\n|---|---:|---:|---:|---:|---:|")
-    print(f"| 30 s window | {run(model_dir, waves, texts, 0.0, compute, args.batch_size)} |", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        unwindowed = unwindowed_copy(model_dir, Path(tmp) / model_dir.name)
-        for pad in args.pads:
-            print(f"| unwindowed + {pad:g} s of silence | {run(unwindowed, waves, texts, pad, compute, args.batch_size)} |",
+    print(f"| 30 s window | {run(model_dir, waves, texts, compute, args.batch_size)} |", flush=True)
+    for pad in args.pads:
+        with tempfile.TemporaryDirectory() as tmp:
+            unwindowed = unwindowed_copy(model_dir, Path(tmp) / model_dir.name, pad)
+            print(f"| unwindowed + {pad:g} s of silence | {run(unwindowed, waves, texts, compute, args.batch_size)} |",
                   flush=True)
 
 
