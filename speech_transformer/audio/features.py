@@ -116,6 +116,29 @@ WHISPER_WINDOW_SAMPLES = WHISPER_WINDOW_SECONDS * SAMPLE_RATE
 WHISPER_WINDOW_FRAMES = WHISPER_WINDOW_SAMPLES // HOP_LENGTH  # 3000
 
 
+def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """`(n_mels, n_fft // 2 + 1)` float32: librosa's `filters.mel` (Slaney's scale and area normalisation), which
+    Whisper's filters are, bit for bit (rounded to float32 where librosa rounds), without importing librosa
+    (127 MB of a process). Slaney's mel scale is linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, min_log_hz) / min_log_hz) / logstep,
+                        f / f_sp)
+
+    def mel_to_hz(m: np.ndarray) -> np.ndarray:
+        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(np.float64(0.0)), hz_to_mel(np.float64(sample_rate / 2)), n_mels + 2))
+    fdiff, ramps = np.diff(mel_f), np.subtract.outer(mel_f, fft_freqs)
+    triangles = np.maximum(0, np.minimum(-ramps[:-2] / fdiff[:-1, None], ramps[2:] / fdiff[1:, None]))
+    weights = triangles.astype(np.float32)
+    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]  # each filter's area 1 (Slaney)
+    return weights
+
+
 class WhisperFrontEnd(nn.Module):
     """Whisper's log-mel: waveforms `(B, T)`, T <= 30 s -> `(B, 3000, n_mels)` and lengths `(B,)` (all 3000).
 
@@ -134,10 +157,8 @@ class WhisperFrontEnd(nn.Module):
         super().__init__()
         self.window_audio = window
         self.silence = 0 if window else round(silence_seconds * SAMPLE_RATE)
-        # the filters Whisper ships (librosa's Slaney mel filters, to float32 rounding), without librosa's 130 MB
-        filters = AF.melscale_fbanks(N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE,
-                                        norm="slaney", mel_scale="slaney").T
-        self.register_buffer("filters", filters.float(), persistent=False)
+        filters = torch.from_numpy(slaney_mel_filters(SAMPLE_RATE, N_FFT, n_mels))  # the filters Whisper ships
+        self.register_buffer("filters", filters, persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     def forward(self, waveforms: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
