@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import sys
@@ -64,9 +65,16 @@ def limit_onednn_cache(capacity: int) -> None:
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
 
 
-def malloc_trim() -> None:
-    """Give freed heap memory back to the OS (glibc only; a no-op elsewhere)."""
+@functools.cache
+def _libc():
     import ctypes
     import ctypes.util
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")  # find_library runs ldconfig: once
+    return None
+
+
+def malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc only; a no-op elsewhere)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        _libc().malloc_trim(0)
