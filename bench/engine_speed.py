@@ -23,8 +23,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from decoding_profile import Stopwatch  # bench/ is on the path of its scripts
 
 SYSTEMS = {  # key: (label, peer key for the ratio); run in this order
     "ours-greedy": ("ours float32, greedy", "fw-int8-greedy"),
@@ -54,20 +55,12 @@ def make_system(key: str, threads: int):
                                    no_speech_threshold=1.0, name=label, compute=compute)
 
 
-def timed_encoder(system) -> list[float]:
-    """Wrap the system's encoder call so that its CPU seconds add up in the returned list's one element."""
-    spent = [0.0]
+def timed_encoder(system) -> Stopwatch:
+    """The system's encoder call timed (CPU seconds under "encoder")."""
+    watch = Stopwatch()
     owner = system._model if hasattr(system, "_model") and system._model is not None else system._recognizer.model
-    encode = owner.encode
-
-    def wrapper(*args, **kwargs):
-        start = time.process_time()
-        out = encode(*args, **kwargs)
-        spent[0] += time.process_time() - start
-        return out
-
-    owner.encode = wrapper
-    return spent
+    watch.wrap(owner, "encode", "encoder")
+    return watch
 
 
 def count_tokens(system, texts: list[str]) -> int:
@@ -88,13 +81,13 @@ def worker(key: str, args: argparse.Namespace) -> None:
     system = make_system(key, args.threads)
     system.load()
     system.transcribe([__import__("numpy").zeros(16000, dtype="float32")])  # warm-up: first-call allocations
-    spent = timed_encoder(system)
+    watch = timed_encoder(system)
     report = system_report(run_system(system, utterances, args.batch_size, progress=False), utterances, "english-v1")
     hyps = [u["hyp"] for u in report["utterances"]]
     tokens = count_tokens(system, hyps)
     row = {k: report[k] for k in ("name", "wer", "n_words", "n_utts", "rtf", "rtf_cpu", "peak_rss_mb",
                                   "audio_seconds", "wall_seconds", "cpu_seconds")}
-    row.update(key=key, encoder_seconds=spent[0], tokens=tokens, hyps=hyps)
+    row.update(key=key, encoder_seconds=watch.seconds["encoder"], tokens=tokens, hyps=hyps)
     print("RESULT " + json.dumps(row), flush=True)
 
 
