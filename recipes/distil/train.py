@@ -59,7 +59,8 @@ SETS = {"librispeech-train": "librispeech", "an4-train": "an4", "ljspeech": "ljs
 MANIFESTS = {"librispeech-train": "librispeech/train.tsv", "an4-train": "an4/train.tsv", "ljspeech": "ljspeech/clips.tsv",
              "arctic-cathy": "arctic-cathy/clips.tsv", "fsdd-train": "fsdd/train.tsv",
              "wake-words": "wake-words/clips.tsv", "speech-commands-train": "speech-commands/train.tsv"}
-TRAINABLE = ("encoder.blocks.5.", "encoder.norm.", "ctc_head.", "decoder.")
+TRAINABLE = {"all": ("encoder.blocks.5.", "encoder.norm.", "ctc_head.", "decoder."),
+             "ctc": ("ctc_head.",)}  # --train: what learns (ctc: the CTC head alone, over frozen upper blocks)
 
 
 def labelled_sets(run: Path) -> list[str]:
@@ -163,15 +164,23 @@ class Targets:
                 self.soft.append(None)
 
 
+def ctc_loss(model: SpeechTransformer, memory: torch.Tensor, lengths: torch.Tensor, targets: Targets,
+             batch: list[int]) -> torch.Tensor:
+    """CTC on the human transcripts, summed over the batch's utterances, divided by its size."""
+    ctc_targets = [targets.ctc[i] for i in batch]
+    flat = torch.tensor([t for seq in ctc_targets for t in seq], dtype=torch.long)
+    return F.ctc_loss(model.ctc_log_probs(memory).transpose(0, 1), flat, lengths,
+                      torch.tensor([len(t) for t in ctc_targets]), reduction="sum", zero_infinity=True) / len(batch)
+
+
 def distillation_loss(model: SpeechTransformer, memory: torch.Tensor, lengths: torch.Tensor, targets: Targets,
                       batch: list[int], prompt: tuple[int, ...], eot: int, ctc_weight: float, kl_weight: float
                       ) -> tuple[torch.Tensor, dict[str, float]]:
     """CTC + decoder losses (see the module's docstring), summed over tokens, divided by the batch size."""
     B = len(batch)
-    ctc_targets = [targets.ctc[i] for i in batch]
-    flat = torch.tensor([t for seq in ctc_targets for t in seq], dtype=torch.long)
-    ctc = F.ctc_loss(model.ctc_log_probs(memory).transpose(0, 1), flat, lengths,
-                     torch.tensor([len(t) for t in ctc_targets]), reduction="sum", zero_infinity=True) / B
+    ctc = ctc_loss(model, memory, lengths, targets, batch)
+    if ctc_weight == 1.0:  # --train ctc: the decoder is not run
+        return ctc, {"ctc": round(ctc.item(), 2), "tokens": sum(len(targets.ctc[i]) for i in batch)}
     P, L = len(prompt), max(len(targets.tokens[i]) for i in batch) + 1
     inputs = torch.full((B, P + L - 1), eot, dtype=torch.long)
     hard = torch.full((B, L), -100, dtype=torch.long)
@@ -214,24 +223,28 @@ def evaluate(model: SpeechTransformer, states: list[torch.Tensor], rows: list[di
     """Dev WER (english-v1) of greedy decoding and of CTC greedy, from the cached frozen states."""
     model.eval()
     hyps, ctc_hyps = [], []
+    decoder = any(p.requires_grad for p in model.decoder.parameters())  # --train ctc: its WER cannot change
     options = DecodingOptions(method="attention", beam_size=1, ctc_weight=0.0)
     for k in range(0, len(rows), 8):
         batch = list(range(k, min(k + 8, len(rows))))
         memory, lengths = upper_blocks(model, states, batch, augment=False)
-        hyps += [vocab.decode(h.tokens) for h in attention_search(model, memory, lengths, options, vocab.special)]
+        if decoder:
+            hyps += [vocab.decode(h.tokens) for h in attention_search(model, memory, lengths, options, vocab.special)]
         ctc_hyps += [ctc_tokenizer.decode(h.tokens) for h in ctc_greedy_search(model.ctc_log_probs(memory), lengths)]
     refs = [r["text"] for r in rows]
     model.train()
-    return {"wer": 100 * score_utterances(refs, hyps).wer, "ctc_wer": 100 * score_utterances(refs, ctc_hyps).wer,
-            "example": hyps[0]}
+    ctc_wer = 100 * score_utterances(refs, ctc_hyps).wer
+    if not decoder:
+        return {"ctc_wer": ctc_wer, "example": ctc_hyps[0]}
+    return {"wer": 100 * score_utterances(refs, hyps).wer, "ctc_wer": ctc_wer, "example": hyps[0]}
 
 
-def load_student(out: Path) -> tuple[SpeechTransformer, WhisperTokenizer, list[int], list[str]]:
+def load_student(out: Path, train: str = "all") -> tuple[SpeechTransformer, WhisperTokenizer, list[int], list[str]]:
     meta = json.loads((out / "init" / "config.json").read_text())
     model = SpeechTransformer(ModelConfig.from_dict(meta["model"]))
     checkpoint.load_weights(model, checkpoint.load_state_dict(out / "init" / "model.safetensors"), out / "init")
     for name, p in model.named_parameters():
-        p.requires_grad = name.startswith(TRAINABLE)
+        p.requires_grad = name.startswith(TRAINABLE[train])
     vocab = load_tokenizer(out / "init" / "vocab.tiktoken", meta["tokenizer"])
     return model, vocab, json.loads((out / "init" / "old_ids.json").read_text()), meta["sets"]
 
@@ -278,6 +291,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the teacher's decoder blocks that the student's decoder starts from (when it is built)")
     p.add_argument("--silence", type=float, default=0.0, help="seconds of silence the student's front end appends "
                    "to each input (when it is built; 1.0 keeps the teacher's whole decoder accurate unwindowed)")
+    p.add_argument("--train", choices=sorted(TRAINABLE), default="all", help="what learns: everything above the "
+                   "frozen blocks, or the CTC head alone (CTC loss only; the decoder is not run)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
@@ -322,7 +337,7 @@ def main(argv=None) -> int:
     if not (out / "init" / "config.json").exists():
         build_student(a.run, a.v3, out / "init", labelled_sets(a.run), a.upper == "teacher",
                       tuple(int(i) for i in a.teacher_layers.split(",")), a.silence)
-    model, vocab, old_ids, sets = load_student(out)
+    model, vocab, old_ids, sets = load_student(out, a.train)
     if a.sets:
         sets = a.sets.split(",")
         human = (a.human or "").split(",")
@@ -367,7 +382,8 @@ def main(argv=None) -> int:
                 group["lr"] = a.lr * min(1.0, (state.step + 1) / a.warmup)
             memory, lengths = upper_blocks(model, states, batch, augment=True)
             loss, parts = distillation_loss(model, memory, lengths, targets, batch, vocab.special.prompt,
-                                            vocab.special.eos, a.ctc_weight, a.kl_weight)
+                                            vocab.special.eos, 1.0 if a.train == "ctc" else a.ctc_weight,
+                                            a.kl_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 5.0)
