@@ -5,7 +5,7 @@ on the first N utterances of `librispeech/dev.tsv`, at the model's preferred dec
         [--n 40] [--threads 2] [--batch-seconds 120] [--decoding '{"method": "attention", ...}']
 
 Each stage is timed by wrapping the function that does it (CPU time of the process, `time.process_time`):
-features (the front end), encoder (`SpeechTransformer.encode`), CTC head, decoder network
+features (the front end), encoder (`Encoder.forward_with_ctc`), CTC head, decoder network
 (`DecoderScorer.logits`: its forward step, cache included, and the logit filters), the cross-attention keys
 and values (`Decoder.memory_kv`), CTC prefix scoring (`CTCScorer.score` + `select`), LM (`LMScorer`), the
 search itself (the rest of `decode_with_fallback`: candidates, beams, reordering), alignment (word times),
@@ -46,8 +46,8 @@ def instrument(recognizer) -> Stopwatch:
     watch = Stopwatch()
     model = recognizer.model
     watch.wrap(model.frontend, "forward", "features")
-    watch.wrap(model, "encode", "encoder")
-    watch.wrap(model, "ctc_log_probs", "CTC head")
+    watch.wrap(model.encoder, "forward_with_ctc", "encoder")
+    watch.wrap(model, "_ctc", "CTC head")
     watch.wrap(model.decoder, "memory_kv", "cross-attention keys/values")
     watch.wrap(scorers.DecoderScorer, "logits", "decoder network")
     watch.wrap(scorers.CTCScorer, "score", "CTC prefix scoring")

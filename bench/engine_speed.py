@@ -58,8 +58,10 @@ def make_system(key: str, threads: int):
 def timed_encoder(system) -> Stopwatch:
     """The system's encoder call timed (CPU seconds under "encoder")."""
     watch = Stopwatch()
-    owner = system._model if hasattr(system, "_model") and system._model is not None else system._recognizer.model
-    watch.wrap(owner, "encode", "encoder")
+    if hasattr(system, "_model") and system._model is not None:  # faster-whisper's
+        watch.wrap(system._model, "encode", "encoder")
+    else:
+        watch.wrap(system._recognizer.model.encoder, "forward_with_ctc", "encoder")
     return watch
 
 

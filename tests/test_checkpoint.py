@@ -7,8 +7,9 @@ import torch
 
 from safetensors.torch import load_file, save_file
 
-from speech_transformer.model.checkpoint import SCALE_SUFFIX, CheckpointError, average_state_dicts, load_model, \
-    load_state_dict, save_model, save_state_dict
+from speech_transformer.model import checkpoint
+from speech_transformer.model.checkpoint import INT4_GROUP, INT4_OFFSET, INT4_SCALE, SCALE_SUFFIX, CheckpointError, \
+    average_state_dicts, load_model, load_state_dict, save_model, save_state_dict
 from speech_transformer.model.transformer import SpeechTransformer, preset
 
 
@@ -35,7 +36,7 @@ def test_save_load_gives_identical_outputs(tmp_path, tokenizer):
 def test_int8_weights_a_quarter_of_the_size_and_close(tmp_path, tokenizer):
     model = make_model(tokenizer)
     full = save_model(model, tokenizer, tmp_path / "fp32")
-    small = save_model(model, tokenizer, tmp_path / "int8", int8=True)
+    small = save_model(model, tokenizer, tmp_path / "int8", weights="int8")
     stored = load_file(str(small / "model.safetensors"))
     key = "encoder.blocks.0.attn.query.weight"
     assert stored[key].dtype == torch.int8 and stored[key + SCALE_SUFFIX].shape == (stored[key].shape[0],)
@@ -57,6 +58,39 @@ def test_int8_weights_a_quarter_of_the_size_and_close(tmp_path, tokenizer):
     stored[key + SCALE_SUFFIX] = stored[key + SCALE_SUFFIX][:3]  # scales that do not fit: refused, named
     save_file(stored, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointError, match=f"bad.safetensors: {key}{SCALE_SUFFIX}"):
+        load_state_dict(tmp_path / "bad.safetensors")
+
+
+def test_int4_weights_an_eighth_of_the_size_and_close(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    model = SpeechTransformer(preset("tiny", vocab_size=tokenizer.vocab_size, encoder_layers=2, decoder_layers=1,
+                                     d_model=128, n_heads=4, d_ff=256)).eval()  # widths that are multiples of 64
+    full = save_model(model, tokenizer, tmp_path / "fp32")
+    small = save_model(model, tokenizer, tmp_path / "int4", weights="int4")
+    stored = load_file(str(small / "model.safetensors"))
+    key = "encoder.blocks.0.attn.query.weight"
+    rows, columns = model.get_parameter(key).shape
+    assert stored[key].dtype == torch.uint8 and stored[key].shape == (rows, columns // 2)
+    assert stored[key + INT4_SCALE].shape == stored[key + INT4_OFFSET].shape == (rows, columns // INT4_GROUP)
+    assert (small / "model.safetensors").stat().st_size < 0.2 * (full / "model.safetensors").stat().st_size
+    assert checkpoint.stored_quantized(small / "model.safetensors")
+    loaded, _, _ = load_model(small)
+    for name, p in loaded.named_parameters():  # within one step of each group's grid (its range / 15)
+        original = dict(model.named_parameters())[name].detach()
+        if original.dim() == 2 and original.shape[1] % INT4_GROUP == 0:
+            groups = original.reshape(len(original), -1, INT4_GROUP)
+            step = (groups.amax(-1) - groups.amin(-1)) / 15
+            error = (p.reshape(groups.shape) - groups).abs().amax(-1)
+            assert bool((error <= step + 1e-3).all()), name
+    feats, lengths = torch.randn(2, 100, 80), torch.tensor([100, 70])
+    with torch.no_grad():
+        a, _ = model.encode(feats, lengths)
+        b, _ = loaded.encode(feats, lengths)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+    del stored[key + INT4_OFFSET]  # scales without their offsets: refused, named
+    save_file(stored, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CheckpointError, match=f"bad.safetensors: {key}{INT4_SCALE}"):
         load_state_dict(tmp_path / "bad.safetensors")
 
 

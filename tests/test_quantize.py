@@ -17,8 +17,8 @@ from torch import nn
 from speech_transformer.audio.loading import load_audio
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.model import checkpoint
-from speech_transformer.model.quantize import (Bf16Linear, Int8Embedding, Int8Linear, native_bfloat16, quantize_model,
-                                               quantize_rows)
+from speech_transformer.model.quantize import (INT4_SHRINK, Bf16Linear, Int8Embedding, Int8Linear, dequantize_groups,
+                                               native_bfloat16, quantize_groups, quantize_model, quantize_rows)
 from speech_transformer.model.transformer import MultiHeadAttention, SpeechTransformer, preset
 from speech_transformer.recognition.recognizer import Recognizer
 from speech_transformer.text.scoring import score_utterances
@@ -43,6 +43,26 @@ def test_int8_linear_is_close_to_float_and_exact_on_stored_int8():
     assert torch.equal(quantize_rows(dequantized.weight)[0], q)  # stored int8 -> float -> int8 is the identity
     no_bias = nn.Linear(64, 48, bias=False)
     assert Int8Linear.from_linear(no_bias)(x).shape == (3, 5, 48)
+
+
+def test_4_bit_groups_pack_two_codes_a_byte_and_shrink_ranges_only_where_it_helps():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 128)
+    weight[0, 5] = 12.0  # an outlier in row 0's first group
+    packed, scale, offset = quantize_groups(weight, group=64)
+    assert packed.dtype == torch.uint8 and packed.shape == (6, 64) and scale.shape == offset.shape == (6, 2)
+    assert scale.dtype == offset.dtype == torch.float16
+    restored = dequantize_groups(packed, scale, offset)
+    codes = ((restored - offset.float().repeat_interleave(64, 1)) / scale.float().repeat_interleave(64, 1)).round()
+    assert codes.min() >= 0 and codes.max() <= 15  # 16 levels
+    assert torch.equal(quantize_groups(restored, group=64)[0], packed)  # stored -> float -> stored: the identity
+    plain = weight.reshape(6, 2, 64)
+    low, high = plain.amin(-1, keepdim=True), plain.amax(-1, keepdim=True)
+    step = (high - low) / 15
+    rounded = ((plain - low) / step).round() * step + low  # the plain min/max grid: what shrinking must beat
+    assert INT4_SHRINK[0] == 1.0 and (restored - weight).pow(2).sum() < (rounded.reshape(6, 128) - weight).pow(2).sum()
+    with pytest.raises(ValueError, match="multiple of 64"):
+        quantize_groups(torch.randn(4, 80))
 
 
 def test_quantize_model_swaps_every_linear():
@@ -107,7 +127,7 @@ def test_default_model_runs_its_stored_int8_weights(dev20, jfk):
     float32 = Recognizer(model, tokenizer, config, options=options)
     int8_model, _, _ = checkpoint.load_model(directory, compute="int8")
     auto, _, _ = checkpoint.load_model(directory, compute="auto")  # stored as int8, on the CPU: int8
-    assert isinstance(auto.decoder.blocks[0].ff[0], Int8Linear) and checkpoint.stored_int8(
+    assert isinstance(auto.decoder.blocks[0].ff[0], Int8Linear) and checkpoint.stored_quantized(
         directory / checkpoint.WEIGHTS_FILE)
     int8 = Recognizer(int8_model, tokenizer, config, options=options)
     stored = load_file(str(directory / checkpoint.WEIGHTS_FILE))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -60,7 +61,9 @@ MANIFESTS = {"librispeech-train": "librispeech/train.tsv", "an4-train": "an4/tra
              "arctic-cathy": "arctic-cathy/clips.tsv", "fsdd-train": "fsdd/train.tsv",
              "wake-words": "wake-words/clips.tsv", "speech-commands-train": "speech-commands/train.tsv"}
 TRAINABLE = {"all": ("encoder.blocks.5.", "encoder.norm.", "ctc_head.", "decoder."),
-             "ctc": ("ctc_head.",)}  # --train: what learns (ctc: the CTC head alone, over frozen upper blocks)
+             "heads": ("ctc_head.", "decoder."),
+             "decoder": ("decoder.",),
+             "ctc": ("ctc_head.",)}  # --train: what learns (heads: not the encoder; ctc: the CTC head alone)
 
 
 def labelled_sets(run: Path) -> list[str]:
@@ -78,10 +81,21 @@ def read_labels(run: Path, name: str) -> list[dict]:
     return [dict(r, set=name, root=SETS[name]) for r in rows if "error" not in r and r["duration_s"] <= MAX_SECONDS]
 
 
-def vocabulary_keep(run: Path, sets: list[str], teacher: WhisperTokenizer) -> set[int]:
+def dictionary_tokens(teacher: WhisperTokenizer) -> set[int]:
+    """The teacher's tokens of every word of CMUdict (pocketsphinx's English dictionary, 117,493 words), as
+    " word" and " Word": with them the pruned vocabulary spells English as the whole one does (`vocabulary.py`)."""
+    import pocketsphinx
+
+    path = Path(pocketsphinx.__file__).parent / "model" / "en-us" / "cmudict-en-us.dict"
+    words = {re.sub(r"\(\d+\)$", "", line.split()[0]).lower() for line in path.open() if line.strip()}
+    return {t for w in words if w.isalpha() for form in (" " + w, " " + w.capitalize()) for t in teacher.encode(form)}
+
+
+def vocabulary_keep(run: Path, sets: list[str], teacher: WhisperTokenizer, dictionary: bool = False) -> set[int]:
     """The teacher's tokens that the student keeps: those of its transcripts, and of every training set's human
-    transcripts as Whisper would write them (`whisper_style`), labelled yet or not."""
-    keep: set[int] = set()
+    transcripts as Whisper would write them (`whisper_style`), labelled yet or not; `dictionary`: and those of
+    CMUdict's words (`dictionary_tokens`)."""
+    keep: set[int] = dictionary_tokens(teacher) if dictionary else set()
     for name in sets:
         for r in read_labels(run, name):
             keep.update(r["tokens"])
@@ -92,18 +106,24 @@ def vocabulary_keep(run: Path, sets: list[str], teacher: WhisperTokenizer) -> se
 
 
 def build_student(run: Path, v3: Path, out: Path, sets: list[str], upper_from_teacher: bool = False,
-                  teacher_layers: tuple[int, ...] = TEACHER_LAYERS, silence: float = 0.0) -> None:
-    """out/init: the student before training (model.safetensors, config.json, vocab.tiktoken, old_ids.json)."""
+                  teacher_layers: tuple[int, ...] = TEACHER_LAYERS, silence: float = 0.0, dictionary: bool = False,
+                  ctc_from: Path | None = None, ctc_branch: bool = False) -> None:
+    """out/init: the student before training (model.safetensors, config.json, vocab.tiktoken, old_ids.json).
+    `ctc_from`: a checkpoint folder whose CTC head it starts with (a `--train ctc` run's) instead of v3's."""
     teacher = run / "teacher" / "whisper-base"
     out.mkdir(parents=True, exist_ok=True)
-    keep = vocabulary_keep(run, sets, checkpoint.model_tokenizer(teacher))
+    keep = vocabulary_keep(run, sets, checkpoint.model_tokenizer(teacher), dictionary)
     model, vocab, old_ids = distilled_student(teacher, v3, keep, out / "vocab.tiktoken", FROZEN, teacher_layers,
-                                               upper_from_teacher, silence)
+                                               upper_from_teacher, silence, ctc_branch)
+    if ctc_from is not None:
+        state = checkpoint.load_state_dict(ctc_from / checkpoint.WEIGHTS_FILE)
+        model.load_state_dict({k: v for k, v in state.items() if k.startswith("ctc_head.")}, strict=False)
     checkpoint.save_state_dict(model.state_dict(), out / "model.safetensors")
     (out / "old_ids.json").write_text(json.dumps(old_ids))
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "tokenizer": vocab.to_config(),
                                                  "sets": sets, "teacher_layers": teacher_layers,
-                                                 "upper_from_teacher": upper_from_teacher}, indent=1))
+                                                 "upper_from_teacher": upper_from_teacher,
+                                                 "ctc_from": None if ctc_from is None else str(ctc_from)}, indent=1))
     print(f"student: {vocab.vocab_size} tokens (of {len(keep)} kept), {model.num_parameters() / 1e6:.1f} M "
           "parameters", flush=True)
 
@@ -178,7 +198,7 @@ def distillation_loss(model: SpeechTransformer, memory: torch.Tensor, lengths: t
                       ) -> tuple[torch.Tensor, dict[str, float]]:
     """CTC + decoder losses (see the module's docstring), summed over tokens, divided by the batch size."""
     B = len(batch)
-    ctc = ctc_loss(model, memory, lengths, targets, batch)
+    ctc = ctc_loss(model, memory, lengths, targets, batch) if ctc_weight > 0 else memory.new_zeros(())
     if ctc_weight == 1.0:  # --train ctc: the decoder is not run
         return ctc, {"ctc": round(ctc.item(), 2), "tokens": sum(len(targets.ctc[i]) for i in batch)}
     P, L = len(prompt), max(len(targets.tokens[i]) for i in batch) + 1
@@ -220,23 +240,27 @@ def upper_blocks(model: SpeechTransformer, states: list[torch.Tensor], batch: li
 @torch.no_grad()
 def evaluate(model: SpeechTransformer, states: list[torch.Tensor], rows: list[dict], vocab: WhisperTokenizer,
              ctc_tokenizer: Tokenizer) -> dict[str, float]:
-    """Dev WER (english-v1) of greedy decoding and of CTC greedy, from the cached frozen states."""
+    """Dev WER (english-v1) of greedy decoding and of CTC greedy, from the cached frozen states (each only
+    where training can change it)."""
     model.eval()
     hyps, ctc_hyps = [], []
     decoder = any(p.requires_grad for p in model.decoder.parameters())  # --train ctc: its WER cannot change
+    ctc = any(p.requires_grad for p in model.ctc_head.parameters())  # --train decoder: nor can this one
     options = DecodingOptions(method="attention", beam_size=1, ctc_weight=0.0)
     for k in range(0, len(rows), 8):
         batch = list(range(k, min(k + 8, len(rows))))
         memory, lengths = upper_blocks(model, states, batch, augment=False)
         if decoder:
             hyps += [vocab.decode(h.tokens) for h in attention_search(model, memory, lengths, options, vocab.special)]
-        ctc_hyps += [ctc_tokenizer.decode(h.tokens) for h in ctc_greedy_search(model.ctc_log_probs(memory), lengths)]
+        if ctc:
+            ctc_hyps += [ctc_tokenizer.decode(h.tokens)
+                         for h in ctc_greedy_search(model.ctc_log_probs(memory), lengths)]
     refs = [r["text"] for r in rows]
     model.train()
-    ctc_wer = 100 * score_utterances(refs, ctc_hyps).wer
-    if not decoder:
-        return {"ctc_wer": ctc_wer, "example": ctc_hyps[0]}
-    return {"wer": 100 * score_utterances(refs, hyps).wer, "ctc_wer": ctc_wer, "example": hyps[0]}
+    out = {"wer": 100 * score_utterances(refs, hyps).wer} if decoder else {}
+    if ctc:
+        out["ctc_wer"] = 100 * score_utterances(refs, ctc_hyps).wer
+    return {**out, "example": (hyps or ctc_hyps)[0]}
 
 
 def load_student(out: Path, train: str = "all") -> tuple[SpeechTransformer, WhisperTokenizer, list[int], list[str]]:
@@ -292,7 +316,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--silence", type=float, default=0.0, help="seconds of silence the student's front end appends "
                    "to each input (when it is built; 1.0 keeps the teacher's whole decoder accurate unwindowed)")
     p.add_argument("--train", choices=sorted(TRAINABLE), default="all", help="what learns: everything above the "
-                   "frozen blocks, or the CTC head alone (CTC loss only; the decoder is not run)")
+                   "frozen blocks (all), the decoder and CTC head over a frozen encoder (heads), the decoder alone "
+                   "(decoder: with --ctc-weight 0), or the CTC head alone (ctc: CTC loss only; the decoder is not run)")
+    p.add_argument("--ctc-branch", action="store_true", help="first call, with --upper teacher: the CTC head keeps "
+                   "reading v3's block 5 and final norm, as its own branch (ModelConfig.ctc_branch_layers)")
+    p.add_argument("--ctc-lr", type=float, help="the CTC head's learning rate (default: --lr)")
+    p.add_argument("--vocabulary", choices=["transcripts", "dictionary"], default="transcripts",
+                   help="first call: the teacher's tokens kept: the training transcripts', or those and CMUdict's "
+                   "words' (31,689 tokens: nothing lost on dev, vocabulary.py)")
+    p.add_argument("--ctc-from", type=Path, help="first call: a checkpoint folder whose CTC head the student starts "
+                   "with (a --train ctc run's), instead of v3's")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
@@ -336,7 +369,8 @@ def main(argv=None) -> int:
         return 0
     if not (out / "init" / "config.json").exists():
         build_student(a.run, a.v3, out / "init", labelled_sets(a.run), a.upper == "teacher",
-                      tuple(int(i) for i in a.teacher_layers.split(",")), a.silence)
+                      tuple(int(i) for i in a.teacher_layers.split(",")), a.silence,
+                      a.vocabulary == "dictionary", a.ctc_from, a.ctc_branch)
     model, vocab, old_ids, sets = load_student(out, a.train)
     if a.sets:
         sets = a.sets.split(",")
@@ -357,7 +391,11 @@ def main(argv=None) -> int:
     fractions = {k: float(v) for k, _, v in (x.partition("=") for x in a.subsample.split(",") if x)}
     share = [fractions.get(r["set"], 1.0) for r in rows]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=a.lr, weight_decay=0.01)
+    head = [p for name, p in model.named_parameters() if p.requires_grad and name.startswith("ctc_head.")]
+    rest = [p for p in trainable if all(p is not q for q in head)]
+    groups = [{"params": rest, "lr": a.lr, "base_lr": a.lr},
+              {"params": head, "lr": a.ctc_lr or a.lr, "base_lr": a.ctc_lr or a.lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
     state, cpu = TrainState(), 0.0
     last = latest_checkpoint(out)
     if last is not None:
@@ -379,7 +417,7 @@ def main(argv=None) -> int:
         for batch in order[state.epoch_step:]:
             t = time.process_time()
             for group in optimizer.param_groups:
-                group["lr"] = a.lr * min(1.0, (state.step + 1) / a.warmup)
+                group["lr"] = group["base_lr"] * min(1.0, (state.step + 1) / a.warmup)
             memory, lengths = upper_blocks(model, states, batch, augment=True)
             loss, parts = distillation_loss(model, memory, lengths, targets, batch, vocab.special.prompt,
                                             vocab.special.eos, 1.0 if a.train == "ctc" else a.ctc_weight,

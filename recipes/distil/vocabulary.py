@@ -12,7 +12,6 @@ Needs the labelling run's folder (its teacher and labels): recipes/distil/README
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -31,14 +30,6 @@ from speech_transformer.text.tokenizer import Tokenizer  # noqa: E402
 from speech_transformer.training.student import distilled_student  # noqa: E402
 
 
-def dictionary_tokens(tokenizer) -> set[int]:
-    import pocketsphinx
-
-    path = Path(pocketsphinx.__file__).parent / "model" / "en-us" / "cmudict-en-us.dict"
-    words = {re.sub(r"\(\d+\)$", "", line.split()[0]).lower() for line in path.open() if line.strip()}
-    return {t for w in words if w.isalpha() for form in (" " + w, " " + w.capitalize()) for t in tokenizer.encode(form)}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=Path("/var/tmp/st-distil"))
@@ -52,7 +43,7 @@ def main() -> None:
     utterances = read_manifest(default_data_dir() / "librispeech/dev.tsv")[: args.n]
     waves = [load_audio(u.audio) for u in utterances]
     print("| vocabulary kept | tokens | WER % |\n|---|---:|---:|")
-    for label, kept in (("training transcripts", keep), ("+ CMUdict words", keep | dictionary_tokens(tokenizer))):
+    for label, kept in (("training transcripts", keep), ("+ CMUdict words", keep | train.dictionary_tokens(tokenizer))):
         with tempfile.TemporaryDirectory() as tmp:
             model, vocab, _ = distilled_student(teacher, v3, kept, Path(tmp) / "vocab.tiktoken", train.FROZEN,
                                                 tuple(range(6)), upper_from_teacher=True, trailing_silence=1.0)

@@ -6,7 +6,9 @@ A model directory holds:
   "decoding": {...} (optional: the preferred method and each search's tuned settings, `DecodingOptions.to_dict`),
   "commands": {...} (optional: the grammar matcher's `MatchOptions` fields)}
 - `model.safetensors`: the weights (front-end feature statistics included); a matrix stored as int8 has its
-  per-row scales beside it under `NAME` + `SCALE_SUFFIX` (`quantize_int8`), dequantized by `load_state_dict`
+  per-row scales beside it under `NAME` + `SCALE_SUFFIX` (`quantize_int8`); one stored as 4 bits is NAME
+  (uint8, two codes a byte) with `NAME` + `INT4_SCALE` and `NAME` + `INT4_OFFSET` per group of columns
+  (`quantize_int4`); `load_state_dict` dequantizes both
 - `tokenizer.model`: the SentencePiece model, or `tokenizer.tiktoken` for an imported Whisper model
 - `ctc_tokenizer.model` (only where the CTC head spells in its own vocabulary, `ModelConfig.ctc_vocab_size`:
   a student distilled from Whisper): that vocabulary, a SentencePiece model; config.json's "ctc_tokenizer" and
@@ -31,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.utils.files import atomic_path, atomic_write
 from speech_transformer.utils.runtime import malloc_trim
-from speech_transformer.model.quantize import quantize_model, quantize_rows
+from speech_transformer.model.quantize import dequantize_groups, quantize_groups, quantize_model, quantize_rows
 from speech_transformer.model.transformer import ModelConfig, SpeechTransformer
 from speech_transformer.text.tokenizer import TextTokenizer, tokenizer_class
 from speech_transformer.text.tokenizer import load_tokenizer
@@ -41,6 +43,9 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", 
 CTC_TOKENIZER_FILE = "ctc_tokenizer.model"
 TIED_INPUT, TIED_OUTPUT = "decoder.embed.weight", "decoder.output.weight"  # one matrix when tie_embeddings
 SCALE_SUFFIX = ":int8_scale"  # `NAME:int8_scale` holds the per-row scales of the int8 tensor NAME
+INT4_SCALE, INT4_OFFSET = ":int4_scale", ":int4_offset"  # those of the 4-bit matrix NAME, per group of columns
+INT4_GROUP = 64
+WEIGHT_STORAGE = ("float32", "int8", "int4")
 
 
 class CheckpointError(ValueError):
@@ -62,12 +67,13 @@ def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; int8 matrices come back as float32 (`dequantize_int8`)."""
+    """The tensors of a safetensors file; int8 and 4-bit matrices come back as float32 (`dequantize_int8`,
+    `dequantize_int4`)."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read weights ({e})") from None
-    return dequantize_int8(state, path)
+    return dequantize_int4(dequantize_int8(state, path), path)
 
 
 def quantize_int8(state: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
@@ -94,14 +100,46 @@ def dequantize_int8(state: dict[str, torch.Tensor], source: Path) -> dict[str, t
     return out
 
 
+def quantize_int4(state: dict[str, torch.Tensor], names: set[str], group: int = INT4_GROUP
+                  ) -> dict[str, torch.Tensor]:
+    """`state` with each float matrix `(R, C)` of `names` whose C is a multiple of `group` stored in 4 bits
+    (`quantize.quantize_groups`); the other tensors of `names` of 2 or more dimensions (convolutions) as int8
+    (`quantize_int8`); the rest unchanged."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if name in names and value.dim() == 2 and value.is_floating_point() and value.shape[1] % group == 0:
+            out[name], out[name + INT4_SCALE], out[name + INT4_OFFSET] = quantize_groups(value, group)
+        else:
+            out[name] = value
+    return quantize_int8(out, names)  # the packed codes are not floats: left as they are
+
+
+def dequantize_int4(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """The inverse of `quantize_int4`'s 4-bit part: every packed matrix with scales and offsets becomes float32."""
+    out = {k: v for k, v in state.items() if not k.endswith((INT4_SCALE, INT4_OFFSET))}
+    for key in [k for k in state if k.endswith(INT4_SCALE)]:
+        name = key[: -len(INT4_SCALE)]
+        packed, scale, offset = out.get(name), state[key], state.get(name + INT4_OFFSET)
+        if (packed is None or packed.dtype != torch.uint8 or packed.dim() != 2 or offset is None
+                or scale.dim() != 2 or offset.shape != scale.shape or scale.shape[0] != packed.shape[0]
+                or (2 * packed.shape[1]) % scale.shape[1]):
+            raise CheckpointError(f"{source}: {key} has no 4-bit matrix {name} with its offsets to go with it")
+        out[name] = dequantize_groups(packed, scale, offset)
+    if len(out) + sum(k.endswith(INT4_SCALE) for k in state) * 2 != len(state):
+        raise CheckpointError(f"{source}: 4-bit offsets without scales")
+    return out
+
+
 def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: str | os.PathLike,
-               info: dict | None = None, decoding: DecodingOptions | dict | None = None, int8: bool = False,
+               info: dict | None = None, decoding: DecodingOptions | dict | None = None, weights: str = "float32",
                commands: dict | None = None, ctc_tokenizer: TextTokenizer | None = None) -> Path:
     """Write a complete model directory (into a temp dir, then moved into place).
 
     `decoding` is the model's preferred decoding (`DecodingOptions`, or its dict), used when a caller gives none;
     `commands` its grammar-matching settings (`commands.MatchOptions` fields: joint weight, reject threshold).
-    `int8` stores the parameter matrices as int8 with per-row scales (`quantize_int8`): a quarter of float32.
+    `weights`: how the parameter matrices are stored: "float32" (as the model has them), "int8" with per-row
+    scales (`quantize_int8`: a quarter of float32) or "int4" (`quantize_int4`: 4 bits and a float16 scale and
+    offset per 64 columns, 0.56 bytes a parameter).
     `ctc_tokenizer`: the CTC head's own vocabulary, when it is not the decoder's.
     """
     directory = Path(directory)
@@ -110,8 +148,11 @@ def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: st
     state = model.state_dict()
     if model.config.tie_embeddings:  # one copy of the shared matrix (`load_weights` ties it again)
         state.pop(TIED_OUTPUT, None)
-    if int8:
-        state = quantize_int8(state, {name for name, _ in model.named_parameters(remove_duplicate=False)})
+    if weights not in WEIGHT_STORAGE:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, not {weights!r}")
+    if weights != "float32":
+        quantize = quantize_int8 if weights == "int8" else quantize_int4
+        state = quantize(state, {name for name, _ in model.named_parameters(remove_duplicate=False)})
     save_state_dict(state, tmp / WEIGHTS_FILE)
     (tmp / tokenizer.file_name).write_bytes(tokenizer.to_bytes())
     files = [WEIGHTS_FILE, tokenizer.file_name]
@@ -225,11 +266,12 @@ def model_ctc_tokenizer(directory: str | os.PathLike, config: dict | None = None
     return load_tokenizer(Path(directory) / CTC_TOKENIZER_FILE, config["ctc_tokenizer"])
 
 
-def stored_int8(path: Path) -> bool:
-    """Whether a weights file holds int8 matrices (`quantize_int8`), read from its header alone."""
+def stored_quantized(path: Path) -> bool:
+    """Whether a weights file holds int8 or 4-bit matrices (`quantize_int8`, `quantize_int4`), read from its
+    header alone."""
     try:
         with safe_open(str(path), "pt") as f:
-            return any(key.endswith(SCALE_SUFFIX) for key in f.keys())
+            return any(key.endswith((SCALE_SUFFIX, INT4_SCALE)) for key in f.keys())
     except (SafetensorError, OSError):
         return False  # load_model names the problem
 
@@ -239,13 +281,14 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
     """Load (model in eval mode, tokenizer, config dict). Checks files against the recorded hashes.
 
     `compute="int8"` (CPU only) runs the matrices as int8 (`quantize.quantize_model`); a model stored as int8
-    then multiplies by exactly its stored integers. `"auto"`: int8 for a model stored as int8 on the CPU.
+    then multiplies by exactly its stored integers (a 4-bit one by its rows' int8 rounding). `"auto"`: int8
+    for a model stored as int8 or in 4 bits, on the CPU.
     """
     if compute not in ("float32", "int8", "auto"):
         raise ValueError(f"compute must be float32, int8 or auto, not {compute!r}")
     directory = Path(directory)
     if compute == "auto":
-        compute = "int8" if torch.device(device).type == "cpu" and stored_int8(directory / WEIGHTS_FILE) else "float32"
+        compute = "int8" if torch.device(device).type == "cpu" and stored_quantized(directory / WEIGHTS_FILE) else "float32"
     config = read_config(directory)
     model_config = ModelDirectory.from_config(config, directory / CONFIG_FILE).model  # bad sections named first
     files = [(WEIGHTS_FILE, "weights_sha256"), (tokenizer_file(config), "tokenizer_sha256")]

@@ -59,6 +59,8 @@ class ModelConfig:
     conformer_conv: bool = False  # a Conformer convolution module between self-attention and feed-forward
     conv_kernel: int = 15  # its depthwise kernel (odd)
     intermediate_ctc_layer: int = 0  # >0: the CTC head also reads this encoder layer's output (training loss only)
+    ctc_branch_layers: int = 0  # >0: the CTC head reads its own copy of the encoder's top N blocks and final norm
+    # (a distilled student: the teacher's top blocks feed its decoder, those fine-tuned for CTC its CTC head)
 
     def __post_init__(self):
         for name, value, allowed in (("frontend", self.frontend, ("log_mel", "whisper", "whisper_log_mel")),
@@ -75,6 +77,10 @@ class ModelConfig:
             raise ValueError(f"conv_kernel must be odd, not {self.conv_kernel}")
         if not 0 <= self.intermediate_ctc_layer < max(1, self.encoder_layers):
             raise ValueError(f"intermediate_ctc_layer must be in 0..{self.encoder_layers - 1}")
+        if not 0 <= self.ctc_branch_layers < max(1, self.encoder_layers) or (
+                self.ctc_branch_layers and (not self.ctc or self.intermediate_ctc_layer)):
+            raise ValueError("ctc_branch_layers must be below encoder_layers, with a CTC head and no "
+                             "intermediate_ctc_layer")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -262,6 +268,8 @@ class Encoder(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(EncoderBlock(c) for _ in range(c.encoder_layers))
         self.norm = nn.LayerNorm(c.d_model)
+        self.ctc_blocks = nn.ModuleList(EncoderBlock(c) for _ in range(c.ctc_branch_layers))  # ModelConfig
+        self.ctc_norm = nn.LayerNorm(c.d_model) if c.ctc_branch_layers else None
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """feats `(B, F, n_mels)`, lengths `(B,)` -> encoder states `(B, S, D)`, lengths `(B,)`."""
@@ -272,6 +280,21 @@ class Encoder(nn.Module):
         """As `forward`, plus the (final-normed) output of block `intermediate_ctc_layer` (None when 0)."""
         x, lengths = self.embed(feats, lengths)
         return self.blocks_from(x, lengths)
+
+    def forward_with_ctc(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As `forward`, plus what the CTC head reads `(B, S, D)`: the encoder states themselves, or with
+        `ctc_branch_layers` its own top blocks' normed output, from the same lower blocks."""
+        if not self.ctc_blocks:
+            x, lengths = self.forward(feats, lengths)
+            return x, lengths, x
+        x, lengths = self.embed(feats, lengths)
+        x, lengths, _ = self.blocks_from(x, lengths, 0, len(self.blocks) - len(self.ctc_blocks))
+        mask = None if bool((lengths == x.shape[1]).all()) else padding_mask(lengths, x.shape[1])[:, None, None, :]
+        branch = x
+        for block in self.ctc_blocks:
+            branch = block(branch, mask)
+        memory, lengths, _ = self.blocks_from(x, lengths, len(self.blocks) - len(self.ctc_blocks))
+        return memory, lengths, self.ctc_norm(branch)
 
     def embed(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The stem and positions: feats `(B, F, n_mels)` -> the first block's input `(B, S, D)`, lengths `(B,)`."""
@@ -383,11 +406,23 @@ class SpeechTransformer(nn.Module):
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(feats, lengths)
 
+    def encode_with_ctc(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """feats `(B, F, n_mels)` -> encoder states `(B, S, D)`, lengths `(B,)` and the CTC head's
+        log-probabilities `(B, S, V)` (None without a head): what every inference path starts from."""
+        memory, lengths, ctc_input = self.encoder.forward_with_ctc(feats, lengths)
+        return memory, lengths, None if self.ctc_head is None else self._ctc(ctc_input)
+
     def ctc_log_probs(self, memory: Tensor) -> Tensor:
-        """`(B, S, D)` -> `(B, S, V)` log-probabilities, blank = 0."""
+        """Encoder states `(B, S, D)` -> `(B, S, V)` log-probabilities, blank = 0."""
         if self.ctc_head is None:
             raise ValueError("this model has no CTC head (decode with ctc_weight=0 and method='attention')")
-        return self.ctc_head(memory).float().log_softmax(-1)
+        if self.encoder.ctc_blocks:
+            raise ValueError("this model's CTC head reads its own top encoder blocks, not the encoder states: "
+                             "use encode_with_ctc")
+        return self._ctc(memory)
+
+    def _ctc(self, states: Tensor) -> Tensor:
+        return self.ctc_head(states).float().log_softmax(-1)
 
     def forward(self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
                 ctc_weight: float = 0.3, label_smoothing: float = 0.1,

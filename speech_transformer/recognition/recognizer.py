@@ -148,11 +148,12 @@ class Recognizer:
         # the encoder a few rows at a time: its attention scores grow with rows x frames^2 (Whisper's 30 s windows:
         # 72 MB per row and layer), the decoder then searches the whole batch at once
         rows = max(1, int(ENCODER_SECONDS * SAMPLE_RATE / HOP_LENGTH / max(1, feats.shape[1])))  # feats (B, F, mels)
-        parts = [self.model.encode(feats[i:i + rows], feat_lengths[i:i + rows]) for i in range(0, len(feats), rows)]
-        S = max(m.shape[1] for m, _ in parts)
-        memory = torch.cat([F.pad(m, (0, 0, 0, S - m.shape[1])) for m, _ in parts])
-        memory_lengths = torch.cat([n for _, n in parts])
-        ctc = self.model.ctc_log_probs(memory).float() if self.model.ctc_head is not None else None
+        parts = [self.model.encode_with_ctc(feats[i:i + rows], feat_lengths[i:i + rows])
+                 for i in range(0, len(feats), rows)]
+        S = max(m.shape[1] for m, _, _ in parts)
+        memory = torch.cat([F.pad(m, (0, 0, 0, S - m.shape[1])) for m, _, _ in parts])
+        memory_lengths = torch.cat([n for _, n, _ in parts])
+        ctc = None if parts[0][2] is None else torch.cat([F.pad(c, (0, 0, 0, S - c.shape[1])) for _, _, c in parts])
         return Encoding(memory, memory_lengths, ctc, [len(w) / SAMPLE_RATE for w in waveforms])
 
     @torch.inference_mode()

@@ -52,7 +52,8 @@ def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder
 
 def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, vocab_file: str | os.PathLike,
                       lower: int = 5, teacher_layers: tuple[int, ...] = (0, 5), upper_from_teacher: bool = False,
-                      trailing_silence: float = 0.0) -> tuple[SpeechTransformer, WhisperTokenizer, list[int]]:
+                      trailing_silence: float = 0.0, ctc_branch: bool = False
+                      ) -> tuple[SpeechTransformer, WhisperTokenizer, list[int]]:
     """The student that `recipes/distil` trains: the encoder of `teacher` (an imported Whisper model directory) with
     the upper blocks, final LayerNorm and CTC head of `top` (a model directory fine-tuned on the same Whisper's
     frozen blocks 0..`lower`-1, the shipped v3: the teacher's float weights of those are taken), and a decoder of the
@@ -60,6 +61,8 @@ def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, 
     `upper_from_teacher`: the upper blocks and final LayerNorm are the teacher's too (what its decoder blocks
     read), only the CTC head is `top`'s. `trailing_silence`: seconds of silence its front end appends to each
     input (`ModelConfig.trailing_silence`: the teacher's decoder blocks stop where they see the speech end).
+    `ctc_branch` (with `upper_from_teacher`): the CTC head keeps reading `top`'s upper blocks and final
+    LayerNorm, as its own branch beside the teacher's (`ModelConfig.ctc_branch_layers`): no head to retrain.
     Returns (model, pruned tokenizer, old_ids: the teacher's id of each student token)."""
     path = Path(teacher)
     teacher_config, teacher_tokenizer = ModelDirectory.read(path).model, model_tokenizer(path)
@@ -72,7 +75,10 @@ def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, 
     config = replace(top_config, vocab_size=vocab.vocab_size, ctc_vocab_size=top_config.ctc_vocab_size or
                      top_config.vocab_size, decoder_layers=len(teacher_layers), decoder_positions="learned",
                      decoder_scale_embeddings=False, max_target_positions=teacher_config.max_target_positions,
-                     trailing_silence=trailing_silence)
+                     trailing_silence=trailing_silence,
+                     ctc_branch_layers=top_config.encoder_layers - lower if ctc_branch else 0)
+    if ctc_branch and not upper_from_teacher:
+        raise ValueError("a CTC branch is for a student whose upper blocks are the teacher's (upper_from_teacher)")
     ours = config.encoder_layers if upper_from_teacher else lower  # encoder blocks taken from the teacher
     from_teacher = STUDENT_KEPT[:2] + (("encoder.norm.",) if upper_from_teacher else ()) + tuple(
         f"encoder.blocks.{i}." for i in range(ours))
@@ -80,6 +86,12 @@ def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, 
         f"encoder.blocks.{i}." for i in range(lower, config.encoder_layers)))
     student = {k: v for k, v in state.items() if k.startswith(from_teacher)}
     student.update({k: v.float() for k, v in top_state.items() if k.startswith(from_top)})
+    if ctc_branch:
+        student.update({"encoder.ctc_norm." + k[len("encoder.norm."):]: v.float() for k, v in top_state.items()
+                        if k.startswith("encoder.norm.")})
+        student.update({f"encoder.ctc_blocks.{int(k.split('.')[2]) - lower}." + k.split(".", 3)[3]: v.float()
+                        for k, v in top_state.items() if k.startswith("encoder.blocks.")
+                        and int(k.split(".")[2]) >= lower})
     student["decoder.embed.weight"] = student["decoder.output.weight"] = state["decoder.embed.weight"][old_ids].clone()
     for key in ("decoder.positions.table.weight", "decoder.norm.weight", "decoder.norm.bias"):
         student[key] = state[key]
