@@ -6,7 +6,8 @@
 
 Steps: load the model directory (default recipes/default/exp/cpu_tiny/model), store its parameters
 as float16 (`--dtype float32` keeps them; `--dtype int8` stores the matrices as int8 with per-row scales,
-`checkpoint.quantize_int8`, and the other parameters as float16; buffers such as the feature statistics
+`checkpoint.quantize_int8`, `--dtype int4` in 4 bits per group of 64 columns, `checkpoint.quantize_int4`,
+and the other parameters as float16; buffers such as the feature statistics
 always keep their dtype, and `checkpoint.load_model` copies the values back into the float32 model), write it with
 `checkpoint.save_model` (so config.json carries the right hashes) into a staging folder, optionally
 measure the regression WERs on that copy (`--regression`, writes regression.json), write
@@ -62,7 +63,9 @@ DATA_SETS = {"librispeech": ("audiobook readings (LibriSpeech)", "CC BY 4.0"),
                            "(their output is not restricted)")}
 
 
-DTYPE_WORDS = {"int8": "int8 (matrices, symmetric per-row scales; vectors float16)"}
+DTYPE_WORDS = {"int8": "int8 (matrices, symmetric per-row scales; vectors float16)",
+               "int4": "4 bits (matrices of 64k columns: a float16 scale and offset per 64 columns; convolutions "
+                       "int8; vectors float16)"}
 
 
 class ShipError(Exception):
@@ -76,7 +79,7 @@ def stage_model(source: Path, stage: Path, dtype: str, decoding: dict, commands:
     preferred decoding and its grammar-matching settings (`commands`, default: the source's own); paths of the
     training machine become names relative to the data folder or the repo."""
     model, tokenizer, config = checkpoint.load_model(source)
-    if dtype in ("float16", "int8"):
+    if dtype in ("float16", "int8", "int4"):
         for name, p in model.named_parameters():
             if p.is_floating_point() and p.detach().abs().max() > FLOAT16_MAX:
                 raise ShipError(f"{source}: parameter {name} exceeds the float16 range; ship with --dtype float32")
@@ -85,8 +88,8 @@ def stage_model(source: Path, stage: Path, dtype: str, decoding: dict, commands:
     info["shipped"] = {"source": repo_name(source), "dtype": dtype, "source_weights_sha256": config.get("weights_sha256")}
     commands = config.get("commands") if commands is None else commands
     ctc = checkpoint.model_ctc_tokenizer(source, config) if config.get("ctc_tokenizer") else None
-    return checkpoint.save_model(model, tokenizer, stage, info, decoding, int8=dtype == "int8", commands=commands,
-                                 ctc_tokenizer=ctc)
+    weights = dtype if dtype in ("int8", "int4") else "float32"  # float16 parameters are stored as they are
+    return checkpoint.save_model(model, tokenizer, stage, info, decoding, weights, commands=commands, ctc_tokenizer=ctc)
 
 
 def repo_name(path: Path) -> str:
@@ -539,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="the model directory to ship (default EXP/model)")
     p.add_argument("--dest", type=Path, default=pretrained.PRETRAINED_DIR / pretrained.DEFAULT_MODEL,
                    help="where to ship it (default: speech_transformer/pretrained/default)")
-    p.add_argument("--dtype", choices=["float16", "float32", "int8"], default="float16",
+    p.add_argument("--dtype", choices=["float16", "float32", "int8", "int4"], default="float16",
                    help="how parameters are stored (int8: matrices int8 with per-row scales, the rest float16)")
     p.add_argument("--report", action="append", default=[], metavar="NAME=PATH",
                    help="a `speech-transformer evaluate --output` JSON report (repeatable; the same NAME twice "
