@@ -111,3 +111,33 @@ def test_distilled_student_has_two_vocabularies_end_to_end(tmp_path, root, speec
     (tmp_path / "distilled" / "ctc_tokenizer.model").write_bytes(b"not sentencepiece")
     with pytest.raises(CheckpointError, match="ctc_tokenizer.model"):
         Recognizer.from_dir(tmp_path / "distilled")
+
+
+def test_a_distilled_student_with_a_ctc_branch_spells_as_the_top_model_does(tmp_path, root, speech):
+    """`ctc_branch`: the teacher's whole encoder feeds the decoder, while the CTC head reads the top model's
+    upper block: the recogniser's CTC posteriors are the top model's own."""
+    from conftest import converted
+    from speech_transformer.model.checkpoint import model_tokenizer, save_model
+    from speech_transformer.pretrained import default_model_dir
+    from speech_transformer.recognition.recognizer import Recognizer
+    from speech_transformer.training.student import distilled_student, student
+
+    _, checkpoint, teacher = converted("tiny", "multilingual", root)
+    ours = model_tokenizer(default_model_dir())
+    student(str(checkpoint), ours, tmp_path / "top", encoder_layers=4)
+    top = Recognizer.from_dir(tmp_path / "top")
+    with torch.no_grad():
+        top.model.encoder.blocks[3].ff[0].weight.mul_(0.9)  # as fine-tuning would: not the teacher's block 3
+    save_model(top.model, ours, tmp_path / "top")
+    keep = model_tokenizer(teacher).encode(" And so, my fellow Americans")
+    model, vocab, _ = distilled_student(teacher, tmp_path / "top", keep, tmp_path / "v.tiktoken", 3, (0, 3),
+                                        upper_from_teacher=True, ctc_branch=True)
+    t = load_model(teacher)[0].state_dict()
+    s = model.state_dict()
+    assert model.config.ctc_branch_layers == 1
+    assert torch.equal(s["encoder.blocks.3.ff.0.weight"], t["encoder.blocks.3.ff.0.weight"])
+    assert torch.equal(s["encoder.ctc_blocks.0.ff.0.weight"], top.model.state_dict()["encoder.blocks.3.ff.0.weight"])
+    save_model(model, vocab, tmp_path / "branched", ctc_tokenizer=ours)
+    ours_ctc = Recognizer.from_dir(tmp_path / "branched").recognize(speech[:1], posteriors=True)[0].ctc_log_probs
+    top_ctc = Recognizer.from_dir(tmp_path / "top").recognize(speech[:1], posteriors=True)[0].ctc_log_probs
+    torch.testing.assert_close(ours_ctc, top_ctc, atol=1e-4, rtol=1e-4)

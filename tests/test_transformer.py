@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from speech_transformer.audio.loading import load_audio
@@ -142,6 +143,31 @@ def test_intermediate_ctc_is_a_training_loss_only():
         c = inter(feats, lengths, targets, target_lengths, intermediate_ctc_weight=0.0)
     assert float(a.ctc) == float(c.ctc) and float(b.ctc) != float(a.ctc)
     assert float(a.attention) == float(b.attention)
+
+
+def test_a_ctc_branch_reads_its_own_top_blocks_and_leaves_the_memory_alone():
+    """`ctc_branch_layers`: the encoder states are the plain model's; the CTC head reads the branch's copy of the
+    top block, so with the same weights as the top block it gives what the plain model gives."""
+    plain, branched = encoder_variant(), encoder_variant(ctc_branch_layers=1)
+    state = plain.state_dict()
+    top = len(plain.encoder.blocks) - 1
+    state.update({k.replace(f"encoder.blocks.{top}.", "encoder.ctc_blocks.0."): v for k, v in plain.state_dict().items()
+                  if k.startswith(f"encoder.blocks.{top}.")})
+    state.update({k.replace("encoder.norm.", "encoder.ctc_norm."): v for k, v in plain.state_dict().items()
+                  if k.startswith("encoder.norm.")})
+    branched.load_state_dict(state)
+    feats, lengths = torch.randn(2, 150, 80), torch.tensor([150, 120])
+    with torch.no_grad():
+        memory, n, ctc = branched.encode_with_ctc(feats, lengths)
+        torch.testing.assert_close(memory, plain.encode(feats, lengths)[0])
+        torch.testing.assert_close(ctc, plain.ctc_log_probs(memory))
+        branched.encoder.ctc_blocks[0].ff[0].weight.mul_(0.5)  # the branch alone changes
+        memory2, _, ctc2 = branched.encode_with_ctc(feats, lengths)
+    assert torch.equal(memory2, memory) and not torch.allclose(ctc2, ctc)
+    with pytest.raises(ValueError, match="encode_with_ctc"):
+        branched.ctc_log_probs(memory)  # the encoder states are not what its head reads
+    with pytest.raises(ValueError, match="ctc_branch_layers"):
+        preset("tiny", ctc_branch_layers=1, intermediate_ctc_layer=1)
 
 
 def concatenated(*linears: torch.nn.Linear) -> torch.nn.Linear:
