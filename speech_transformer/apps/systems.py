@@ -14,7 +14,8 @@ Adapters:
   cmd:NAME=COMMAND                a shell command with {audio} in it, e.g. "cmd:whisper=whisper-cli {audio}"
   model:DIR[,beam=N,ctc=W,...]    our model from a folder (or whisper:NAME); device, name, and any decoding
                                   setting by name or short key (`decoding.options.OPTIONS`): method, beam, ctc,
-                                  compute=int8 (int8/bfloat16 matrices on the CPU),
+                                  compute=int8|float32|auto (int8/bfloat16 matrices on the CPU; auto, the
+                                  default: int8 for a model stored quantized, as the shipped ones are),
                                   lm, ws (word score), rescore, nbest, word_lm, words, ... A setting of one search
                                   chooses it; `method=lexicon` alone is the model's tuned lexicon search
   default[,beam=N,ctc=W,...]      the embedded default model
@@ -151,7 +152,7 @@ class SpeechTransformerSystem(System):
     """Our model, loaded from a folder through `speech_transformer.recognition.recognizer.Recognizer`."""
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", name: str | None = None,
-                 compute: str = "float32", **decoding: Any):
+                 compute: str = "auto", **decoding: Any):
         """`decoding`: DecodingOptions fields that change the model's preferred decoding (None: keep it)."""
         from speech_transformer.decoding.options import DecodingOptions
 
@@ -160,7 +161,7 @@ class SpeechTransformerSystem(System):
         DecodingOptions().override(**self.decoding)  # unknown fields and bad values are refused here
         self.device, self.compute = device, compute
         opts = ",".join(f"{k}={v}" for k, v in sorted({**self.decoding, **(
-            {"compute": compute} if compute != "float32" else {})}.items()))
+            {"compute": compute} if compute != "auto" else {})}.items()))
         self.name = name or f"speech-transformer:{self.model_dir.name}" + (f"({opts})" if opts else "")
         self._recognizer = None
 

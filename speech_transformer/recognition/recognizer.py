@@ -92,10 +92,10 @@ class Recognizer:
 
     @classmethod
     def from_dir(cls, name_or_dir: str | os.PathLike | None = None, device: str = "cpu",
-                 compute: str = "float32") -> "Recognizer":
+                 compute: str = "auto") -> "Recognizer":
         """Load a model directory, a shipped model's name, or (None) the embedded default model; `compute="int8"`
-        runs its matrices in int8 (bfloat16 over frames where the CPU has it: `model.quantize`), "auto" does so
-        for a model stored as int8 (the shipped ones) on the CPU, "float32" never.
+        runs its matrices in int8 (bfloat16 over frames where the CPU has it: `model.quantize`), "auto" (the
+        default) does so for a model stored quantized (the shipped ones) on the CPU, "float32" never.
 
         The preferred decoding is config.json's "decoding" entry (its method, and the tuned settings of each
         search: `method=lexicon` alone gives the model's tuned lexicon search); greedy without one.
