@@ -4,7 +4,9 @@ import argparse
 
 import pytest
 
-from speech_transformer.apps.decoding_args import add_decoding_arguments, decoding_changes, embedded_decoding
+from speech_transformer.apps.decoding_args import add_decoding_arguments, decoding_changes, describe_preferred, \
+    embedded_decoding
+from speech_transformer.decoding.options import DecodingOptions
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,5 +27,6 @@ def test_help_reads_the_embedded_models_values():
     preferred = embedded_decoding()
     assert preferred is not None
     text = " ".join(parser().format_help().split())
-    assert preferred.describe() in text
-    assert preferred.override(method="lexicon").describe() in text  # its tuned lexicon search too
+    assert preferred.describe() in text and describe_preferred(preferred) in text  # with its other tuned searches
+    tuned = DecodingOptions(beam_size=4).override(method="lexicon", lm_weight=1.6).override(method="attention")
+    assert describe_preferred(tuned) == "beam 4 (also tuned: lexicon beam 50, LM weight 1.6, word score 0)"

@@ -7,15 +7,15 @@ import torch
 from speech_transformer.decoding import lexicon as lx
 from speech_transformer.decoding.arpa import write_arpa
 from speech_transformer.decoding.word_lm import build_kneser_ney
+from speech_transformer.model.checkpoint import model_ctc_tokenizer
 from speech_transformer.pretrained import default_model_dir
-from speech_transformer.text.tokenizer import Tokenizer
 
 pytest.importorskip("flashlight.lib.text")
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return Tokenizer(default_model_dir() / "tokenizer.model")  # the shipped model's 256 upper-case pieces
+    return model_ctc_tokenizer(default_model_dir())  # the shipped model's CTC head's 256 upper-case pieces
 
 
 def posterior(tok, tokens: list[int], peak: float = 0.9, mix: dict[int, dict[int, float]] | None = None):

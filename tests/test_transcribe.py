@@ -113,13 +113,14 @@ def test_decoding_flags_change_one_field_of_the_models_preferred_decoding():
     from speech_transformer.decoding.options import DecodingOptions
     from speech_transformer.apps.transcribe import TranscribeOptions
     from speech_transformer.apps.transcribe_cli import _parser
+    from speech_transformer.apps.decoding_args import describe_preferred, embedded_decoding
 
     preferred = DecodingOptions(beam_size=4, ctc_weight=0.3)
     assert TranscribeOptions().decoding(preferred) == preferred
     assert TranscribeOptions.from_kwargs(beam_size=2).decoding(preferred) == DecodingOptions(beam_size=2, ctc_weight=0.3)
     assert TranscribeOptions.from_kwargs(method="ctc", ctc_weight=None).decoding(preferred).method == "ctc"
     text = " ".join(_parser().format_help().split())
-    assert "preferred decoding" in text and "beam 4, CTC weight 0.3" in text
+    assert "preferred decoding" in text and describe_preferred(embedded_decoding()) in text
     for flag in ("--batch-seconds", "--max-chunk-seconds", "--vad-threshold", "--format", "--model", "--device"):
         assert flag in text
     assert text.count("(default:") >= 8
