@@ -151,25 +151,30 @@ def sample(recognizer, data_dir):
 
 
 def test_rescoring_reorders_when_the_attention_decoder_disagrees(recognizer, sample):
-    from speech_transformer.decoding.options import DecodingOptions
-    from speech_transformer.decoding.search import decode, sequence_log_probs
+    """The n-best list is in CTC pieces; the decoder scores each one in its own vocabulary (respelt where it has
+    its own, a distilled student's)."""
+    from speech_transformer.decoding.search import ctc_greedy_search, sequence_log_probs
+    from speech_transformer.text.tokenizer import respell
 
     _, enc = sample
-    greedy = decode(recognizer.model, enc.memory, enc.lengths, DecodingOptions(), recognizer.tokenizer.special)[0]
-    worse = list(greedy.tokens)  # the attention decoder's own output with two pieces replaced
+    ctc_vocab, own = recognizer.ctc_tokenizer, recognizer.ctc_tokenizer is recognizer.tokenizer
+    spell = (lambda ids: ids) if own else (lambda ids: respell(ids, ctc_vocab, recognizer.tokenizer))
+    best = ctc_greedy_search(enc.ctc_log_probs, enc.lengths)[0].tokens
+    worse = list(best)  # the CTC head's own output with two pieces replaced
     for i in (len(worse) // 3, 2 * len(worse) // 3):
-        worse[i] = 2 + (worse[i] + 50) % (recognizer.tokenizer.vocab_size - 2)
-    good, bad = (lx.WordHypothesis(["good"], greedy.tokens, score=-50.0, ctc_score=-50.0, lm_score=0.0),
+        worse[i] = 2 + (worse[i] + 50) % (ctc_vocab.vocab_size - 2)
+    good, bad = (lx.WordHypothesis(["good"], best, score=-50.0, ctc_score=-50.0, lm_score=0.0),
                  lx.WordHypothesis(["bad"], worse, score=-10.0, ctc_score=-10.0, lm_score=0.0))
     att = sequence_log_probs(recognizer.model, enc.memory.expand(2, -1, -1), enc.lengths.expand(2),
-                             [greedy.tokens, worse])
+                             [spell(best), spell(worse)], recognizer.tokenizer.special)
     assert att[0] > att[1]
-    out = lx.rescore(recognizer.model, enc.memory, enc.lengths, enc.ctc_log_probs, [[bad, good]], 1.0, 0.0, 0.0)
+    args = (ctc_vocab.special, None if own else spell, None if own else recognizer.tokenizer.special)
+    out = lx.rescore(recognizer.model, enc.memory, enc.lengths, enc.ctc_log_probs, [[bad, good]], 1.0, 0.0, 0.0, *args)
     assert [h.words for h in out[0]] == [["good"], ["bad"]]
     assert out[0][0].total == pytest.approx(float(att[0]), abs=1e-4)
     # with weight 0 the full-sum CTC score decides
-    ctc = lx.ctc_sequence_log_probs(enc.ctc_log_probs.expand(2, -1, -1), enc.lengths.expand(2), [greedy.tokens, worse])
-    out = lx.rescore(recognizer.model, enc.memory, enc.lengths, enc.ctc_log_probs, [[bad, good]], 0.0, 0.0, 0.0)
+    ctc = lx.ctc_sequence_log_probs(enc.ctc_log_probs.expand(2, -1, -1), enc.lengths.expand(2), [best, worse])
+    out = lx.rescore(recognizer.model, enc.memory, enc.lengths, enc.ctc_log_probs, [[bad, good]], 0.0, 0.0, 0.0, *args)
     assert [h.ctc_sum_score for h in out[0]] == pytest.approx(sorted(ctc.tolist(), reverse=True), abs=1e-4)
 
 
@@ -190,9 +195,9 @@ def test_lexicon_search_on_real_speech(recognizer, sample, data_dir, tmp_path):
     via_recognizer = recognizer.recognize([load_audio(utt.audio)], Options(word_lm=str(lm)))[0]
     assert via_recognizer.tokens == hyps[0].tokens  # method="lexicon" is one more search of the one path
     assert len(hyps) == 1
-    decoder = lx.get_decoder(recognizer.tokenizer, str(lm))
-    assert lx.get_decoder(recognizer.tokenizer, str(lm)) is decoder  # built once per process
-    text = recognizer.tokenizer.decode(hyps[0].tokens).lower().split()
+    decoder = lx.get_decoder(recognizer.ctc_tokenizer, str(lm))  # it spells in the CTC head's pieces
+    assert lx.get_decoder(recognizer.ctc_tokenizer, str(lm)) is decoder  # built once per process
+    text = recognizer.ctc_tokenizer.decode(hyps[0].tokens).lower().split()
     assert text and set(text) <= set(decoder.lexicon.spellings)
     with pytest.raises(FileNotFoundError, match="nothere.arpa"):
         lx.lexicon_search(recognizer, enc, Options(word_lm=str(tmp_path / "nothere.arpa")))

@@ -9,7 +9,8 @@ How an utterance is matched (`match`):
    log-likelihood log p_ctc(phrase | audio) of every phrase (one batched `ctc_loss`, reduction='none').
    A bigger one (loops such as `{letter}+`) is searched instead: the decoding search (`decoding.search`) with
    a candidate filter that lets only grammar-allowed tokens (and <eos> where a phrase may end) extend a
-   hypothesis, scored by the attention decoder joined with CTC prefix scores.
+   hypothesis, scored by the attention decoder joined with CTC prefix scores (by CTC alone where the decoder
+   has its own vocabulary, a distilled student's: `scorers.FlatScorer`; the decoder then only rescores).
 3. Rescoring. The `rescore` best candidates get the decoder's teacher-forced log p_att(phrase | audio);
    the joint score is `ctc_weight * log p_ctc + (1 - ctc_weight) * log p_att`, and the best joint wins.
    Confidence is its share of the candidates' joint probability (softmax over the rescored candidates).
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speech_transformer.decoding.options import DecodingOptions
-from speech_transformer.decoding.scorers import NEG_INF, CTCScorer, DecoderScorer
+from speech_transformer.decoding.scorers import NEG_INF, CTCScorer, DecoderScorer, FlatScorer
 from speech_transformer.decoding.search import Beams, Limits, attention_search, beam_decoder, search, sequence_log_probs
 from speech_transformer.commands.grammar import Grammar, GrammarError, WordGraph, epsilon_closure
 from speech_transformer.text.tokenizer import respell
@@ -229,15 +230,19 @@ class GrammarCandidates:
 
 
 @torch.no_grad()
-def grammar_search(model, enc, graph: TokenGraph, options: MatchOptions, special) -> list[list[list[int]]]:
+def grammar_search(model, enc, graph: TokenGraph, options: MatchOptions, special, shared_vocabulary: bool = True
+                   ) -> list[list[list[int]]]:
     """The decoding search over grammar paths only, for all utterances of an `Encoding` at once, scored by the
-    decoder joined with CTC prefix scores: per utterance up to `beam_size` distinct token sequences, best first."""
+    decoder joined with CTC prefix scores (by CTC alone where the decoder has its own vocabulary, not
+    `shared_vocabulary`: it rescores the results instead): per utterance up to `beam_size` distinct token
+    sequences, best first."""
     W = options.beam_size
     limits = [max(1, int(n * options.max_tokens_per_frame)) for n in enc.lengths.tolist()]
-    ctc = CTCScorer(options.ctc_weight, enc.ctc_log_probs, enc.lengths, special, W)
+    ctc = CTCScorer(options.ctc_weight if shared_vocabulary else 1.0, enc.ctc_log_probs, enc.lengths, special, W)
     lengths = Limits([n + 1 for n in limits], None)  # the step at the limit says <eos> (GrammarCandidates)
     chooser = beam_decoder([ctc], GrammarCandidates(graph, W, limits, special.eos), special, lengths)
-    decoder = DecoderScorer(model, enc.memory, enc.lengths, special, [], W)
+    decoder = (DecoderScorer(model, enc.memory, enc.lengths, special, [], W) if shared_vocabulary else
+               FlatScorer(enc.ctc_log_probs.shape[-1], enc.memory.device))
     beams = search(decoder, chooser, Beams.start(len(enc), W, enc.memory.device), lengths)
     out = []
     for finished in beams.finished:
@@ -267,9 +272,6 @@ def match_all(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
     if recognizer.model.ctc_head is None:
         raise ValueError("grammar matching needs a model with a CTC head")
     compiled = compile_grammar(grammar, recognizer.ctc_tokenizer, options.max_expansions)
-    if compiled.phrases is None and recognizer.ctc_tokenizer is not recognizer.tokenizer:
-        raise ValueError(f"the grammar has over {options.max_expansions} phrases: its search joins the decoder to "
-                         "CTC prefix scores, and this model's decoder has its own vocabulary (raise max_expansions)")
     results: list[CommandMatch | None] = [None] * len(waveforms)
     for batch in length_sorted_batches([len(w) for w in waveforms], options.batch_seconds):
         for j, m in zip(batch, _match_batch(recognizer, [waveforms[j] for j in batch], compiled, options)):
@@ -277,12 +279,13 @@ def match_all(recognizer, waveforms: Sequence[np.ndarray], grammar: Grammar,
     return results
 
 
-def _candidates(model, enc, compiled: CompiledGrammar, options: MatchOptions, special
+def _candidates(model, enc, compiled: CompiledGrammar, options: MatchOptions, special, shared_vocabulary: bool
                 ) -> tuple[list[list[list[int]]], list[Tensor], list[list[int]]]:
     """Per utterance: its best grammar token sequences by CTC (all phrases scored, or the grammar search),
     their CTC log-likelihoods, and their phrase indices (-1: found by the search)."""
     log_probs, lengths = enc.ctc_log_probs.cpu(), enc.lengths.cpu()
-    searched = grammar_search(model, enc, compiled.graph, options, special) if compiled.phrases is None else None
+    searched = None if compiled.phrases is not None else grammar_search(model, enc, compiled.graph, options, special,
+                                                                         shared_vocabulary)
     candidates, ctc_scores, phrase_ids = [], [], []
     for b in range(len(enc)):
         lp = log_probs[b, :int(lengths[b])]
@@ -308,7 +311,8 @@ def _match_batch(recognizer, waveforms: list[np.ndarray], compiled: CompiledGram
     enc = recognizer.encode(waveforms)
     log_probs = enc.ctc_log_probs.cpu()
     lengths = enc.lengths.cpu()
-    candidates, ctc_scores, phrase_ids = _candidates(model, enc, compiled, options, special)
+    candidates, ctc_scores, phrase_ids = _candidates(model, enc, compiled, options, special,
+                                                     recognizer.ctc_tokenizer is recognizer.tokenizer)
     counts = torch.tensor([len(c) for c in candidates])
     flat = [s for c in candidates for s in c]
     spelled = [respell(s, recognizer.ctc_tokenizer, recognizer.tokenizer) for s in flat]  # the decoder's tokens

@@ -88,6 +88,24 @@ class DecoderScorer:
         self.cache.keep(rows)
 
 
+class FlatScorer:
+    """No decoder: every next token of a V-token vocabulary scores the same, so the partial scorers alone
+    (weight 1) lead the search: a grammar search over a CTC head whose vocabulary the decoder does not share."""
+
+    def __init__(self, vocab_size: int, device: torch.device):
+        self.vocab_size, self.device = vocab_size, device
+        self.no_speech_probs = None
+
+    def logits(self, sequences: Sequence[list[int]]) -> Tensor:
+        return torch.zeros(len(sequences), self.vocab_size, device=self.device)
+
+    def advance(self, next_tokens: Tensor, rows: Tensor | None = None) -> None:
+        pass
+
+    def keep(self, utterances: Tensor, rows: Tensor) -> None:
+        pass
+
+
 class Scorer(Protocol):
     """A weighted score of extending each of N hypotheses by K candidate tokens (ESPnet's partial scorer)."""
 
