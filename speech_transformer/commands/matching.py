@@ -150,12 +150,19 @@ class CompiledGrammar:
         self.grammar, self.tokenizer = grammar, tokenizer
         self.phrases = grammar.expand() if grammar.count() <= max_expansions else None
         self.graph: TokenGraph | None = None
+        self._spelled: dict[str, list[int]] = {}
         if self.phrases is not None:
-            spelled: dict[str, list[int]] = {}
-            self.tokens = [[t for w in p.words for t in spelled.setdefault(w, tokenizer.encode(w))]
-                           for p in self.phrases]
+            self.tokens = [self.spell_words(p.words) for p in self.phrases]
         else:
             self.graph = TokenGraph(grammar.automaton(), tokenizer)
+
+    def spell_words(self, words) -> list[int]:
+        """A phrase's tokens: each word as the tokenizer spells it alone."""
+        return [t for w in words for t in self._spelled.setdefault(w, self.tokenizer.encode(w))]
+
+    def spell(self, tokens: list[int]) -> list[int]:
+        """Any spelling of a phrase -> `spell_words`' spelling of it."""
+        return self.spell_words(self.tokenizer.decode(tokens).split())
 
 
 _COMPILED: dict[tuple[int, int, int], tuple[Grammar, object, CompiledGrammar]] = {}
@@ -296,8 +303,9 @@ def _candidates(model, enc, compiled: CompiledGrammar, options: MatchOptions, sp
             candidates.append([compiled.tokens[t] for t in top])
             ctc_scores.append(ll[top])
             phrase_ids.append(top)
-        else:
-            seqs = searched[b][:options.rescore] or [[]]
+        else:  # each phrase found in the spelling enumeration gives it, however the search spelt it
+            canonical = {tuple(compiled.spell(s)): None for s in searched[b]}
+            seqs = [list(s) for s in canonical][:options.rescore] or [[]]
             candidates.append(seqs)
             ctc_scores.append(ctc_log_likelihoods(lp, seqs, special.blank))
             phrase_ids.append([-1] * len(seqs))
