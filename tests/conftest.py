@@ -314,12 +314,12 @@ def two_vocabulary_model(tmp_path: Path, root: str) -> tuple[Path, Path, Path]:
     """A distilled student over a random tiny Whisper (4 blocks a side, d=384): `student` makes the "v3" on its
     encoder with our CTC head, `distilled_student` the model with both vocabularies. Returns (teacher dir,
     top dir, the saved student dir)."""
-    from speech_transformer.model.checkpoint import model_tokenizer, save_model
+    from speech_transformer.model.checkpoint import model_ctc_tokenizer, model_tokenizer, save_model
     from speech_transformer.pretrained import default_model_dir
     from speech_transformer.training.student import distilled_student, student
 
     _, checkpoint, teacher = converted("tiny", "multilingual", root)
-    ours = model_tokenizer(default_model_dir())
+    ours = model_ctc_tokenizer(default_model_dir())
     student(str(checkpoint), ours, tmp_path / "top", encoder_layers=4)
     keep = model_tokenizer(teacher).encode(" And so, my fellow Americans, ask not what your country can do for you.")
     model, vocab, _ = distilled_student(teacher, tmp_path / "top", keep, tmp_path / "v.tiktoken", 3, (0, 3))

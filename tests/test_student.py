@@ -23,6 +23,7 @@ def test_student_keeps_whispers_lower_encoder_and_trains_with_frozen_blocks(tmp_
     from speech_transformer.training.data import write_manifest
     from speech_transformer.pretrained import default_model_dir
     from speech_transformer.training.trainer import main as train_main
+    from speech_transformer.model.checkpoint import model_ctc_tokenizer
     from speech_transformer.apps.whisper_cli import main as whisper_main
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
@@ -38,7 +39,7 @@ def test_student_keeps_whispers_lower_encoder_and_trains_with_frozen_blocks(tmp_
     c = student.config
     assert (c.encoder_layers, c.decoder_layers, c.ctc, c.frontend) == (1, 1, True, "whisper_log_mel")
     assert not c.scale_embeddings and c.decoder_scale_embeddings  # Whisper's encoder as it was, our decoder scaled
-    assert tokenizer.vocab_size == c.vocab_size == load_model(default_model_dir())[1].vocab_size
+    assert tokenizer.vocab_size == c.vocab_size == model_ctc_tokenizer(default_model_dir()).vocab_size
     ours = student.state_dict()
     theirs = teacher.state_dict()
     assert torch.equal(ours["encoder.blocks.0.attn.query.weight"], theirs["encoder.blocks.0.attn.query.weight"])
@@ -66,14 +67,14 @@ def test_distilled_student_has_two_vocabularies_end_to_end(tmp_path, root, speec
     chosen decoder blocks over its pruned vocabulary; saved with its CTC vocabulary, the Recognizer decodes each
     method in the right vocabulary, aligns in the CTC one, and refuses the joint CTC/attention search."""
     from conftest import converted
-    from speech_transformer.model.checkpoint import CheckpointError, model_tokenizer, save_model
+    from speech_transformer.model.checkpoint import CheckpointError, model_ctc_tokenizer, model_tokenizer, save_model
     from speech_transformer.pretrained import default_model_dir
     from speech_transformer.recognition.recognizer import Recognizer
     from speech_transformer.decoding.options import DecodingOptions
     from speech_transformer.training.student import distilled_student, student
 
     _, checkpoint, teacher = converted("tiny", "multilingual", root)  # 4 blocks each side, d=384
-    ours = model_tokenizer(default_model_dir())
+    ours = model_ctc_tokenizer(default_model_dir())
     student(str(checkpoint), ours, tmp_path / "top", encoder_layers=4)  # "v3": Whisper's blocks + our CTC head
     whisper_vocab = model_tokenizer(teacher)
     keep = whisper_vocab.encode(" And so, my fellow Americans, ask not what your country can do for you.")
@@ -117,13 +118,13 @@ def test_a_distilled_student_with_a_ctc_branch_spells_as_the_top_model_does(tmp_
     """`ctc_branch`: the teacher's whole encoder feeds the decoder, while the CTC head reads the top model's
     upper block: the recogniser's CTC posteriors are the top model's own."""
     from conftest import converted
-    from speech_transformer.model.checkpoint import model_tokenizer, save_model
+    from speech_transformer.model.checkpoint import model_ctc_tokenizer, model_tokenizer, save_model
     from speech_transformer.pretrained import default_model_dir
     from speech_transformer.recognition.recognizer import Recognizer
     from speech_transformer.training.student import distilled_student, student
 
     _, checkpoint, teacher = converted("tiny", "multilingual", root)
-    ours = model_tokenizer(default_model_dir())
+    ours = model_ctc_tokenizer(default_model_dir())
     student(str(checkpoint), ours, tmp_path / "top", encoder_layers=4)
     top = Recognizer.from_dir(tmp_path / "top")
     with torch.no_grad():
@@ -141,3 +142,6 @@ def test_a_distilled_student_with_a_ctc_branch_spells_as_the_top_model_does(tmp_
     ours_ctc = Recognizer.from_dir(tmp_path / "branched").recognize(speech[:1], posteriors=True)[0].ctc_log_probs
     top_ctc = Recognizer.from_dir(tmp_path / "top").recognize(speech[:1], posteriors=True)[0].ctc_log_probs
     torch.testing.assert_close(ours_ctc, top_ctc, atol=1e-4, rtol=1e-4)
+    again, _, _ = distilled_student(teacher, tmp_path / "branched", keep, tmp_path / "v2.tiktoken", 3, (0, 3),
+                                    upper_from_teacher=True, ctc_branch=True)  # a branched top: its CTC side
+    assert torch.equal(again.state_dict()["encoder.ctc_blocks.0.ff.0.weight"], s["encoder.ctc_blocks.0.ff.0.weight"])

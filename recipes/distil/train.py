@@ -357,7 +357,7 @@ def export(a: argparse.Namespace, out: Path) -> Path:
             "teacher": "whisper base, run in this engine (recipes/distil/label.py)"}
     decoding = {"method": "attention", "attention": {"beam_size": 1}}
     return checkpoint.save_model(model, vocab, a.export, info, decoding,
-                                 ctc_tokenizer=Tokenizer(a.v3 / checkpoint.TOKENIZER_FILE))
+                                 ctc_tokenizer=checkpoint.model_ctc_tokenizer(a.v3))
 
 
 def main(argv=None) -> int:
@@ -379,7 +379,7 @@ def main(argv=None) -> int:
         if missing:
             raise SystemExit(f"not labelled (yet): {', '.join(missing)} (--human SETS: learn them from the human "
                              "transcripts alone)")
-    ctc_tokenizer = Tokenizer(a.v3 / "tokenizer.model")
+    ctc_tokenizer = checkpoint.model_ctc_tokenizer(a.v3)
     rows = [r for name in sets for r in read_labels(a.run, name)]
     states = [s for name in sets for s in cache_states(model, read_labels(a.run, name), a.run, out / "cache" / (
         name if (a.run / "labels" / name / "DONE").exists() else f"{name}-human"))]  # other rows, other cache

@@ -26,7 +26,6 @@ from speech_transformer.audio.loading import load_audio  # noqa: E402
 from speech_transformer.audio.manifests import default_data_dir, read_manifest  # noqa: E402
 from speech_transformer.model import checkpoint  # noqa: E402
 from speech_transformer.text.scoring import score_utterances  # noqa: E402
-from speech_transformer.text.tokenizer import Tokenizer  # noqa: E402
 from speech_transformer.training.student import distilled_student  # noqa: E402
 
 
@@ -49,7 +48,7 @@ def main() -> None:
                                                 tuple(range(6)), upper_from_teacher=True, trailing_silence=1.0)
             folder = checkpoint.save_model(model, vocab, Path(tmp) / "model", {}, {"method": "attention",
                                            "attention": {"beam_size": 1}},
-                                           ctc_tokenizer=Tokenizer(v3 / checkpoint.TOKENIZER_FILE))
+                                           ctc_tokenizer=checkpoint.model_ctc_tokenizer(v3))
             system = SpeechTransformerSystem(folder, temperatures=(0.0,), no_speech_threshold=1.0)
             system.load()
             score = score_utterances([u.text for u in utterances], system.transcribe(waves), "english-v1")

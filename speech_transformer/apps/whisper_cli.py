@@ -12,7 +12,7 @@ from speech_transformer.apps import exitcodes
 from speech_transformer.importers import whisper
 from speech_transformer.importers.whisper import resolve
 from speech_transformer.importers.whisper_convert import import_whisper
-from speech_transformer.model.checkpoint import CheckpointError, model_tokenizer
+from speech_transformer.model.checkpoint import CheckpointError, model_ctc_tokenizer
 from speech_transformer.training.student import student
 
 
@@ -27,14 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student", type=int, metavar="N", help="write a model to fine-tune instead: Whisper's stem and "
                    "first N encoder blocks, a new CTC head and decoder over the tokenizer of --tokenizer-from")
     p.add_argument("--decoder-layers", type=int, default=1, help="--student: blocks of its new decoder")
-    p.add_argument("--tokenizer-from", default=None, help="--student: a model directory whose tokenizer it uses "
-                   "(e.g. speech_transformer/pretrained/default)")
+    p.add_argument("--tokenizer-from", default=None, help="--student: a model directory whose CTC head's "
+                   "vocabulary it uses (our pieces: e.g. speech_transformer/pretrained/default)")
     args = p.parse_args(argv)
     try:
         if args.student:
             if not args.output or not args.tokenizer_from:
                 p.error("--student needs -o/--output and --tokenizer-from MODEL_DIR")
-            out = student(args.source, model_tokenizer(args.tokenizer_from), args.output,
+            out = student(args.source, model_ctc_tokenizer(args.tokenizer_from), args.output,
                           args.student, args.decoder_layers)
         elif args.output:
             out = import_whisper(args.source, args.output, args.vocab, args.language, args.task)

@@ -11,7 +11,7 @@ import torch
 
 from speech_transformer.importers.whisper import resolve_source
 from speech_transformer.importers.whisper_convert import read_any
-from speech_transformer.model.checkpoint import (WEIGHTS_FILE, CheckpointError, ModelDirectory, dequantize_int8,
+from speech_transformer.model.checkpoint import (WEIGHTS_FILE, CheckpointError, ModelDirectory,
                                                  load_state_dict, load_weights, model_tokenizer, save_model)
 from speech_transformer.model.transformer import SpeechTransformer
 from speech_transformer.text.tokenizer import TextTokenizer, WhisperTokenizer, prune_vocabulary
@@ -50,6 +50,22 @@ def student(source, tokenizer: TextTokenizer, output: str | os.PathLike, encoder
     return save_model(model, tokenizer, output, info)
 
 
+def ctc_view(state: dict, branch_layers: int) -> dict:
+    """A model's weights as the model its CTC head reads: a CTC branch's blocks and norm (a distilled student's,
+    `ModelConfig.ctc_branch_layers`) in place of the encoder's top blocks and norm."""
+    if not branch_layers:
+        return state
+    blocks = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.blocks."))
+    view = {k: v for k, v in state.items() if not k.startswith(("encoder.ctc_blocks.", "encoder.ctc_norm."))}
+    for k, v in state.items():
+        if k.startswith("encoder.ctc_blocks."):
+            i, rest = k.split(".", 3)[2:]
+            view[f"encoder.blocks.{blocks - branch_layers + int(i)}.{rest}"] = v
+        elif k.startswith("encoder.ctc_norm."):
+            view["encoder.norm." + k[len("encoder.ctc_norm."):]] = v
+    return view
+
+
 def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, vocab_file: str | os.PathLike,
                       lower: int = 5, teacher_layers: tuple[int, ...] = (0, 5), upper_from_teacher: bool = False,
                       trailing_silence: float = 0.0, ctc_branch: bool = False
@@ -70,7 +86,7 @@ def distilled_student(teacher: str | os.PathLike, top: str | os.PathLike, keep, 
         raise ValueError(f"{path}: the teacher must be a multilingual Whisper model")
     state = load_state_dict(path / WEIGHTS_FILE)
     top_config = ModelDirectory.read(top).model
-    top_state = dequantize_int8(load_state_dict(Path(top) / WEIGHTS_FILE), Path(top))
+    top_state = ctc_view(load_state_dict(Path(top) / WEIGHTS_FILE), top_config.ctc_branch_layers)
     vocab, old_ids = prune_vocabulary(teacher_tokenizer, keep, vocab_file)
     config = replace(top_config, vocab_size=vocab.vocab_size, ctc_vocab_size=top_config.ctc_vocab_size or
                      top_config.vocab_size, decoder_layers=len(teacher_layers), decoder_positions="learned",
