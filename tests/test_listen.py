@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import soundfile as sf
 
+from speech_transformer.text.scoring import normalize_english
 from speech_transformer.training.data import read_manifest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -57,7 +59,9 @@ def test_raw_pcm_on_standard_input_with_a_grammar_gives_the_command(data_dir):
 def test_text_format_and_errors(data_dir, tmp_path):
     clip = next(u for u in read_manifest(data_dir / "an4" / "train.tsv") if u.text == "ENTER FIFTY FOUR")
     run = listen("--input", clip.audio, "--format", "text")
-    assert run.returncode == 0 and run.stdout.decode().splitlines()[-1].endswith("] ENTER FIFTY FOUR")
+    last = run.stdout.decode().splitlines()[-1]  # "[   0.18    1.30] Enter fifty four."
+    assert run.returncode == 0 and re.match(r"\[ *[\d.]+ +[\d.]+\] ", last), last
+    assert normalize_english(last.split("] ", 1)[1]) == normalize_english(clip.text)
     assert listen("--input", str(tmp_path / "missing.wav")).returncode == 1
     (tmp_path / "bad.txt").write_text("open (the {app}\n")
     bad = listen("--input", clip.audio, "--grammar", str(tmp_path / "bad.txt"))

@@ -20,7 +20,9 @@ def recognizer():
     from speech_transformer.recognition.recognizer import Recognizer
 
     torch.set_num_threads(1)
-    return Recognizer.from_dir(None)
+    # float32: finals are compared with offline recognition of audio that streaming resampled block by block
+    # (equal to 1e-4); int8 compute's per-batch input scale can turn such a difference into another word
+    return Recognizer.from_dir(None, compute="float32")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def test_partials_come_while_speaking_and_finals_equal_offline_recognition(recog
         assert partials and partials[-1].end < f.end, f"utterance {k}: no partial before its final"
         offline = recognizer.recognize([wave[round(f.start * SAMPLE_RATE):round(f.end * SAMPLE_RATE)]])[0].text
         assert f.text == offline and f.words and f.start <= f.words[0].start <= f.words[-1].end <= f.end + 0.05
-    assert "FELLOW" in finals[0].text and "COUNTRY" in finals[-1].text
+    assert "FELLOW" in finals[0].text.upper() and "COUNTRY" in finals[-1].text.upper()
 
 
 def test_any_block_size_and_rate_gives_the_same_finals(recognizer, jfk):
