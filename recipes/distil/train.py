@@ -29,6 +29,7 @@ import json
 import random
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -263,9 +264,11 @@ def evaluate(model: SpeechTransformer, states: list[torch.Tensor], rows: list[di
     return {**out, "example": (hyps or ctc_hyps)[0]}
 
 
-def load_student(out: Path, train: str = "all") -> tuple[SpeechTransformer, WhisperTokenizer, list[int], list[str]]:
+def load_student(out: Path, train: str = "all", dropout: float | None = None
+                 ) -> tuple[SpeechTransformer, WhisperTokenizer, list[int], list[str]]:
     meta = json.loads((out / "init" / "config.json").read_text())
-    model = SpeechTransformer(ModelConfig.from_dict(meta["model"]))
+    config = ModelConfig.from_dict(meta["model"])
+    model = SpeechTransformer(config if dropout is None else replace(config, dropout=dropout))
     checkpoint.load_weights(model, checkpoint.load_state_dict(out / "init" / "model.safetensors"), out / "init")
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith(TRAINABLE[train])
@@ -326,6 +329,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "words' (31,689 tokens: nothing lost on dev, vocabulary.py)")
     p.add_argument("--ctc-from", type=Path, help="first call: a checkpoint folder whose CTC head the student starts "
                    "with (a --train ctc run's), instead of v3's")
+    p.add_argument("--human-style", metavar="SETS", help="comma-separated sets whose human transcripts (in the "
+                   "teacher's style) are learnt where the teacher's are not usable; other sets' such rows are left out "
+                   "(default: every set's are learnt)")
+    p.add_argument("--dropout", type=float, help="the student's dropout in training (default: its config's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
@@ -371,7 +378,7 @@ def main(argv=None) -> int:
         build_student(a.run, a.v3, out / "init", labelled_sets(a.run), a.upper == "teacher",
                       tuple(int(i) for i in a.teacher_layers.split(",")), a.silence,
                       a.vocabulary == "dictionary", a.ctc_from, a.ctc_branch)
-    model, vocab, old_ids, sets = load_student(out, a.train)
+    model, vocab, old_ids, sets = load_student(out, a.train, a.dropout)
     if a.sets:
         sets = a.sets.split(",")
         human = (a.human or "").split(",")
@@ -390,6 +397,11 @@ def main(argv=None) -> int:
           f"{sum(s is not None for s in targets.soft)}", flush=True)
     fractions = {k: float(v) for k, _, v in (x.partition("=") for x in a.subsample.split(",") if x)}
     share = [fractions.get(r["set"], 1.0) for r in rows]
+    if a.human_style is not None:  # other sets' rows learn from the teacher only: none where it is not usable
+        keep = set(a.human_style.split(","))
+        share = [0.0 if r["set"] not in keep and targets.soft[i] is None else x
+                 for i, (r, x) in enumerate(zip(rows, share))]
+        print(f"{sum(x > 0 for x in share)} utterances learnt (--human-style)", flush=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     head = [p for name, p in model.named_parameters() if p.requires_grad and name.startswith("ctc_head.")]
     rest = [p for p in trainable if all(p is not q for q in head)]
