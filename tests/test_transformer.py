@@ -160,6 +160,8 @@ def test_a_ctc_branch_reads_its_own_top_blocks_and_leaves_the_memory_alone():
     with torch.no_grad():
         memory, n, ctc = branched.encode_with_ctc(feats, lengths)
         torch.testing.assert_close(memory, plain.encode(feats, lengths)[0])
+        alone, _, none = branched.encode_with_ctc(feats, lengths, ctc=False)  # where nothing reads CTC
+        assert none is None and torch.equal(alone, memory)
         torch.testing.assert_close(ctc, plain.ctc_log_probs(memory))
         branched.encoder.ctc_blocks[0].ff[0].weight.mul_(0.5)  # the branch alone changes
         memory2, _, ctc2 = branched.encode_with_ctc(feats, lengths)

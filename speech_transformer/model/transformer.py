@@ -406,11 +406,16 @@ class SpeechTransformer(nn.Module):
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(feats, lengths)
 
-    def encode_with_ctc(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def encode_with_ctc(self, feats: Tensor, lengths: Tensor, ctc: bool = True
+                        ) -> tuple[Tensor, Tensor, Tensor | None]:
         """feats `(B, F, n_mels)` -> encoder states `(B, S, D)`, lengths `(B,)` and the CTC head's
-        log-probabilities `(B, S, V)` (None without a head): what every inference path starts from."""
+        log-probabilities `(B, S, V)` (None without a head, or not asked for: `ctc=False`): what every
+        inference path starts from."""
+        if not ctc or self.ctc_head is None:
+            memory, lengths = self.encoder(feats, lengths)
+            return memory, lengths, None
         memory, lengths, ctc_input = self.encoder.forward_with_ctc(feats, lengths)
-        return memory, lengths, None if self.ctc_head is None else self._ctc(ctc_input)
+        return memory, lengths, self._ctc(ctc_input)
 
     def ctc_log_probs(self, memory: Tensor) -> Tensor:
         """Encoder states `(B, S, D)` -> `(B, S, V)` log-probabilities, blank = 0."""

@@ -73,6 +73,11 @@ class Recognition:
     ctc_log_probs: torch.Tensor | None = None  # with posteriors=True: `(S, V)` of the valid frames
 
 
+def uses_ctc(options: DecodingOptions) -> bool:
+    """Whether a decoding reads the CTC head's posteriors."""
+    return options.method in ("ctc", "lexicon") or options.ctc_weight > 0
+
+
 def avg_logprob(h: Hypothesis, frames: int, options: DecodingOptions) -> float:
     per = max(1, frames) if options.method == "ctc" else len(h.tokens) + 1
     return h.score / per if math.isfinite(h.score) else h.score
@@ -127,7 +132,8 @@ class Recognizer:
         `attention` the decoder's cross-attention weights over the encoder frames, `posteriors` the CTC head's.
         """
         results: list[Recognition | None] = [None] * len(waveforms)
-        for rows, enc in self.batches(waveforms, batch_seconds):
+        ctc = align or posteriors or uses_ctc(options or self.options)
+        for rows, enc in self.batches(waveforms, batch_seconds, ctc):
             for i, r in zip(rows, self.decode(enc, options, align, attention, posteriors)):
                 results[i] = r
             del enc
@@ -135,20 +141,22 @@ class Recognizer:
                 malloc_trim()  # from batch to batch instead of keeping each one's peak (~250 MB, Whisper base)
         return results  # type: ignore[return-value]
 
-    def batches(self, waveforms: list[np.ndarray], batch_seconds: float = 120.0) -> Iterator[tuple[list[int], Encoding]]:
+    def batches(self, waveforms: list[np.ndarray], batch_seconds: float = 120.0, ctc: bool = True
+                ) -> Iterator[tuple[list[int], Encoding]]:
         """Length-sorted padded batches of at most `batch_seconds` padded audio: (indices, their Encoding)."""
         for batch in length_sorted_batches([len(w) for w in waveforms], batch_seconds):
-            yield batch, self.encode([waveforms[j] for j in batch])
+            yield batch, self.encode([waveforms[j] for j in batch], ctc)
 
     @torch.inference_mode()
-    def encode(self, waveforms: list[np.ndarray]) -> Encoding:
-        """One padded batch of 16 kHz waveforms `(T_i,)` -> its Encoding."""
+    def encode(self, waveforms: list[np.ndarray], ctc: bool = True) -> Encoding:
+        """One padded batch of 16 kHz waveforms `(T_i,)` -> its Encoding; `ctc=False` leaves out the CTC head
+        (and a CTC branch's blocks: a seventh of a distilled student's encoder) where nothing will read it."""
         audio, lengths = pad_waveforms(waveforms)
         feats, feat_lengths = self.model.frontend(audio.to(self.device), lengths.to(self.device))
         # the encoder a few rows at a time: its attention scores grow with rows x frames^2 (Whisper's 30 s windows:
         # 72 MB per row and layer), the decoder then searches the whole batch at once
         rows = max(1, int(ENCODER_SECONDS * SAMPLE_RATE / HOP_LENGTH / max(1, feats.shape[1])))  # feats (B, F, mels)
-        parts = [self.model.encode_with_ctc(feats[i:i + rows], feat_lengths[i:i + rows])
+        parts = [self.model.encode_with_ctc(feats[i:i + rows], feat_lengths[i:i + rows], ctc)
                  for i in range(0, len(feats), rows)]
         S = max(m.shape[1] for m, _, _ in parts)
         memory = torch.cat([F.pad(m, (0, 0, 0, S - m.shape[1])) for m, _, _ in parts])
