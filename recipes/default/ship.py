@@ -476,11 +476,16 @@ def trainer_model_lines(facts: dict) -> list[str]:
 
 def distil_model_lines(facts: dict) -> list[str]:
     mc, init = facts["model"]["config"], facts["training"]["init"]
+    branch = mc.get("ctc_branch_layers", 0)
+    silence = mc.get("trailing_silence", 0.0)
     return [f"- Architecture: a student distilled from Whisper base: Whisper base's encoder ({mc['encoder_layers']} "
             f"blocks, d_model {mc['d_model']}, {mc['n_heads']} heads) over the audio as given (no 30 s window: "
-            f"its cost grows with the audio), a CTC head, and a {mc['decoder_layers']}-block decoder initialised "
-            f"from the teacher's decoder blocks {init.get('teacher_layers')}; "
-            f"{mc['n_mels']}-bin log-mel input at 16 kHz (Whisper's front end).",
+            f"its cost grows with the audio" + (f"; {silence:g} s of silence appended to each input, where the "
+                                                "decoder sees the speech end" if silence else "") + "), "
+            + (f"a CTC head reading its own copy of the top {branch} block(s) (v3's, trained for CTC) beside the "
+               "teacher's, " if branch else "a CTC head, ")
+            + f"and a {mc['decoder_layers']}-block decoder initialised from the teacher's decoder blocks "
+            f"{init.get('teacher_layers')}; {mc['n_mels']}-bin log-mel input at 16 kHz (Whisper's front end).",
             f"- Vocabularies: the decoder's, Whisper's byte-level BPE pruned to {mc['vocab_size']:,} of 51,865 "
             f"tokens (`tokenizer.tiktoken`: every token of the teacher's transcripts and of the training sets' "
             f"words, all 256 single bytes, so any text still encodes); the CTC head's, "
@@ -508,6 +513,11 @@ def trainer_training_lines(facts: dict) -> list[str]:
     return lines
 
 
+TRAINED = {"all": "block 5, the final LayerNorm, the CTC head and the decoder",
+           "heads": "the CTC head and the decoder", "decoder": "the decoder (the CTC side is v3's, unchanged)",
+           "ctc": "the CTC head"}  # recipes/distil/train.py --train
+
+
 def distil_training_lines(facts: dict) -> list[str]:
     t = facts["training"]
     settings = t["sessions"][-1]["settings"] if t["sessions"] else {}
@@ -515,14 +525,18 @@ def distil_training_lines(facts: dict) -> list[str]:
              "30 s window; its transcripts and top-32 token distributions). Teacher WER is against the human "
              "transcripts (english-v1).", "", "## Training", "",
              f"- Recipe: `{facts['recipe_command']}`.",
-             "- Frozen: the stem and encoder blocks 0-4 (their output cached once per utterance); trained: block 5, "
-             "the final LayerNorm, the CTC head and the decoder."]
+             "- Frozen: the stem and encoder blocks 0-4 (their output cached once per utterance); trained: "
+             + TRAINED.get(settings.get("train", "all"), TRAINED["all"]) + "."]
     if settings:
-        lines.append(f"- Losses: CTC on the human transcript (weight {settings['ctc_weight']:g}); for the decoder, "
+        lines.append((f"- Losses: CTC on the human transcript (weight {settings['ctc_weight']:g}); " if
+                      settings["ctc_weight"] > 0 and settings.get("train") != "decoder" else "- Losses: ") +
+                     "for the decoder, "
                      f"where the teacher's transcript is within {100 * settings['max_wer']:g} % WER of the human one, "
                      f"{settings['kl_weight']:g} x cross-entropy to the teacher's distributions + "
                      f"{1 - settings['kl_weight']:g} x cross-entropy on its tokens, elsewhere cross-entropy on the "
-                     "human transcript in Whisper's style. AdamW, learning rate "
+                     "human transcript in Whisper's style" + (
+                         f" (of {settings['human_style']} only: other sets learn from the teacher alone)"
+                         if settings.get("human_style") else "") + ". AdamW, learning rate "
                      f"{settings['lr']:g} after {settings['warmup']} warmup steps, {settings['frames']} encoder "
                      "frames per batch, 2 time masks on the cached states.")
     lines += [f"- {t['steps']:,} optimiser steps, {t['cpu_s'] / 3600:.2f} CPU-hours of training (one thread) in "
@@ -530,7 +544,8 @@ def distil_training_lines(facts: dict) -> list[str]:
               f"- Hardware: {facts['hardware']}."]
     if v := t["last_valid"]:
         lines.append(f"- Last evaluation during training (step {v['step']}, first 40 utterances of "
-                     f"`librispeech/dev.tsv`, greedy): WER {v['wer']:.2f} %, CTC greedy {v['ctc_wer']:.2f} %.")
+                     f"`librispeech/dev.tsv`, greedy): WER {v['wer']:.2f} %"
+                     + (f", CTC greedy {v['ctc_wer']:.2f} %." if "ctc_wer" in v else "."))
     return lines
 
 

@@ -358,6 +358,8 @@ def export(a: argparse.Namespace, out: Path) -> Path:
             "train_cpu_s": json.loads((paths[-1] / "progress.json").read_text())["cpu_s"],
             "frozen_blocks": FROZEN, "recipe": "recipes/distil/train.py", "averaged": [p.name for p in paths],
             "initialised_from": {"encoder": "whisper base (blocks 0-4), " + (
+                                     "whisper base (block 5); v3 (block 5, final norm and CTC head, as the CTC "
+                                     "branch)" if model.config.ctc_branch_layers else
                                      "whisper base (block 5), v3 (CTC head)" if init.get("upper_from_teacher")
                                      else "v3 (block 5, CTC head)"),
                                  "decoder": f"whisper base decoder blocks {list(init['teacher_layers'])}"},
