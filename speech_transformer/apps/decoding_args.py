@@ -12,6 +12,11 @@ from typing import Any
 from speech_transformer.decoding.options import METHODS, OPTIONS, DecodingOptions
 
 
+COMPUTE = ("auto", "int8", "float32")  # `Recognizer.from_dir`'s compute, the --compute flag of the commands
+COMPUTE_HELP = ("matrix arithmetic on the CPU: int8 (bfloat16 over frames where the CPU has it), float32, or auto "
+                "(default: int8 for a model stored quantized, as the shipped ones are)")
+
+
 def embedded_decoding() -> DecodingOptions | None:
     """The embedded default model's preferred decoding (None when this install ships no model)."""
     from speech_transformer import pretrained

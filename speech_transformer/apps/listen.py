@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from speech_transformer.apps import exitcodes
+from speech_transformer.apps.decoding_args import COMPUTE, COMPUTE_HELP
 from speech_transformer.audio.loading import SAMPLE_RATE, AudioError
 
 BLOCK_SECONDS = 0.05  # audio handed to the recogniser at a time
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                                             "(or a command) when they pause. One JSON line per event.")
     p.add_argument("--model", default=None, help="model folder or shipped name (default: the embedded model)")
     p.add_argument("--device", default=None, help="microphone: a sounddevice index or name (default: the system's)")
+    p.add_argument("--compute", default="auto", choices=COMPUTE, help=COMPUTE_HELP)
     p.add_argument("--input", default=None, metavar="FILE|-", help="read a file (any format soundfile reads) or "
                    "standard input instead of the microphone")
     p.add_argument("--raw-rate", type=int, default=None, metavar="HZ",
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, RuntimeError) as e:  # soundfile's LibsndfileError is a RuntimeError
         return fail(f"cannot read {args.input}: {e}", exitcodes.INPUTS_FAILED)
     try:
-        recognizer = Recognizer.from_dir(args.model)
+        recognizer = Recognizer.from_dir(args.model, compute=args.compute)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         return fail(f"cannot load the model: {e}", exitcodes.USAGE_ERROR)
     try:

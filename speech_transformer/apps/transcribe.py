@@ -190,9 +190,11 @@ def segment(r: Recognition, chunk: SpeechChunk) -> Segment:
 
 # --- Python API ----------------------------------------------------------------------------
 
-def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "cpu") -> Recognizer:
-    """A model directory, a shipped model's name, or None for the embedded default model."""
-    return Recognizer.from_dir(name_or_dir, device=device)
+def load_model(name_or_dir: str | os.PathLike | None = None, device: str = "cpu", compute: str = "auto"
+               ) -> Recognizer:
+    """A model directory, a shipped model's name, or None for the embedded default model; `compute` as
+    `Recognizer.from_dir`'s (auto: int8 for a model stored quantized, on the CPU)."""
+    return Recognizer.from_dir(name_or_dir, device=device, compute=compute)
 
 
 def transcribe(model: Recognizer | str | os.PathLike | None, audio_or_paths: Any,

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from speech_transformer.apps import exitcodes, writers as subtitles
-from speech_transformer.apps.decoding_args import add_decoding_arguments, decoding_changes
+from speech_transformer.apps.decoding_args import COMPUTE, COMPUTE_HELP, add_decoding_arguments, decoding_changes
 from speech_transformer.audio.loading import reason
 from speech_transformer.audio.sources import InputFile, expand_inputs, output_stems
 from speech_transformer.apps.transcribe import TranscribeOptions, Transcriber, load_model
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model folder, shipped model name or whisper:NAME|PATH "
                                                  "(default: the embedded model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
+    p.add_argument("--compute", default="auto", choices=COMPUTE, help=COMPUTE_HELP)
     add_decoding_arguments(p)
     p.add_argument("--batch-seconds", type=float, default=120.0,
                    help="padded audio per batch, 0: one chunk at a time (default: 120)")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(k)
     try:
-        transcriber = Transcriber(load_model(args.model, str(device)), options) if todo else None
+        transcriber = Transcriber(load_model(args.model, str(device), args.compute), options) if todo else None
     except Exception as e:
         print(f"speech-transformer transcribe: cannot load the model: {reason(e)}", file=sys.stderr)
         return exitcodes.USAGE_ERROR
