@@ -136,3 +136,22 @@ def test_cached_student_training_learns_and_keeps_the_frozen_blocks(tmp_path, da
                            capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert again.returncode == 0 and "cached cache-" not in again.stdout and "training from" in again.stdout
     assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["step"] > log[-1]["step"]
+
+
+def test_ship_reads_a_distilled_model_whose_run_folder_is_gone(data_dir):
+    """ship.py's card facts from the model's own info and the recipe command's train.sh flags."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship", RECIPE.parent / "default" / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    info = {"recipe": "recipes/distil/train.py", "train": ["an4/train.tsv", "fsdd/train.tsv"], "steps": 496,
+            "train_cpu_s": 1221.1, "initialised_from": {"decoder": "whisper base decoder blocks [0, 1, 2, 3, 4, 5]"}}
+    command = "OUT=student-v4e recipes/distil/train.sh --sets an4-train --train decoder --ctc-weight 0 --lr 2e-5"
+    facts = ship.training_facts(Path("/nonexistent/student-v4e"), 496, info, command)
+    assert facts["init"]["teacher_layers"] == [0, 1, 2, 3, 4, 5] and facts["steps"] == 496
+    assert [s["n_utts"] for s in facts["sets"]] == [len(read_manifest(data_dir / m)) for m in info["train"]]
+    settings = facts["sessions"][-1]["settings"]
+    assert (settings["train"], settings["ctc_weight"], settings["lr"]) == ("decoder", 0.0, 2e-5)
+    lines = ship.distil_training_lines({"training": facts, "recipe_command": command, "hardware": "CI"})
+    assert any("the decoder (the CTC side is v3's, unchanged)" in line for line in lines)

@@ -25,8 +25,10 @@ training data, weights that overflow float16, bad inputs); nothing in `--dest` c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -178,14 +180,17 @@ def model_step(info: dict) -> int | None:
     return max(steps) if steps else None
 
 
-def training_facts(exp: Path, up_to_step: int | None) -> dict:
+def training_facts(exp: Path, up_to_step: int | None, info: dict, recipe_command: str) -> dict:
     """What the run trained on and for how long, from EXP/train.yaml and EXP/train/metrics.jsonl (the trainer's
-    runs), or from a distillation run's folder (`distil_facts`).
+    runs), or from a distillation run's folder (`distil_facts`), or, where that folder is gone, from what the
+    distilled model's config.json says of its training (`info`).
 
     Only log records up to `up_to_step` count: training may have gone on after the shipped weights were taken.
     """
     if (exp / "init" / "config.json").is_file():
         return distil_facts(exp, up_to_step)
+    if not exp.exists() and info.get("recipe") == "recipes/distil/train.py":
+        return distil_facts_from_info(info, recipe_command)
     if not (exp / "train.yaml").is_file():
         raise ShipError(f"{exp / 'train.yaml'} not found: pass --exp, the recipe's experiment folder")
     c = TrainConfig.load(exp / "train.yaml")
@@ -220,14 +225,20 @@ def training_facts(exp: Path, up_to_step: int | None) -> dict:
             "audio_hours": audio / 3600, "last_valid": valid[-1] if valid else None}
 
 
-def distil_facts(exp: Path, up_to_step: int | None) -> dict:
-    """A distillation run (recipes/distil/train.py, EXP = its --out folder, beside the labelling run's labels/):
-    the labelled sets it trained on, its settings per session, CPU time and dev curve up to `up_to_step`."""
+def distil_module():
+    """recipes/distil/train.py, imported from its file (recipes are not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("distil_train", HERE.parent / "distil" / "train.py")
     distil = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(distil)
+    return distil
+
+
+def distil_facts(exp: Path, up_to_step: int | None) -> dict:
+    """A distillation run (recipes/distil/train.py, EXP = its --out folder, beside the labelling run's labels/):
+    the labelled sets it trained on, its settings per session, CPU time and dev curve up to `up_to_step`."""
+    distil = distil_module()
     init = json.loads((exp / "init" / "config.json").read_text())
     sets = []
     for name in distil.trained_sets(exp):
@@ -243,6 +254,28 @@ def distil_facts(exp: Path, up_to_step: int | None) -> dict:
     return {"kind": "distil", "init": init, "sets": sets, "steps": curve[-1]["step"] if curve else 0,
             "sessions": sessions, "curve": curve, "cpu_s": curve[-1]["train_cpu_s"] if curve else 0.0,
             "last_valid": curve[-1] if curve else None}
+
+
+def distil_facts_from_info(info: dict, recipe_command: str) -> dict:
+    """A distilled model whose run folder is gone: the manifests its info names (all their rows: subsampling
+    and the teacher's per-set WER went with the folder), its steps and CPU time, and the settings that the
+    train.sh/train.py flags of `recipe_command` give; no curve."""
+    data = default_data_dir()
+    sets = []
+    for manifest in info["train"]:
+        utts = read_manifest(data / manifest)
+        sets.append({"name": manifest, "n_utts": len(utts), "hours": sum(u.duration for u in utts) / 3600,
+                     "audio": {str(Path(u.audio).resolve()) for u in utts}, "teacher_wer": None})
+    words = shlex.split(recipe_command)
+    start = next((i + 1 for i, w in enumerate(words) if w.endswith(("distil/train.sh", "distil/train.py"))), None)
+    if start is None:
+        raise ShipError("--recipe-command must give the recipes/distil/train.sh command (its flags are the settings)")
+    flags = list(itertools.takewhile(lambda w: w not in (";", "&&", "|"), words[start:]))
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(distil_module().parse_args(flags)).items()}
+    layers = [int(x) for x in re.findall(r"\d+", info["initialised_from"]["decoder"].rpartition("[")[2])]
+    return {"kind": "distil", "init": {"teacher_layers": layers}, "sets": sets, "steps": info["steps"],
+            "sessions": [{"step": info["steps"], "settings": settings}], "curve": [], "cpu_s": info["train_cpu_s"],
+            "last_valid": None}
 
 
 def decoding_label(decoding: dict) -> str:
@@ -412,7 +445,7 @@ def render_card(facts: dict) -> str:
     for s in t["sets"]:
         lines.append(f"| `{s['name']}` | {s['n_utts']:,} | {s['hours']:.2f} | "
                      f"{DATA_SETS.get(s['name'].split('/')[0], ('', 'see the data README'))[1]} |"
-                     + (f" {s['teacher_wer']:.2f} |" if distilled else ""))
+                     + ((f" {s['teacher_wer']:.2f} |" if s["teacher_wer"] is not None else " - |") if distilled else ""))
     lines += [f"| total | {sum(s['n_utts'] for s in t['sets']):,} | {sum(s['hours'] for s in t['sets']):.2f} | |"
               + (" |" if distilled else ""), ""]
     if facts["reports"]:
@@ -588,7 +621,8 @@ def ship(args: argparse.Namespace, argv: list[str]) -> Path:
     if dest.is_dir() and (unmanaged := sorted(f.name for f in dest.iterdir() if f.name not in MANAGED_FILES)):
         raise ShipError(f"{dest} holds files ship.py does not manage: {unmanaged}; remove them first")
     recipe_command = args.recipe_command or default_recipe_command(args.exp)
-    training = training_facts(args.exp, model_step(checkpoint.read_config(source).get("info", {})))
+    info = checkpoint.read_config(source).get("info", {})
+    training = training_facts(args.exp, model_step(info), info, recipe_command)
     train_audio = set().union(*(s["audio"] for s in training["sets"]))
     reports = read_reports(args.report, train_audio, dest, source)
     dest.parent.mkdir(parents=True, exist_ok=True)
