@@ -59,6 +59,8 @@ DATA_SETS = {"librispeech": ("audiobook readings (LibriSpeech)", "CC BY 4.0"),
              "fsdd": ("isolated digits (FSDD)", "CC BY-SA 4.0"),
              "ljspeech": ("one reader of non-fiction (LJ Speech)", "public domain"),
              "arctic-cathy": ("one speaker reading ARCTIC prompts", "CC0 1.0"),
+             "speech-commands": ("one-word commands of 1,412 speakers (Speech Commands v0.01)", "CC BY 4.0"),
+             "wake-words": ("wake words: alexa, computer, jarvis, ... (Picovoice wake-word benchmark)", "Apache 2.0"),
              "synthetic": ("LJ Speech sentences and digits spoken by espeak-ng, flite and festival voices "
                            "(speech_transformer.training.synthetic)",
                            "text public domain; voices: espeak-ng GPL-3.0, flite and festival BSD-style "
@@ -66,8 +68,8 @@ DATA_SETS = {"librispeech": ("audiobook readings (LibriSpeech)", "CC BY 4.0"),
 
 
 DTYPE_WORDS = {"int8": "int8 (matrices, symmetric per-row scales; vectors float16)",
-               "int4": "4 bits (matrices of 64k columns: a float16 scale and offset per 64 columns; convolutions "
-                       "int8; vectors float16)"}
+               "int4": "4 bits (matrix rows in groups of 64 columns, a float16 scale and offset per group; "
+                       "convolutions int8; vectors float16)"}
 
 
 class ShipError(Exception):
@@ -556,7 +558,10 @@ def distil_training_lines(facts: dict) -> list[str]:
     settings = t["sessions"][-1]["settings"] if t["sessions"] else {}
     lines = ["The teacher, Whisper base in this engine, labelled every utterance (recipes/distil/label.py: greedy, "
              "30 s window; its transcripts and top-32 token distributions). Teacher WER is against the human "
-             "transcripts (english-v1).", "", "## Training", "",
+             "transcripts (english-v1)" + ("; not known here: it was in the run folder, which is gone (ship.py "
+                                           "read the model's own record of its training)." if not t["curve"]
+                                           and all(s["teacher_wer"] is None for s in t["sets"]) else "."),
+             "", "## Training", "",
              f"- Recipe: `{facts['recipe_command']}`.",
              "- Frozen: the stem and encoder blocks 0-4 (their output cached once per utterance); trained: "
              + TRAINED.get(settings.get("train", "all"), TRAINED["all"]) + "."]
