@@ -44,7 +44,7 @@ class VadOptions:
     min_silence_seconds: float = 0.1  # a pause this long ends a run (runs are merged again below)
     speech_pad_seconds: float = 0.2  # context kept on both sides of a run
     max_chunk_seconds: float = 20.0  # no chunk is longer (longer runs are cut at their longest pause)
-    merge_gap_seconds: float = 0.5  # runs closer than this are joined into one chunk while it fits
+    merge_gap_seconds: float = 1.0  # runs closer than this are joined into one chunk while it fits (context)
     min_chunk_speech_seconds: float = 0.3  # chunks with less detected speech are skipped, not decoded
 
     def __post_init__(self):
