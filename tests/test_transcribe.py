@@ -59,7 +59,9 @@ def test_long_input_timestamps_follow_the_clips(tmp_path, model_dir, clips, monk
 
     monkeypatch.setattr(Transcriber, "_flush", spy_flush)
     monkeypatch.setattr(Transcriber, "decode_chunks", spy_decode)
-    result = transcribe(str(model_dir), str(path), block_seconds=13.7, batch_seconds=12.0, pool_seconds=20.0)
+    # merge gap 0.5 s: each clip is its own chunk (1-2.5 s pauses, less the 0.2 s pads), so its times can be checked
+    result = transcribe(str(model_dir), str(path), block_seconds=13.7, batch_seconds=12.0, pool_seconds=20.0,
+                        merge_gap_seconds=0.5)
     assert len(pools) >= 5 and max(pools) < 20.0 + 20.0  # at most one chunk past the pool budget
     assert all(n == 1 or padded <= 12.0 for n, padded in batches) and max(n for n, _ in batches) > 1
     assert isinstance(result, Transcript) and result.ok
@@ -98,11 +100,14 @@ def test_python_api_inputs_and_failures(model_dir, clips, data_dir, tmp_path):
 
 
 def test_no_speech_is_dropped_on_jfk(data_dir):
-    """The shipped model's preferred decoding gives words for the first VAD chunk (0.15-2.44 s): they are kept."""
+    """The shipped model's preferred decoding gives words for the first VAD chunk (0.15-2.44 s): they are kept.
+    By default (runs up to 1 s apart joined) jfk is one chunk; with 0.5 s it is three, none of them empty."""
     from speech_transformer.recognition.recognizer import Recognizer
 
     recognizer = Recognizer.from_dir(None)
-    t = transcribe(recognizer, str(data_dir / "samples" / "jfk.flac"))
+    whole = transcribe(recognizer, str(data_dir / "samples" / "jfk.flac"))
+    assert len(whole.segments) == 1 and len(whole.segments[0].words) == 22
+    t = transcribe(recognizer, str(data_dir / "samples" / "jfk.flac"), merge_gap_seconds=0.5)
     assert len(t.segments) == 3 and all(s.text for s in t.segments)
     assert t.segments[0].start < 0.5 and t.segments[0].words and t.segments[0].words[0].start < 0.5
     single = recognizer.recognize([load_audio(str(data_dir / "samples" / "jfk.flac"))[:int(2.44 * SAMPLE_RATE)]])
