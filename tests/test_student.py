@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -109,6 +111,20 @@ def test_distilled_student_has_two_vocabularies_end_to_end(tmp_path, root, speec
     assert set(words.text.split()) <= set(said[0] + said[1])
     with pytest.raises(ValueError, match="own vocabularies"):
         r.recognize(speech[:1], DecodingOptions(beam_size=2, ctc_weight=0.3))
+    # recipes/distil/train.py --init-from: the saved model starts a new run, its teacher ids found again by bytes
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distil_train", Path(__file__).resolve().parents[1] / "recipes" /
+                                                  "distil" / "train.py")
+    distil = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(distil)
+    (tmp_path / "run" / "teacher").mkdir(parents=True)
+    (tmp_path / "run" / "teacher" / "whisper-base").symlink_to(teacher)
+    distil.init_from_model(tmp_path / "distilled", tmp_path / "run", tmp_path / "again" / "init")
+    again, again_vocab, again_ids, _ = distil.load_student(tmp_path / "again", "decoder")
+    assert again_ids == old_ids and again_vocab.encode(" Americans") == vocab.encode(" Americans")
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad == k.startswith("decoder.") for k, p in again.named_parameters())
     (tmp_path / "distilled" / "ctc_tokenizer.model").write_bytes(b"not sentencepiece")
     with pytest.raises(CheckpointError, match="ctc_tokenizer.model"):
         Recognizer.from_dir(tmp_path / "distilled")
