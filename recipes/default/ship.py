@@ -28,7 +28,6 @@ import argparse
 import itertools
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -273,9 +272,9 @@ def distil_facts_from_info(info: dict, recipe_command: str) -> dict:
     if start is None:
         raise ShipError("--recipe-command must give the recipes/distil/train.sh command (its flags are the settings)")
     flags = list(itertools.takewhile(lambda w: w not in (";", "&&", "|"), words[start:]))
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(distil_module().parse_args(flags)).items()}
-    layers = [int(x) for x in re.findall(r"\d+", info["initialised_from"]["decoder"].rpartition("[")[2])]
-    return {"kind": "distil", "init": {"teacher_layers": layers}, "sets": sets, "steps": info["steps"],
+    distil = distil_module()
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(distil.parse_args(flags)).items()}
+    return {"kind": "distil", "init": {"teacher_layers": distil.exported_teacher_layers(info)}, "sets": sets, "steps": info["steps"],
             "sessions": [{"step": info["steps"], "settings": settings}], "curve": [], "cpu_s": info["train_cpu_s"],
             "last_valid": None}
 

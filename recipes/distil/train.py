@@ -130,6 +130,12 @@ def build_student(run: Path, v3: Path, out: Path, sets: list[str], upper_from_te
           "parameters", flush=True)
 
 
+def exported_teacher_layers(info: dict) -> list[int]:
+    """The teacher's decoder blocks an exported model started from, read back from the info `export` writes
+    ("whisper base decoder blocks [0, 5]")."""
+    return [int(x) for x in re.findall(r"\d+", info.get("initialised_from", {}).get("decoder", "").rpartition("[")[2])]
+
+
 def init_from_model(model_dir: Path, run: Path, out: Path) -> None:
     """out/init from a distilled model directory (the shipped default v4, an export): its weights as float32, its
     pruned vocabulary, and old_ids found again by each token's bytes in the teacher's vocabulary. For a run
@@ -143,7 +149,7 @@ def init_from_model(model_dir: Path, run: Path, out: Path) -> None:
         teacher.special_ids[name] for name in PRUNED_SPECIALS]
     info = config.get("info", {})
     sets = [s for s, m in MANIFESTS.items() if any(t.endswith(m) for t in info.get("train", []))]
-    layers = [int(x) for x in re.findall(r"\d+", info.get("initialised_from", {}).get("decoder", "").rpartition("[")[2])]
+    layers = exported_teacher_layers(info)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.save_state_dict(model.state_dict(), out / "model.safetensors")
     (out / "vocab.tiktoken").write_bytes((model_dir / checkpoint.tokenizer_file(config)).read_bytes())
