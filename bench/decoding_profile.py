@@ -5,7 +5,7 @@ on the first N utterances of `librispeech/dev.tsv`, at the model's preferred dec
         [--n 40] [--threads 2] [--batch-seconds 120] [--decoding '{"method": "attention", ...}']
 
 Each stage is timed by wrapping the function that does it (CPU time of the process, `time.process_time`):
-features (the front end), encoder (`Encoder.forward_with_ctc`), CTC head, decoder network
+features (the front end), encoder (`Encoder.forward` or `forward_with_ctc`), CTC head, decoder network
 (`DecoderScorer.logits`: its forward step, cache included, and the logit filters), the cross-attention keys
 and values (`Decoder.memory_kv`), CTC prefix scoring (`CTCScorer.score` + `select`), LM (`LMScorer`), the
 search itself (the rest of `decode_with_fallback`: candidates, beams, reordering), alignment (word times),
@@ -25,16 +25,21 @@ class Stopwatch:
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
+        self.running: set[str] = set()  # a stage's functions calling each other count once
 
     def wrap(self, owner, name: str, stage: str) -> None:
         function = getattr(owner, name)
 
         def timed(*args, **kwargs):
+            if stage in self.running:
+                return function(*args, **kwargs)
+            self.running.add(stage)
             start = time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
                 self.seconds[stage] += time.process_time() - start
+                self.running.discard(stage)
 
         setattr(owner, name, timed)
 
@@ -46,6 +51,7 @@ def instrument(recognizer) -> Stopwatch:
     watch = Stopwatch()
     model = recognizer.model
     watch.wrap(model.frontend, "forward", "features")
+    watch.wrap(model.encoder, "forward", "encoder")  # without the CTC head (`Recognizer.encode(ctc=False)`)
     watch.wrap(model.encoder, "forward_with_ctc", "encoder")
     watch.wrap(model, "_ctc", "CTC head")
     watch.wrap(model.decoder, "memory_kv", "cross-attention keys/values")

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/streaming.py [--model DIR] [--threads 1] [--limit-dev 40] [--limit-an4 130]
         [--limit-fsdd 100] [--long-minutes 20] [--clock simulated|real] [--options JSON] [--final-method M]
-        [--json OUT]
+        [--split test|train] [--json OUT]
 
 Every utterance is its own stream: 0.5 s of faint noise, the utterance, 1.5 s of faint noise, in 50 ms blocks
 at the file's own rate, through `StreamingRecognizer` (the same path as `speech-transformer listen`). The
@@ -189,6 +189,8 @@ def main() -> None:
     p.add_argument("--options", default="{}", help="StreamOptions fields as JSON, e.g. '{\"end_silence_seconds\": 0.5}'")
     p.add_argument("--final-method", default=None, choices=["attention", "ctc", "lexicon"],
                    help="decode finals with this method of the model's decoding instead of its preferred one")
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="AN4 and FSDD split: train to tune options (dev is always librispeech/dev.tsv)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -196,16 +198,17 @@ def main() -> None:
     recognizer = Recognizer.from_dir(args.model)
     decoding = recognizer.options.override(method=args.final_method)
     options = StreamOptions(**json.loads(args.options), decoding=decoding)
-    results = {"options": json.loads(args.options), "threads": args.threads, "clock": args.clock,
+    results = {"options": json.loads(args.options), "threads": args.threads, "clock": args.clock, "split": args.split,
                "decoding": decoding.describe()}
     for name, manifest, limit in (("librispeech/dev", data / "librispeech" / "dev.tsv", args.limit_dev),
-                                  ("an4/test", data / "an4" / "test.tsv", args.limit_an4)):
+                                  (f"an4/{args.split}", data / "an4" / f"{args.split}.tsv", args.limit_an4)):
         if limit:
             results[name] = speech_set(recognizer, manifest, limit, args.clock, options)
             print(name, json.dumps(results[name]), flush=True)
     if args.limit_fsdd:
-        results["fsdd/test digits"] = digits(recognizer, data / "fsdd" / "test.tsv", args.limit_fsdd, args.clock, options)
-        print("fsdd/test digits", json.dumps(results["fsdd/test digits"]), flush=True)
+        name = f"fsdd/{args.split} digits"
+        results[name] = digits(recognizer, data / "fsdd" / f"{args.split}.tsv", args.limit_fsdd, args.clock, options)
+        print(name, json.dumps(results[name]), flush=True)
     if args.long_minutes:
         results["long"] = long_stream(recognizer, data, args.long_minutes, options)
         print("long", json.dumps(results["long"]), flush=True)

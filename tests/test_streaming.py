@@ -119,3 +119,41 @@ def test_a_grammar_gives_commands_and_rejects_other_speech(recognizer, data_dir)
     assert said[0].type == "command" and said[0].text == "SEVEN" and said[0].command["slots"] == {"digit": "7"}
     assert 0 < said[0].command["confidence"] <= 1 and said[0].end < 2.0
     assert {e.type for e in said[1:]} == {"rejected"}  # the sentence, in one or more utterances
+
+
+def first_event_at(stream: StreamingRecognizer, audio: np.ndarray, kinds: tuple[str, ...]) -> tuple[float, object]:
+    """Seconds of audio fed when the first event of `kinds` came, and that event."""
+    for i in range(0, len(audio), 800):
+        for e in stream.accept(audio[i:i + 800]):
+            if e.type in kinds:
+                return (i + 800) / SAMPLE_RATE, e
+    raise AssertionError(f"no {kinds} event")
+
+
+def test_a_sure_command_comes_without_waiting_for_the_rest_of_the_silence(recognizer, data_dir):
+    clip = next(u for u in read_manifest(data_dir / "fsdd" / "test.tsv") if u.text == "SEVEN")
+    audio = np.concatenate([np.zeros(16_000, np.float32), load_audio(clip.audio), np.zeros(32_000, np.float32)])
+    times = {}
+    for sure in (0.5, 1.0):  # 1.0: never sure enough, always wait end_silence_seconds
+        options = StreamOptions(end_silence_seconds=0.6, pad_seconds=0.2, command_confidence=sure)
+        times[sure], e = first_event_at(StreamingRecognizer(recognizer, options, Grammar.load("digits")), audio,
+                                        ("command", "rejected"))
+        assert e.type == "command" and e.text == "SEVEN" and e.command["confidence"] >= 0.5
+    assert times[1.0] - times[0.5] >= 0.35  # 0.6 s of silence against 0.2 s of pad
+
+
+def test_an_utterance_starts_lead_seconds_before_the_vad_heard_it_but_after_the_last_one(recognizer, data_dir):
+    clip = next(u for u in read_manifest(data_dir / "fsdd" / "test.tsv") if u.text == "SEVEN")
+    seven = load_audio(clip.audio)
+    audio = np.concatenate([np.zeros(16_000, np.float32), seven, np.zeros(8_000, np.float32), seven,
+                            np.zeros(16_000, np.float32)])
+    starts = {}
+    for lead in (0.1, 0.8):
+        options = StreamOptions(lead_seconds=lead, end_silence_seconds=0.3, pad_seconds=0.2, command_confidence=1.0)
+        said = [e for e in listen(StreamingRecognizer(recognizer, options, Grammar.load("digits")), audio,
+                                  SAMPLE_RATE) if e.type in ("command", "rejected")]
+        assert [e.text for e in said] == ["SEVEN", "SEVEN"]
+        assert said[0].end <= said[1].start  # the second never reaches back into the first
+        starts[lead] = [e.start for e in said]
+    assert 0.6 <= starts[0.1][0] - starts[0.8][0] <= 0.75  # 0.7 s more of the silence before the first
+    assert starts[0.8][1] < starts[0.1][1]

@@ -10,11 +10,13 @@
   partials keep them and only extend or correct the tail. Once the open audio is longer than
   `partial_window_seconds`, it is encoded from the end of the last stable word only, so the cost of a
   partial is bounded.
+- An utterance starts `lead_seconds` before the window that opened it (the pre-roll is kept for this).
 - At its end the whole utterance is decoded once with the model's preferred decoding, with word times from
   the aligner: a **final**, never changed afterwards. Decoding starts as soon as the trailing pad is there
   (`pad_seconds` after the speech), so it overlaps the rest of the silence wait. With a grammar the
   utterance is matched instead (`commands.matching.match`, the model's MatchOptions): a **command** or
-  **rejected** event.
+  **rejected** event. A command matched with `command_confidence` or more is given at once, without
+  waiting for the rest of the silence.
 
 Only the open utterance (at most `max_utterance_seconds`) and a short pre-roll are kept: memory and CPU stay
 bounded however long it listens. Why this design, and what it costs: docs/streaming.md.
@@ -46,7 +48,10 @@ STABLE_AFTER = 0.5  # s: a partial's words ending this close to its end may stil
 class StreamOptions:
     hop_seconds: float = 0.4  # new audio between partials
     end_silence_seconds: float = 0.3  # silence that ends an utterance
-    pad_seconds: float = 0.2  # audio kept before and after the speech of an utterance (<= end_silence_seconds)
+    pad_seconds: float = 0.2  # audio kept after the speech of an utterance (<= end_silence_seconds)
+    lead_seconds: float = 0.5  # audio kept before it (not before the last utterance's end): the VAD hears
+    # a soft onset ("s", "t") late
+    command_confidence: float = 0.9  # with a grammar: a command this sure closes its utterance after pad_seconds
     max_utterance_seconds: float = 20.0  # longer speech is cut at its quietest window
     partial_window_seconds: float = 10.0  # at most this much audio is encoded for a partial
     min_speech_seconds: float = 0.15  # utterances with less speech (windows above threshold) are dropped
@@ -54,8 +59,10 @@ class StreamOptions:
     decoding: DecodingOptions | None = None  # of the finals (None: the model's preferred decoding)
 
     def __post_init__(self):
-        if not 0 < self.pad_seconds <= self.end_silence_seconds:
-            raise ValueError("pad_seconds must be in (0, end_silence_seconds]")
+        if not 0 < self.pad_seconds <= self.end_silence_seconds or self.lead_seconds < 0:
+            raise ValueError("pad_seconds must be in (0, end_silence_seconds], lead_seconds >= 0")
+        if not 0 < self.command_confidence <= 1.0:
+            raise ValueError("command_confidence must be in (0, 1] (1: wait for end_silence_seconds)")
         if self.max_utterance_seconds < 2 * self.partial_window_seconds / 3 or self.hop_seconds <= 0:
             raise ValueError("need hop_seconds > 0 and max_utterance_seconds >= 2/3 partial_window_seconds")
 
@@ -166,6 +173,7 @@ class StreamingRecognizer:
         self.scored = 0  # samples scored by the VAD
         self.arrivals: deque[tuple[int, float]] = deque()  # (end sample of a block, its arrival time)
         self.utterance: _Utterance | None = None
+        self.closed = 0  # end sample of the last closed utterance: the next one starts after it
         self.work_s = 0.0  # wall time spent encoding and decoding
 
     def seconds(self, samples: int) -> float:
@@ -199,6 +207,10 @@ class StreamingRecognizer:
     def _pad(self) -> int:
         return int(self.options.pad_seconds * SAMPLE_RATE)
 
+    @property
+    def _lead(self) -> int:
+        return int(self.options.lead_seconds * SAMPLE_RATE)
+
     def _accept16(self, x: np.ndarray, arrival: float) -> list[Event]:
         if not len(x):
             return []
@@ -220,7 +232,7 @@ class StreamingRecognizer:
         u = self.utterance
         if u is None:
             if p >= o.threshold:
-                start = max(self.base, end - WINDOW - self._pad)
+                start = max(self.base, self.closed, end - WINDOW - self._lead)
                 self.utterance = _Utterance(start, 1, next_partial=end + int(o.hop_seconds * SAMPLE_RATE),
                                             window_from=start)
             return []
@@ -234,6 +246,8 @@ class StreamingRecognizer:
             cut = u.silence_from + self._pad
             if end >= cut and (u.candidate is None or u.candidate[0] != cut):
                 u.candidate = (cut, self._decode(u, cut, u.silence_from))
+                if self._sure(u.candidate[1]):
+                    return self._emit(u, cut)
             if end - u.silence_from >= o.end_silence_seconds * SAMPLE_RATE:
                 return self._emit(u, cut)
         if end - u.start >= o.max_utterance_seconds * SAMPLE_RATE:
@@ -253,11 +267,17 @@ class StreamingRecognizer:
     def _close(self, u: _Utterance, end: int, speech_end: int) -> list[Event]:
         return self._emit(u, end, self._decode(u, end, speech_end))
 
+    def _sure(self, events: list[Event]) -> bool:
+        """A command matched with at least `command_confidence`: its utterance need not wait for more silence
+        (Kaldi's endpointing rule for a decoder in a final state: a complete command needs a shorter pause)."""
+        return any(e.type == "command" and e.command["confidence"] >= self.options.command_confidence
+                   for e in events) and self.options.command_confidence < 1.0
+
     def _emit(self, u: _Utterance, end: int, events: list[Event] | None = None) -> list[Event]:
         """Close utterance u at sample `end`: its final (or command) events, with latency counted until now."""
         if events is None:
             events = u.candidate[1] if u.candidate and u.candidate[0] == end else self._decode(u, end, end)
-        self.utterance = None
+        self.utterance, self.closed = None, end
         now = self.clock()
         for e in events:
             e.latency_s = now - e.latency_s  # _decode stored the arrival time of the speech end
@@ -322,7 +342,7 @@ class StreamingRecognizer:
     def _trim(self) -> None:
         """Drop audio no utterance needs: keep the open utterance, else the pre-roll."""
         u = self.utterance
-        keep = u.start if u is not None else self.scored - self._pad - WINDOW
+        keep = u.start if u is not None else max(self.closed, self.scored - self._lead - WINDOW)
         drop = max(0, min(keep, self.scored) - self.base)
         if drop:
             self.audio, self.base = self.audio[drop:], self.base + drop
