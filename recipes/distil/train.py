@@ -446,6 +446,7 @@ def main(argv=None) -> int:
               {"params": head, "lr": a.ctc_lr or a.lr, "base_lr": a.ctc_lr or a.lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
     state, cpu = TrainState(), 0.0
+    torch.manual_seed(a.seed)  # the time masks of a first call (a resume restores the checkpoint's RNG)
     last = latest_checkpoint(out)
     if last is not None:
         state = load_training_checkpoint(last, model, optimizer, 0)
