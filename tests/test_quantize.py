@@ -44,6 +44,22 @@ def test_int8_linear_is_close_to_float_and_exact_on_stored_int8():
     assert Int8Linear.from_linear(no_bias)(x).shape == (3, 5, 48)
 
 
+def test_int8_linear_multiplies_a_few_rows_and_many_with_the_same_integers():
+    """One utterance's decoder step (up to FEW_ROWS rows) takes the other engine's kernels where there are two:
+    the same stored integers, the same products up to the input's 8-bit rounding."""
+    from speech_transformer.model import quantize
+
+    torch.manual_seed(0)
+    linear = Int8Linear.from_linear(nn.Linear(512, 256))
+    if linear._few is not None:
+        few = torch.ops.quantized.linear_unpack(linear._few)[0]
+        assert torch.equal(few.int_repr(), torch.ops.quantized.linear_unpack(linear._packed)[0].int_repr())
+    x = torch.randn(quantize.FEW_ROWS + 8, 512)
+    many = linear(x)
+    one_by_one = torch.cat([linear(row[None]) for row in x])  # each through the few-rows kernels
+    assert ((many - one_by_one).norm() / many.norm()) < 0.02
+
+
 def test_4_bit_groups_pack_two_codes_a_byte_and_shrink_ranges_only_where_it_helps():
     torch.manual_seed(0)
     weight = torch.randn(6, 128)
