@@ -255,7 +255,8 @@ def test_ship_a_distillation_run(ship, tmp_path, root, data_dir):
     (run / "student" / "init").mkdir(parents=True)
     (run / "student" / "init" / "config.json").write_text(json.dumps({"sets": ["an4-train"], "teacher_layers": [0, 3]}))
     settings = {"ctc_weight": 0.2, "max_wer": 0.1, "kl_weight": 0.8, "lr": 1e-4, "warmup": 100, "frames": 6000}
-    (run / "student" / "sessions.jsonl").write_text(json.dumps({"step": 0, "settings": settings, "sets": ["an4-train"]}) + "\n")
+    (run / "student" / "sessions.jsonl").write_text(json.dumps(  # fsdd-train: not labelled (--human)
+        {"step": 0, "settings": settings, "sets": ["an4-train", "fsdd-train"]}) + "\n")
     (run / "student" / "log.jsonl").write_text("".join(json.dumps(
         {"step": s, "train_cpu_s": 60.0 * s, "wer": w, "ctc_wer": 40.0}) + "\n" for s, w in ((0, 100.0), (10, 30.0))))
     dest = tmp_path / "dest"
@@ -270,5 +271,6 @@ def test_ship_a_distillation_run(ship, tmp_path, root, data_dir):
     card = (dest / "MODEL_CARD.md").read_text()
     assert "distilled from Whisper base" in card and "| `an4/train.tsv` | 3 |" in card and "39.99 |" in card
     assert "WER 30.00 %" in card and "0.8 x cross-entropy to the teacher's distributions" in card
+    assert "learnt from their human transcripts alone (`--human`): fsdd/train.tsv." in card
     r = Recognizer.from_dir(dest)
     assert r.ctc_tokenizer.vocab_size == 256 and r.tokenizer.to_config()["pruned"]

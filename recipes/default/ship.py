@@ -242,13 +242,16 @@ def distil_facts(exp: Path, up_to_step: int | None) -> dict:
     distil = distil_module()
     init = json.loads((exp / "init" / "config.json").read_text())
     sets = []
+    read = lambda f: [json.loads(x) for x in (exp / f).read_text().splitlines() if x.strip()] if (exp / f).is_file() else []
+    this_run = {s for r in read("sessions.jsonl") for s in r.get("sets", [])}
     for name in distil.trained_sets(exp):
         rows = distil.read_labels(exp.parent, name)
+        labels = exp.parent / "labels" / name  # not DONE: learnt from the human transcripts alone (--human)
+        labelled = (labels / "DONE").exists() if name in this_run or not init.get("init_from") else None
         sets.append({"name": distil.MANIFESTS[name], "n_utts": len(rows), "hours": sum(r["duration_s"] for r in rows) / 3600,
                      "audio": {str((exp.parent / "data" / r["root"] / r["audio"]).resolve()) for r in rows},
-                     "teacher_wer": json.loads((exp.parent / "labels" / name / "summary.json").read_text())
-                     .get("corpus_wer_pct")})
-    read = lambda f: [json.loads(x) for x in (exp / f).read_text().splitlines() if x.strip()] if (exp / f).is_file() else []
+                     "teacher_wer": json.loads((labels / "summary.json").read_text()).get("corpus_wer_pct")
+                     if labelled else None, "labelled": labelled})  # None: only in the --init-from model's run
     step = up_to_step if up_to_step is not None else 1 << 62
     curve = [r for r in read("log.jsonl") if r["step"] <= step]
     sessions = [r for r in read("sessions.jsonl") if r["step"] <= step]
@@ -555,11 +558,18 @@ TRAINED = {"all": "block 5, the final LayerNorm, the CTC head and the decoder",
 def distil_training_lines(facts: dict) -> list[str]:
     t = facts["training"]
     settings = t["sessions"][-1]["settings"] if t["sessions"] else {}
-    lines = ["The teacher, Whisper base in this engine, labelled every utterance (recipes/distil/label.py: greedy, "
+    human = [s["name"] for s in t["sets"] if s.get("labelled", True) is False]
+    inherited = [s["name"] for s in t["sets"] if "labelled" in s and s["labelled"] is None]
+    lines = ["The teacher, Whisper base in this engine, labelled " + ("every utterance" if not human else
+             "the utterances of the sets with a teacher WER") + " (recipes/distil/label.py: greedy, "
              "30 s window; its transcripts and top-32 token distributions). Teacher WER is against the human "
              "transcripts (english-v1)" + ("; not known here: it was in the run folder, which is gone (ship.py "
                                            "read the model's own record of its training)." if not t["curve"]
-                                           and all(s["teacher_wer"] is None for s in t["sets"]) else "."),
+                                           and all(s["teacher_wer"] is None for s in t["sets"]) else ".")
+             + (f" Not labelled, learnt from their human transcripts alone (`--human`): {', '.join(human)}."
+                if human else "")
+             + (f" Learnt only in the run of the model this one started from (`--init-from`), labelled there: "
+                f"{', '.join(inherited)}." if inherited else ""),
              "", "## Training", "",
              f"- Recipe: `{facts['recipe_command']}`.",
              "- Frozen: the stem and encoder blocks 0-4 (their output cached once per utterance); trained: "

@@ -18,8 +18,8 @@ DECODINGS=${DECODINGS:-}  # e.g. "beam=1 beam=4": one row of the model per decod
 export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
 declare -A MANIFEST=([dev]=librispeech/dev.tsv [an4-test]=an4/test.tsv [fsdd-test]=fsdd/test.tsv
                      [samples]=samples/samples.tsv [librispeech-samples]=librispeech/samples/samples.tsv)
-ours=(--system "$MODEL,name=v4")
-for d in $DECODINGS; do ours+=(--system "$MODEL,$d,name=v4-${d//[=,]/}"); done
+ours=(--system "$MODEL,name=${NAME:-v5}")
+for d in $DECODINGS; do ours+=(--system "$MODEL,$d,name=${NAME:-v5}-${d//[=,]/}"); done
 peers=(--system "model:whisper:base,name=whisper-base"
        --system "faster-whisper:base,compute=int8,threads=$OMP_NUM_THREADS,name=faster-whisper-base-int8"
        --system pocketsphinx)
