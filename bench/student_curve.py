@@ -12,6 +12,8 @@ against training CPU-minutes, one thread; caching excluded), with the teacher's 
 
     python bench/student_curve.py --distil "v4=/var/tmp/st-distil/student" --teacher 4.33 --v3 27.98 \
         --out recipes/distil/learning_curve.png
+    python bench/student_curve.py --distil "v4 -> v5=/var/tmp/st-distil/student-v4f" --teacher 4.33 --top 10 \
+        --out recipes/distil/learning_curve_v5.png
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distil", action="append", default=[], metavar="LABEL=PATH", help="a distil train.py run")
     p.add_argument("--teacher", type=float, help="with --distil: the teacher's dev WER %%, drawn as a line")
     p.add_argument("--v3", type=float, help="with --distil: v3's dev WER %% on the same utterances")
+    p.add_argument("--top", type=float, default=60.0, help="with --distil: the WER axis's top")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     import matplotlib
@@ -64,17 +67,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def distil_curve(args, fig, ax) -> int:
+    """Each --distil run's dev WER against its training CPU-minutes, with the teacher's and v3's as lines."""
     for spec in args.distil:
         label, _, path = spec.partition("=")
         run = read_log(Path(path))
         minutes = [r["train_cpu_s"] / 60 for r in run]
         ax.plot(minutes, [r["wer"] for r in run], marker="o", label=f"{label}: decoder, greedy")
-        ax.plot(minutes, [r["ctc_wer"] for r in run], marker="s", label=f"{label}: CTC greedy")
+        ctc = [(m, r["ctc_wer"]) for m, r in zip(minutes, run) if "ctc_wer" in r]  # absent: --train decoder
+        if ctc:
+            ax.plot(*zip(*ctc), marker="s", label=f"{label}: CTC greedy")
     for value, label, style in ((args.teacher, "teacher (Whisper base, 30 s window)", "--"), (args.v3, "v3", ":")):
         if value is not None:
             ax.axhline(value, color="grey", linestyle=style, label=f"{label}: {value:.2f} %")
-    return save(fig, ax, "training CPU-minutes (one thread)", "dev WER % (first 40 utterances, english-v1)", 60,
-                args.out)
+    return save(fig, ax, "training CPU-minutes (one thread)", "dev WER % (first 40 utterances, english-v1)",
+                args.top, args.out)
 
 
 def save(fig, ax, xlabel: str, ylabel: str, top: float, out: Path) -> int:
