@@ -246,15 +246,18 @@ def distil_facts(exp: Path, up_to_step: int | None) -> dict:
     this_run = {s for r in read("sessions.jsonl") for s in r.get("sets", [])}
     for name in distil.trained_sets(exp):
         rows = distil.read_labels(exp.parent, name)
-        labels = exp.parent / "labels" / name  # not DONE: learnt from the human transcripts alone (--human)
-        labelled = (labels / "DONE").exists() if name in this_run or not init.get("init_from") else None
+        labels = exp.parent / "labels" / name
+        # who wrote what a set taught: the teacher (labels DONE), its human transcripts alone (--human), or only
+        # the run of the --init-from model (not a set of this run's calls)
+        source = ("inherited" if name not in this_run and init.get("init_from") else
+                  "teacher" if (labels / "DONE").exists() else "human")
         sets.append({"name": distil.MANIFESTS[name], "n_utts": len(rows), "hours": sum(r["duration_s"] for r in rows) / 3600,
                      "audio": {str((exp.parent / "data" / r["root"] / r["audio"]).resolve()) for r in rows},
                      "teacher_wer": json.loads((labels / "summary.json").read_text()).get("corpus_wer_pct")
-                     if labelled else None, "labelled": labelled})  # None: only in the --init-from model's run
+                     if source == "teacher" else None, "source": source})
     step = up_to_step if up_to_step is not None else 1 << 62
     curve = [r for r in read("log.jsonl") if r["step"] <= step]
-    sessions = [r for r in read("sessions.jsonl") if r["step"] <= step]
+    sessions = [r for r in read("sessions.jsonl") if r["step"] < max(step, 1)]  # a call from `step` on added nothing
     return {"kind": "distil", "init": init, "sets": sets, "steps": curve[-1]["step"] if curve else 0,
             "sessions": sessions, "curve": curve, "cpu_s": curve[-1]["train_cpu_s"] if curve else 0.0,
             "last_valid": curve[-1] if curve else None}
@@ -558,8 +561,7 @@ TRAINED = {"all": "block 5, the final LayerNorm, the CTC head and the decoder",
 def distil_training_lines(facts: dict) -> list[str]:
     t = facts["training"]
     settings = t["sessions"][-1]["settings"] if t["sessions"] else {}
-    human = [s["name"] for s in t["sets"] if s.get("labelled", True) is False]
-    inherited = [s["name"] for s in t["sets"] if "labelled" in s and s["labelled"] is None]
+    human, inherited = ([s["name"] for s in t["sets"] if s.get("source") == kind] for kind in ("human", "inherited"))
     lines = ["The teacher, Whisper base in this engine, labelled " + ("every utterance" if not human else
              "the utterances of the sets with a teacher WER") + " (recipes/distil/label.py: greedy, "
              "30 s window; its transcripts and top-32 token distributions). Teacher WER is against the human "
