@@ -17,8 +17,8 @@ layer's), a quarter of float32. Convolutions, norms and position tables stay flo
 The int8 kernels come from the first engine this PyTorch offers of oneDNN (fastest on x86 here: VNNI /
 AMX int8), x86, fbgemm, QNNPACK (ARM). Products of up to `FEW_ROWS` rows (one utterance's greedy decoder
 step: a streaming final, a single file) take x86's kernels from a second packed copy: on this machine they
-made such a decode 1.45x faster (0.90 -> 0.62 CPU s for a 14 s utterance with v4, one thread). A quantized model is for inference on the CPU only: its
-`state_dict` no longer holds the swapped matrices.
+made such a decode 1.45x faster (0.90 -> 0.62 CPU s for a 14 s utterance with v4, one thread).
+A quantized model is for inference on the CPU only: its `state_dict` no longer holds the swapped matrices.
 """
 
 from __future__ import annotations

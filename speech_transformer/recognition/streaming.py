@@ -270,8 +270,8 @@ class StreamingRecognizer:
     def _sure(self, events: list[Event]) -> bool:
         """A command matched with at least `command_confidence`: its utterance need not wait for more silence
         (Kaldi's endpointing rule for a decoder in a final state: a complete command needs a shorter pause)."""
-        return any(e.type == "command" and e.command["confidence"] >= self.options.command_confidence
-                   for e in events) and self.options.command_confidence < 1.0
+        sure = self.options.command_confidence
+        return sure < 1.0 and any(e.type == "command" and e.command["confidence"] >= sure for e in events)
 
     def _emit(self, u: _Utterance, end: int, events: list[Event] | None = None) -> list[Event]:
         """Close utterance u at sample `end`: its final (or command) events, with latency counted until now."""
