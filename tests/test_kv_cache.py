@@ -38,3 +38,21 @@ def test_kv_cache_grows_in_place_and_reorders_rows_as_beam_search_does():
         full, _ = model.decoder(tokens, memory_kv, lengths)
     assert cache.length == tokens.shape[1] == 73
     torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_several_new_positions_after_a_cache_attend_causally_and_truncate_forgets_positions():
+    """A draft read after the prompt (several positions with a cache) equals the whole sequence at once; after
+    `truncate`, the positions fed again give the same logits as before."""
+    model = tiny_model()
+    with torch.no_grad():
+        memory, lengths = model.encode(torch.randn(1, 200, 80), torch.tensor([200]))
+        memory_kv = model.decoder.memory_kv(memory)
+        tokens = torch.randint(2, 64, (1, 12), generator=torch.Generator().manual_seed(0))
+        full, _ = model.decoder(tokens, memory_kv, lengths)
+        first, cache = model.decoder(tokens[:, :3], memory_kv, lengths)
+        rest, cache = model.decoder(tokens[:, 3:], memory_kv, lengths, cache)
+        torch.testing.assert_close(torch.cat([first, rest], dim=1), full, atol=1e-4, rtol=1e-4)
+        cache.truncate(7)
+        again, cache = model.decoder(tokens[:, 7:9], memory_kv, lengths, cache)
+    assert cache.length == 9
+    torch.testing.assert_close(again, full[:, 7:9], atol=1e-4, rtol=1e-4)

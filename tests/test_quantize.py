@@ -60,6 +60,26 @@ def test_int8_linear_multiplies_a_few_rows_and_many_with_the_same_integers():
     assert ((many - one_by_one).norm() / many.norm()) < 0.02
 
 
+def test_row_scales_make_each_row_computed_as_if_alone():
+    """`row_scales`: a row with outliers (the prompt's first token) no longer coarsens the others' input scale,
+    so many rows in one product (a draft read in one pass) give each row what it gives alone, and the bias
+    is added once."""
+    from speech_transformer.model.quantize import row_scales
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        linear = Int8Linear.from_linear(nn.Linear(512, 256, bias=bias))
+        x = torch.randn(12, 512)
+        x[0] *= 60.0  # outliers in one row
+        with row_scales():
+            together, alone = linear(x), torch.cat([linear(row[None]) for row in x])
+        torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+        shared = linear(x)  # one scale for all rows: the others lose precision
+        reference = x[1:] @ torch.ops.quantized.linear_unpack(linear._packed)[0].dequantize().T
+        reference = reference + (linear.bias if bias else 0)
+        assert (shared[1:] - reference).norm() > 5 * (together[1:] - reference).norm()
+
+
 def test_4_bit_groups_pack_two_codes_a_byte_and_shrink_ranges_only_where_it_helps():
     torch.manual_seed(0)
     weight = torch.randn(6, 128)

@@ -42,3 +42,25 @@ def test_an_encoding_decodes_several_ways_without_encoding_again(overfit_model_d
     for options in (DecodingOptions(), DecodingOptions(method="ctc")):
         texts = [r.text for r in recognizer.decode(enc, options)]
         assert texts == [r.text for r in recognizer.recognize([waves[i] for i in rows], options)]
+
+
+def test_a_draft_gives_the_same_greedy_text_in_fewer_decoder_steps(data_dir, monkeypatch):
+    """The default model in float32 on jfk: greedy decoding reads a draft (a stream's last partial) in one pass
+    and writes only where it differs; right, half-right or wrong, the text is greedy's own."""
+    from speech_transformer.decoding.scorers import DecoderScorer
+
+    recognizer = Recognizer.from_dir(None, compute="float32")
+    enc = recognizer.encode([load_audio(data_dir / "samples" / "jfk.flac")])
+    steps = []
+    logits = DecoderScorer.logits
+    monkeypatch.setattr(DecoderScorer, "logits", lambda self, seqs: steps.append(1) or logits(self, seqs))
+    (plain,) = recognizer.decode(enc)
+    greedy_steps, words = len(steps), plain.text.split()
+    assert greedy_steps == len(plain.tokens) + 1 and len(words) > 15
+    half = " ".join(words[:8] + ["elephant"] + words[9:])
+    for draft, at_most in ((plain.text, 1), (" ".join(words[:-3]), 8), (half, greedy_steps - 5),
+                           ("Nothing like it at all.", greedy_steps)):
+        steps.clear()
+        (r,) = recognizer.decode(enc, draft=draft)
+        assert r.tokens == plain.tokens and r.text == plain.text
+        assert len(steps) <= at_most, draft

@@ -85,7 +85,7 @@ def test_greedy_means_greedy_and_ctc_weight_makes_a_joint_search(monkeypatch):
     with torch.no_grad():
         memory, lengths = model.encode(torch.randn(2, 200, 80), torch.tensor([200, 150]))
     called = []
-    monkeypatch.setattr(decoding, "search", lambda decoder, chooser, beams, limits:
+    monkeypatch.setattr(decoding, "search", lambda decoder, chooser, beams, limits, start=0:
                         called.append((type(chooser).__name__, beams.W)) or beams)
     decoding.decode(model, memory, lengths, DecodingOptions(beam_size=1))
     decoding.decode(model, memory, lengths, DecodingOptions(beam_size=1, ctc_weight=0.3))
@@ -116,5 +116,6 @@ def test_whisper_noise_gives_no_text_and_speech_gives_text(whisper_base, data_di
     speech, hiss = whisper_base.recognize([jfk, noise], DecodingOptions())
     assert speech.text.startswith("And so my fellow Americans") and speech.no_speech_prob < 0.1
     assert hiss.no_speech_prob > 0.6 and hiss.text == "" and hiss.tokens == []
+
 
 

@@ -71,6 +71,36 @@ def test_partials_come_while_speaking_and_finals_equal_offline_recognition(recog
     assert "FELLOW" in finals[0].text.upper() and "COUNTRY" in finals[-1].text.upper()
 
 
+def test_partials_are_written_as_finals_are_and_each_final_reads_the_last_one_as_its_draft(recognizer, jfk,
+                                                                                             monkeypatch):
+    from speech_transformer.decoding import search
+
+    reads, closing = [], []  # reads: (by a final, tokens in the draft, tokens kept)
+    follow_draft, decode = search.follow_draft, StreamingRecognizer._decode
+
+    def follow(decoder, beams, limits, draft):
+        kept = follow_draft(decoder, beams, limits, draft)
+        reads.append((bool(closing), len(draft), kept))
+        return kept
+
+    def decode_final(self, *args):
+        closing.append(True)
+        try:
+            return decode(self, *args)
+        finally:
+            closing.clear()
+
+    monkeypatch.setattr(search, "follow_draft", follow)
+    monkeypatch.setattr(StreamingRecognizer, "_decode", decode_final)
+    events = listen(StreamingRecognizer(recognizer), *jfk)
+    partials = [e.text for e in events if e.type == "partial"]
+    assert any(c.islower() for text in partials for c in text)  # the decoder's writing, not the CTC head's
+    finals = [(n, kept) for final, n, kept in reads if final]
+    assert len(finals) == sum(e.type == "final" for e in events)
+    assert all(n > 0 for n, _ in finals)  # each final had the last partial as its draft
+    assert sum(kept >= n // 2 for n, kept in finals) >= len(finals) / 2, finals  # mostly read, not written
+
+
 def test_any_block_size_and_rate_gives_the_same_finals(recognizer, jfk):
     texts = []
     for rate, block in [(jfk[1], 0.02), (16_000, 0.1), (8_000, 0.37)]:

@@ -42,10 +42,10 @@ def sample_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptio
 @torch.no_grad()
 def decode_with_fallback(model, memory: Tensor, lengths: Tensor, options: DecodingOptions, special: SpecialTokens,
                          text: Callable[[list[int]], str], lm=None, words=None,
-                         ctc_log_probs: Tensor | None = None) -> list[Hypothesis]:
+                         ctc_log_probs: Tensor | None = None, draft: list[int] | None = None) -> list[Hypothesis]:
     """`decode`, then Whisper's temperature fallback for the results `needs_fallback` picks (method "attention"),
     then its no-speech decision (an empty hypothesis where `is_silence`)."""
-    hyps = decode(model, memory, lengths, options, special, lm, words, ctc_log_probs)
+    hyps = decode(model, memory, lengths, options, special, lm, words, ctc_log_probs, draft)
     if options.method == "attention" and len(options.temperatures) > 1:
         generator = torch.Generator(device=memory.device).manual_seed(options.seed)
         for temperature in options.temperatures[1:]:

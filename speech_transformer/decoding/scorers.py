@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
+from speech_transformer.model.quantize import row_scales
 from speech_transformer.text.tokenizer import SpecialTokens
 
 NEG_INF = float("-inf")
@@ -66,12 +67,36 @@ class DecoderScorer:
 
     def logits(self, sequences: Sequence[list[int]]) -> Tensor:
         """Filtered next-token logits `(N, V)`."""
-        logits, self.cache = self.model.decoder(self.tokens, self.memory_kv, self.lengths, self.cache)
-        if self.special.no_speech is not None and self.no_speech_probs is None:  # at the prompt's first token
-            self.no_speech_probs = logits[:, 0].float().softmax(-1)[:, self.special.no_speech].tolist()
-        logits = logits[:, -1].float()
+        logits = self._forward(self.tokens)[:, -1].float()
         for f in self.filters:
             f.apply(logits, sequences)
+        return logits
+
+    def read(self, draft: list[int]) -> Tensor:
+        """Before the first step, one row (N = 1) reads the prompt and a whole draft in one pass -> the filtered
+        next-token logits `(D + 1, V)` after each start of it (row i: after draft[:i]). Then `rewind`."""
+        if self.cache is not None or self.tokens.shape[0] != 1:
+            raise ValueError("a draft is read by one row, before the first step")
+        first = self._forward(self.tokens)[0, -1:]  # the prompt alone, as the first step reads it
+        self.tokens = torch.cat([self.tokens, self.tokens.new_tensor([draft])], 1)
+        with row_scales():  # int8: each draft row quantized as a step's row would be
+            logits = torch.cat([first, self._forward(self.tokens[:, -len(draft):])[0]]).float()
+        for i in range(len(draft) + 1):
+            for f in self.filters:
+                f.apply(logits[i:i + 1], [draft[:i]])
+        return logits
+
+    def rewind(self, kept: int) -> None:
+        """After `read`: keep the prompt and the draft's first `kept` tokens. The last kept position is read
+        again by the next `logits` call, which so gives what follows them: the search loop goes on unchanged."""
+        end = len(self.special.prompt) + kept
+        self.cache.truncate(end - 1)
+        self.tokens = self.tokens[:, end - 1:end]
+
+    def _forward(self, tokens: Tensor) -> Tensor:
+        logits, self.cache = self.model.decoder(tokens, self.memory_kv, self.lengths, self.cache)
+        if self.special.no_speech is not None and self.no_speech_probs is None:  # at the prompt's first token
+            self.no_speech_probs = logits[:, 0].float().softmax(-1)[:, self.special.no_speech].tolist()
         return logits
 
     def advance(self, next_tokens: Tensor, rows: Tensor | None = None) -> None:

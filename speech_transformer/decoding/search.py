@@ -272,10 +272,10 @@ class BeamSearchDecoder:
 # --- the loop ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def search(decoder: DecoderScorer, chooser: TokenDecoder, beams: Beams, limits: Limits) -> Beams:
+def search(decoder: DecoderScorer, chooser: TokenDecoder, beams: Beams, limits: Limits, start: int = 0) -> Beams:
     """Whisper's DecodingTask loop: the decoder scores, ended hypotheses leave, the chooser extends the rest;
-    utterances that are done leave the batch (their rows cost nothing more)."""
-    for step in range(max(limits.lengths) + 1):
+    utterances that are done leave the batch (their rows cost nothing more). `start`: steps already taken."""
+    for step in range(start, max(limits.lengths) + 1):
         logits = decoder.logits(beams.sequences)
         beams.end_out_of_length(limits, step)
         rows, tokens = chooser.update(beams, logits, step)
@@ -286,6 +286,25 @@ def search(decoder: DecoderScorer, chooser: TokenDecoder, beams: Beams, limits: 
             decoder.keep(*staying)
             chooser.keep(*staying)
     return beams
+
+
+@torch.no_grad()
+def follow_draft(decoder: DecoderScorer, beams: Beams, limits: Limits, draft: list[int]) -> int:
+    """Greedy search's first steps in one pass, for one utterance: the decoder reads a guess of its answer (a
+    stream's last partial) and keeps the longest start of it that is also its own greedy choice at every token
+    (speculative decoding with the draft given). Returns the steps taken; the loop goes on from there.
+
+    In float32 the result is greedy's, token for token. In int8 the read's products differ from the steps' by
+    rounding (`quantize.row_scales` keeps that small), so a near tie may go the other way."""
+    draft = draft[:limits.lengths[0]]
+    best, choice = decoder.read(draft).log_softmax(-1).max(-1)
+    kept = 0
+    while kept < len(draft) and int(choice[kept]) == draft[kept] and not limits.loops(draft[:kept + 1]):
+        kept += 1
+    decoder.rewind(kept)
+    beams.sequences[0] = draft[:kept]
+    beams.scores[0] = best[:kept].double().sum()
+    return kept
 
 
 def pre_beam_size(options: DecodingOptions, vocab_size: int, scorers: list[Scorer]) -> int:
@@ -320,9 +339,12 @@ def beam_decoder(scorers: list[Scorer], candidates: Candidates, special: Special
 @torch.no_grad()
 def attention_search(model, memory: Tensor, lengths: Tensor, options: DecodingOptions,
                      special: SpecialTokens = SpecialTokens(), lm=None, ctc_log_probs: Tensor | None = None,
-                     temperature: float = 0.0, generator: torch.Generator | None = None) -> list[Hypothesis]:
+                     temperature: float = 0.0, generator: torch.Generator | None = None,
+                     draft: list[int] | None = None) -> list[Hypothesis]:
     """The decoder's search over memory `(B, S, D)`: sampling `best_of` rows per utterance at `temperature` > 0;
-    else greedy with no scorer and beam 1, else beam search. The most probable (length-normalised) result each."""
+    else greedy with no scorer and beam 1, else beam search. The most probable (length-normalised) result each.
+    `draft`: a guess of the tokens of one utterance (B = 1) that greedy search checks in one pass (`follow_draft`:
+    greedy's result in fewer steps); the other searches do not use it."""
     B = memory.shape[0]
     limits = Limits(max_lengths(lengths, options, position_cap(model, special)), options.max_repeats)
     scorers = [] if temperature > 0 else partial_scorers(model, memory, lengths, options, special, lm,
@@ -337,7 +359,10 @@ def attention_search(model, memory: Tensor, lengths: Tensor, options: DecodingOp
                                limits)
         beams = Beams.start(B, W, memory.device)
     decoder = DecoderScorer(model, memory, lengths, special, default_filters(special, memory.device), W)
-    best = search(decoder, chooser, beams, limits).best(options.length_penalty)
+    start = 0
+    if draft and B == 1 and isinstance(chooser, GreedyDecoder) and temperature == 0:
+        start = follow_draft(decoder, beams, limits, draft)
+    best = search(decoder, chooser, beams, limits, start).best(options.length_penalty)
     if decoder.no_speech_probs is not None:  # every row of an utterance starts from the same prompt
         for b, h in enumerate(best):
             h.no_speech_prob = decoder.no_speech_probs[b * W]
@@ -376,12 +401,13 @@ class WordSearch(Protocol):
 @torch.no_grad()
 def decode(model, memory: Tensor, lengths: Tensor, options: DecodingOptions = DecodingOptions(),
            special: SpecialTokens = SpecialTokens(), lm=None, words: WordSearch | None = None,
-           ctc_log_probs: Tensor | None = None) -> list[Hypothesis]:
+           ctc_log_probs: Tensor | None = None, draft: list[int] | None = None) -> list[Hypothesis]:
     """Search chosen by `options`: encoder states `(B, S, D)` and lengths `(B,)` -> one hypothesis each.
 
     `special` (the tokenizer's) says how the decoder starts and ends and which tokens it never emits;
     `lm` is a token LM that beam search fuses with `options.lm_weight`; `words` the word search of "lexicon";
-    `ctc_log_probs` `(B, S, V)` the CTC head's output when the caller has it (else computed here if needed).
+    `ctc_log_probs` `(B, S, V)` the CTC head's output when the caller has it (else computed here if needed);
+    `draft` a guess of the decoder's tokens for one utterance, which greedy search checks at once (`follow_draft`).
     A model without a CTC head (an imported Whisper model) decodes on attention scores alone.
     """
     if model.ctc_head is None and options.method in ("ctc", "lexicon"):
@@ -394,4 +420,4 @@ def decode(model, memory: Tensor, lengths: Tensor, options: DecodingOptions = De
         if words is None:
             raise ValueError('decoding method "lexicon" needs a lexicon and a word LM (see docs/lexicon.md)')
         return words.search(model, memory, lengths, ctc_log_probs.float(), options, special)
-    return attention_search(model, memory, lengths, options, special, lm, ctc_log_probs)
+    return attention_search(model, memory, lengths, options, special, lm, ctc_log_probs, draft=draft)

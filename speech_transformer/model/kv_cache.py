@@ -40,6 +40,10 @@ class KVCache:
     def advance(self, positions: int) -> None:
         self.length += positions
 
+    def truncate(self, length: int) -> None:
+        """Forget the positions from `length` on (a draft's tokens that the decoder did not confirm)."""
+        self.length = min(self.length, length)
+
     def keep(self, rows: Tensor) -> None:
         """Only these rows `(N',)` stay (utterances that are done leave the batch)."""
         for buffers in (self.keys, self.values):

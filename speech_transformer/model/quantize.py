@@ -5,7 +5,8 @@
 - `Int8Linear`, for the decoder's token rows: the weight int8, symmetric per output row (`quantize_rows`, the
   rule of the model files' int8 storage, so a model stored as int8 computes with exactly its stored
   integers); each input quantized with one scale per call (PyTorch's dynamic quantisation,
-  `quantized::linear_dynamic`); int32 accumulation, float32 out.
+  `quantized::linear_dynamic`), or within `row_scales()` with one scale per row; int32 accumulation,
+  float32 out.
 - `Bf16Linear`, for products over encoder frames (the encoder, the CTC head, the cross-attention keys and
   values), on CPUs with native bfloat16 (AMX / AVX512-BF16); the encoder's self-attention products then run
   in bfloat16 too. One input scale over thousands of frames loses too much where activations have outliers
@@ -23,6 +24,9 @@ A quantized model is for inference on the CPU only: its `state_dict` no longer h
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,6 +36,21 @@ from speech_transformer.model.transformer import MultiHeadAttention
 INT8_MAX = 127
 ENGINES = ("onednn", "x86", "fbgemm", "qnnpack")  # by measured speed on x86, for products of many rows
 FEW_ROWS_ENGINE, FEW_ROWS = "x86", 4  # up to 4 rows (one utterance's greedy step): x86's kernels, 1.5x onednn's
+TINY = torch.finfo(torch.float32).tiny
+_ROW_SCALES = contextvars.ContextVar("row_scales", default=False)
+
+
+@contextlib.contextmanager
+def row_scales():
+    """Within it, `Int8Linear` quantizes each input row on a scale of its own (as when it is computed alone)
+    instead of one scale for all rows: for many rows whose results must be those of rows computed one at a
+    time, a draft read in one pass (`DecoderScorer.read`). The first draft rows' outliers would otherwise
+    coarsen the others, and the read would disagree with the steps. It costs ~90 us a product."""
+    token = _ROW_SCALES.set(True)
+    try:
+        yield
+    finally:
+        _ROW_SCALES.reset(token)
 
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,11 +133,13 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         zero = torch.zeros(weight.shape[0], dtype=torch.long)
         w = torch._make_per_channel_quantized_tensor(weight.cpu(), scale.double().cpu(), zero, 0)
-        b = None if bias is None else bias.detach().float().clone().cpu()
-        self._packed = prepack(w, b, engine())
+        self.bias = None if bias is None else bias.detach().float().clone().cpu()
+        self._packed = prepack(w, self.bias, engine())
         # a second copy for a few rows: the decoder's steps for one utterance (streaming finals, single files)
         few = FEW_ROWS_ENGINE in torch.backends.quantized.supported_engines and engine() == "onednn"
-        self._few = prepack(w, b, FEW_ROWS_ENGINE) if few else None
+        self._few = prepack(w, self.bias, FEW_ROWS_ENGINE) if few else None
+        self.range_row = torch.zeros(1, self.in_features)  # -1 and 1 (`row_scales`)
+        self.range_row[0, :2] = torch.tensor([-1.0, 1.0])
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
@@ -126,7 +147,16 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         few = self._few is not None and x.numel() <= FEW_ROWS * self.in_features
-        return torch.ops.quantized.linear_dynamic(x.contiguous(), self._few if few else self._packed, False)
+        packed = self._few if few else self._packed
+        if not _ROW_SCALES.get():
+            return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, False)
+        # each row scaled to largest magnitude 1, and a last row of -1 and 1: every row then has the range
+        # [-1, 1] that the one input scale is made for; the bias is added once, after the scaling back
+        rows = x.reshape(-1, self.in_features)
+        size = rows.abs().amax(-1, keepdim=True).clamp_min(TINY)
+        y = torch.ops.quantized.linear_dynamic(torch.cat([rows / size, self.range_row]), packed, False)[:-1]
+        y = (y * size) if self.bias is None else (y - self.bias) * size + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"

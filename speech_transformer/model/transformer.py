@@ -230,8 +230,10 @@ class DecoderBlock(nn.Module):
                 layer: int) -> Tensor:
         """x `(N, T, D)`: N = B utterances x W hypotheses over the B utterances' `memory_kv` `(B, H, S, D/H)`."""
         h = self.self_norm(x)
+        T, past = x.shape[1], cache.length
         k, v = cache.update(layer, *self.self_attn.project_kv(h))  # new positions attend to all cached ones
-        x = x + self.drop(self.self_attn(h, kv=(k, v), causal=cache.length == 0))
+        after = None if past == 0 or T == 1 else torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+        x = x + self.drop(self.self_attn(h, kv=(k, v), mask=after, causal=past == 0))
         h = self.cross_norm(x)
         # an utterance's W hypotheses are W x T queries of its keys/values (no copy of them per hypothesis)
         h = h.reshape(memory_kv[0].shape[0], -1, h.shape[-1])

@@ -166,12 +166,20 @@ class Recognizer:
 
     @torch.inference_mode()
     def decode(self, enc: Encoding, options: DecodingOptions | None = None, align: bool = False,
-               attention: bool = False, posteriors: bool = False) -> list[Recognition]:
-        """An Encoding -> one Recognition per row (decode one encoding several ways without encoding again)."""
+               attention: bool = False, posteriors: bool = False, draft: list[int] | str | None = None
+               ) -> list[Recognition]:
+        """An Encoding -> one Recognition per row (decode one encoding several ways without encoding again).
+
+        `draft`: a guess of the tokens of a one-row Encoding, or of its text (a stream's last partial); greedy
+        decoding reads them in one pass and writes only from where they differ (the same text, fewer decoder
+        steps). A text's tokens may differ from how the decoder spells it: tokens are the better guess."""
         options = options or self.options
         vocab = self.vocabulary(options)
+        tokens = None
+        if options.is_greedy and draft:
+            tokens = vocab.encode(" " + draft.strip()) if isinstance(draft, str) else draft
         hyps = decode_with_fallback(self.model, enc.memory, enc.lengths, options, vocab.special, vocab.decode,
-                                    self.lm, self.words, enc.ctc_log_probs)
+                                    self.lm, self.words, enc.ctc_log_probs, tokens)
         out = []
         for b, h in enumerate(hyps):
             frames = int(enc.lengths[b])

@@ -5,18 +5,20 @@
 - Silero VAD scores the stream window by window (32 ms, state carried); an utterance opens when a window
   reaches the speech threshold and closes after `end_silence_seconds` below the lower threshold (or is cut
   at its quietest window once it is `max_utterance_seconds` long), as silero's own segmentation does.
-- While it is open, every `hop_seconds` of new audio the open utterance is encoded and decoded with CTC
-  greedy: a **partial**. Words that two partials in a row agree on become stable (LocalAgreement-2): later
-  partials keep them and only extend or correct the tail. Once the open audio is longer than
-  `partial_window_seconds`, it is encoded from the end of the last stable word only, so the cost of a
-  partial is bounded.
+- While it is open, every `hop_seconds` of new audio the open utterance is encoded and decoded greedily: a
+  **partial**, by the decoder where it writes the finals (their writing; each partial reads the last one
+  as its draft, `search.follow_draft`, so only what changed is written), else by the CTC head. Words that
+  two partials in a row agree on become stable (LocalAgreement-2): later partials keep them and only extend
+  or correct the tail. Once the open audio is longer than `partial_window_seconds`, it is encoded from 1 s
+  before the end of the last stable word only, so the cost of a partial is bounded. A partial waits while
+  the stream is behind (after a slow step), so that the end of speech is heard without delay.
 - An utterance starts `lead_seconds` before the window that opened it (the pre-roll is kept for this).
 - At its end the whole utterance is decoded once with the model's preferred decoding, with word times from
-  the aligner: a **final**, never changed afterwards. Decoding starts as soon as the trailing pad is there
-  (`pad_seconds` after the speech), so it overlaps the rest of the silence wait. With a grammar the
-  utterance is matched instead (`commands.matching.match`, the model's MatchOptions): a **command** or
-  **rejected** event. A command matched with `command_confidence` or more is given at once, without
-  waiting for the rest of the silence.
+  the aligner: a **final**, never changed afterwards; greedy decoding reads the last partial as its draft.
+  Decoding starts as soon as the trailing pad is there (`pad_seconds` after the speech), so it overlaps the
+  rest of the silence wait. With a grammar the utterance is matched instead (`commands.matching.match`, the
+  model's MatchOptions): a **command** or **rejected** event. A command matched with `command_confidence`
+  or more is given at once, without waiting for the rest of the silence.
 
 Only the open utterance (at most `max_utterance_seconds`) and a short pre-roll are kept: memory and CPU stay
 bounded however long it listens. Why this design, and what it costs: docs/streaming.md.
@@ -40,8 +42,11 @@ from speech_transformer.decoding.options import DecodingOptions
 from speech_transformer.model.align import Word
 from speech_transformer.recognition.recognizer import Recognizer
 
-PARTIAL = DecodingOptions(method="ctc")
+PARTIAL_CTC = DecodingOptions(method="ctc")
+PARTIAL_DECODER = DecodingOptions()  # greedy
 STABLE_AFTER = 0.5  # s: a partial's words ending this close to its end may still be growing
+CATCH_UP = 0.2  # s: a partial waits while the newest block arrived longer ago than this (more are waiting)
+READ_BACK = 1.0  # s: audio before the window of a long utterance's partial, for the decoder to read into it
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,12 @@ class StreamOptions:
     min_speech_seconds: float = 0.15  # utterances with less speech (windows above threshold) are dropped
     threshold: float = 0.5  # VAD speech probability that opens an utterance (closes below threshold - 0.15)
     decoding: DecodingOptions | None = None  # of the finals (None: the model's preferred decoding)
+    partial_method: str | None = None  # "attention" (greedy) or "ctc" (greedy); None: "attention" where the
+    # finals are the decoder's (no grammar): the finals' writing, and the final reads the last one as a draft
 
     def __post_init__(self):
+        if self.partial_method not in (None, "attention", "ctc"):
+            raise ValueError('partial_method must be "attention", "ctc" or None')
         if not 0 < self.pad_seconds <= self.end_silence_seconds or self.lead_seconds < 0:
             raise ValueError("pad_seconds must be in (0, end_silence_seconds], lead_seconds >= 0")
         if not 0 < self.command_confidence <= 1.0:
@@ -146,6 +155,7 @@ class _Utterance:
     tail: list[Word] = field(default_factory=list)  # the last partial's words after them
     window_from: int = 0  # a partial encodes the audio from here (the end of a stable word, or the start)
     partial: str = ""
+    said: tuple[int, list[int]] = (-1, [])  # the last partial's decoding: (first sample it read, its tokens)
     candidate: tuple[int, list[Event]] | None = None  # (end sample, events) decoded ahead of the close
     probs: list[float] = field(default_factory=list)  # speech probability of each window since it opened
 
@@ -166,6 +176,9 @@ class StreamingRecognizer:
             match_options = match_options or MatchOptions.for_model(recognizer.info)
         self.match_options = match_options
         self.decoding = options.decoding or recognizer.options
+        method = options.partial_method or ("attention" if grammar is None and self.decoding.method == "attention"
+                                             else "ctc")
+        self.partial_decoding = PARTIAL_DECODER if method == "attention" else PARTIAL_CTC
         self.vad = VadStream(vad or SileroVad(VadOptions(threshold=options.threshold)))
         self.resamplers: dict[int, StreamResampler] = {}
         self.audio = np.zeros(0, np.float32)  # samples [base, base + len) of the stream
@@ -221,10 +234,16 @@ class StreamingRecognizer:
             self.scored += WINDOW
             events += self._window(float(p))
         u = self.utterance
-        if u is not None and self.scored >= u.next_partial and u.silence_from is None:
+        if u is not None and self.scored >= u.next_partial and self._partial_now(u, arrival):
             events += self._partial(u)
         self._trim()
         return events
+
+    def _partial_now(self, u: _Utterance, arrival: float) -> bool:
+        """Whether a due partial is computed now: not while the speech may be ending (the newest window is
+        below the threshold) or the stream is behind (after a slow step): the end of speech comes first."""
+        speaking = u.silence_from is None and (not u.probs or u.probs[-1] >= self.options.threshold)
+        return speaking and self.clock() - arrival <= CATCH_UP
 
     def _window(self, p: float) -> list[Event]:
         """One VAD window ending at sample `self.scored`, with speech probability p."""
@@ -298,12 +317,20 @@ class StreamingRecognizer:
             events = [Event("rejected", u.partial, start_s, end_s, arrived) if m is None else
                       Event("command", m.text, start_s, end_s, arrived, command=m.to_dict())]
         else:
-            (r,) = self.recognizer.recognize([audio], self.decoding, align=True)
+            (r,) = self.recognizer.decode(self.recognizer.encode([audio]), self.decoding, align=True,
+                                          draft=self._final_draft(u))
             words = [Word(w.word, round(w.start + start_s, 3), round(w.end + start_s, 3), w.confidence)
                      for w in r.words]
             events = [Event("final", r.text, start_s, end_s, arrived, words)]
         self.work_s += time.perf_counter() - began
         return events
+
+    def _final_draft(self, u: _Utterance) -> list[int] | str | None:
+        """The last partial as the final's draft: its tokens where it read the whole utterance, else its text;
+        none where partials are the CTC head's (another vocabulary)."""
+        if self.partial_decoding.method != "attention":
+            return None
+        return u.said[1] if u.said[0] == u.start else u.partial
 
     def _partial(self, u: _Utterance) -> list[Event]:
         """CTC greedy over the open utterance after its stable words; the tail's words that two partials in
@@ -313,9 +340,12 @@ class StreamingRecognizer:
         if u.speech * WINDOW < o.min_speech_seconds * SAMPLE_RATE:
             return []
         began = time.perf_counter()
-        audio = self.audio[u.window_from - self.base:now - self.base]
-        (r,) = self.recognizer.decode(self.recognizer.encode([audio]), PARTIAL, align=True)
-        offset, stable_end = self.seconds(u.window_from), u.stable[-1].end if u.stable else -1.0
+        begin = max(u.start, u.window_from - int(READ_BACK * SAMPLE_RATE)) if u.window_from > u.start else u.start
+        audio = self.audio[begin - self.base:now - self.base]
+        offset, stable_end = self.seconds(begin), u.stable[-1].end if u.stable else -1.0
+        draft = u.said[1] if u.said[0] == begin else " ".join(w.word for w in u.stable + u.tail if w.start >= offset)
+        (r,) = self.recognizer.decode(self.recognizer.encode([audio]), self.partial_decoding, align=True, draft=draft)
+        u.said = (begin, r.tokens)
         tail = [Word(w.word, w.start + offset, w.end + offset, w.confidence) for w in r.words
                 if (w.start + w.end) / 2 + offset > stable_end]
         settled = self.seconds(now) - STABLE_AFTER
@@ -324,8 +354,8 @@ class StreamingRecognizer:
         if now - u.window_from > o.partial_window_seconds * SAMPLE_RATE:  # too long: settle its first half
             agreed = max(agreed, sum(w.end <= self.seconds(now) - o.partial_window_seconds / 2 for w in tail))
         u.stable, u.tail = u.stable + tail[:agreed], tail[agreed:]
-        if u.stable and now - u.window_from > o.partial_window_seconds * SAMPLE_RATE / 2:
-            u.window_from = max(u.window_from, int(u.stable[-1].end * SAMPLE_RATE))
+        if u.stable and now - u.window_from > o.partial_window_seconds * SAMPLE_RATE:  # seldom: a window's
+            u.window_from = max(u.window_from, int(u.stable[-1].end * SAMPLE_RATE))  # partials read each other
         self.work_s += time.perf_counter() - began
         stable = " ".join(w.word for w in u.stable)
         text = " ".join(w.word for w in u.stable + u.tail)
