@@ -48,8 +48,8 @@ class LiveSession:
 
     def feed(self, chunk) -> None:
         rate, data = chunk
-        if np.asarray(data).size:
-            self.inbox.put((int(rate), np.asarray(data)))
+        if np.asarray(data).size:  # with its arrival: latencies count from it, and a stream behind catches up
+            self.inbox.put((int(rate), np.asarray(data), self.stream.clock()))
 
     def stop(self) -> None:
         """Recognise what is queued, then flush the open utterance."""
@@ -70,7 +70,8 @@ class LiveSession:
                 return
             if item is None:
                 return
-            self._note(self.stream.accept(item[1], item[0]))
+            rate, data, arrival = item
+            self._note(self.stream.accept(data, rate, arrival))
 
     def _note(self, events: list[Event]) -> None:
         with self.lock:

@@ -171,8 +171,9 @@ class Recognizer:
         """An Encoding -> one Recognition per row (decode one encoding several ways without encoding again).
 
         `draft`: a guess of the tokens of a one-row Encoding, or of its text (a stream's last partial); greedy
-        decoding reads them in one pass and writes only from where they differ (the same text, fewer decoder
-        steps). A text's tokens may differ from how the decoder spells it: tokens are the better guess."""
+        decoding reads them in one pass and writes only from where they differ (greedy's text in fewer decoder
+        steps; in int8 a near tie may go the other way: `search.follow_draft`). A text's tokens may differ from
+        how the decoder spells it: tokens are the better guess."""
         options = options or self.options
         vocab = self.vocabulary(options)
         tokens = None
