@@ -333,14 +333,15 @@ class StreamingRecognizer:
         return u.said[1] if u.said[0] == u.start else u.partial
 
     def _partial(self, u: _Utterance) -> list[Event]:
-        """CTC greedy over the open utterance after its stable words; the tail's words that two partials in
-        a row agree on (LocalAgreement-2), and that end `STABLE_AFTER` s before now, become stable."""
+        """Greedy decoding (`partial_decoding`, reading the last partial as its draft) over the open utterance
+        from `READ_BACK` s before its stable words; the tail's words that two partials in a row agree on
+        (LocalAgreement-2), and that end `STABLE_AFTER` s before now, become stable."""
         o, now = self.options, self.scored
         u.next_partial = now + int(o.hop_seconds * SAMPLE_RATE)
         if u.speech * WINDOW < o.min_speech_seconds * SAMPLE_RATE:
             return []
         began = time.perf_counter()
-        begin = max(u.start, u.window_from - int(READ_BACK * SAMPLE_RATE)) if u.window_from > u.start else u.start
+        begin = max(u.start, u.window_from - int(READ_BACK * SAMPLE_RATE))
         audio = self.audio[begin - self.base:now - self.base]
         offset, stable_end = self.seconds(begin), u.stable[-1].end if u.stable else -1.0
         draft = u.said[1] if u.said[0] == begin else " ".join(w.word for w in u.stable + u.tail if w.start >= offset)
