@@ -88,6 +88,16 @@ def test_int4_weights_an_eighth_of_the_size_and_close(tmp_path, tokenizer):
         b, _ = loaded.encode(feats, lengths)
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
 
+    # finer groups for one part (what the default model's decoder blocks get): read back from their scales
+    finer = save_model(model, tokenizer, tmp_path / "finer", weights="int4", int4_groups={"decoder.blocks.": 32})
+    fine_key = "decoder.blocks.0.cross_attn.query.weight"
+    again = load_file(str(finer / "model.safetensors"))
+    assert again[fine_key + INT4_SCALE].shape[1] == columns // 32 and again[key + INT4_SCALE].shape[1] == columns // 64
+    w = model.get_parameter(fine_key).detach()
+    error = {name: (dict(load_model(d)[0].named_parameters())[fine_key] - w).abs().mean() for name, d in
+             (("coarse", small), ("fine", finer))}
+    assert error["fine"] < error["coarse"]  # a finer grid (on random weights only ~4 % finer; real ones gain more)
+
     del stored[key + INT4_OFFSET]  # scales without their offsets: refused, named
     save_file(stored, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointError, match=f"bad.safetensors: {key}{INT4_SCALE}"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from speech_transformer.training.data import read_manifest, write_manifest
@@ -155,3 +156,18 @@ def test_ship_reads_a_distilled_model_whose_run_folder_is_gone(data_dir):
     assert (settings["train"], settings["ctc_weight"], settings["lr"]) == ("decoder", 0.0, 2e-5)
     lines = ship.distil_training_lines({"training": facts, "recipe_command": command, "hardware": "CI"})
     assert any("the decoder (the CTC side is v3's, unchanged)" in line for line in lines)
+
+
+def test_ship_reads_int4_group_rules_and_says_them_in_the_card():
+    """--int4-group PREFIX=COLUMNS: parsed in order, refused when malformed, written into the card's weights line."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship", RECIPE.parent / "default" / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    assert ship.int4_groups(["decoder.blocks.=32", "encoder.=128"]) == {"decoder.blocks.": 32, "encoder.": 128}
+    for bad in ("decoder.blocks.", "=32", "decoder.blocks.=31", "decoder.blocks.=x"):
+        with pytest.raises(ship.ShipError, match="want PREFIX=COLUMNS"):
+            ship.int4_groups([bad])
+    info = {"shipped": {"dtype": "int4", "int4_groups": {"decoder.blocks.": 32}}}
+    assert ship.finer_groups(info) == ", `decoder.blocks.*` in groups of 32" and ship.finer_groups({}) == ""

@@ -140,12 +140,18 @@ def read_model_bin(files: str | os.PathLike | Sequence[str | os.PathLike]) -> Mo
         spec, revision = (s.string(), s.unpack("I")[0]) if version >= 2 else ("", 1)
         model = ModelBin(version, spec, revision)
         (count,) = s.unpack("I")
-        for _ in range(count):
-            name = s.string()
-            (rank,) = s.unpack("B")
-            shape = s.unpack(f"{rank}I")
-            dtype, size = _variable_type(s, version, name)
-            model.variables[name] = _tensor(s.read(size), dtype, shape, name, files[0])
+        for i in range(count):
+            try:
+                name = s.string()
+                (rank,) = s.unpack("B")
+                shape = s.unpack(f"{rank}I")
+                dtype, size = _variable_type(s, version, name)
+                model.variables[name] = _tensor(s.read(size), dtype, shape, name, files[0])
+            except CTranslate2Error as e:
+                if "truncated" not in str(e):
+                    raise
+                raise CTranslate2Error(f"{e}: the file ends in variable {i + 1} of {count} (a part missing or "
+                                       f"cut short?)") from None
         if version >= 3:
             (count,) = s.unpack("I")
             for _ in range(count):

@@ -100,13 +100,15 @@ def dequantize_int8(state: dict[str, torch.Tensor], source: Path) -> dict[str, t
     return out
 
 
-def quantize_int4(state: dict[str, torch.Tensor], names: set[str], group: int = INT4_GROUP
+def quantize_int4(state: dict[str, torch.Tensor], names: set[str], groups: dict[str, int] | None = None
                   ) -> dict[str, torch.Tensor]:
-    """`state` with each float matrix `(R, C)` of `names` whose C is a multiple of `group` stored in 4 bits
+    """`state` with each float matrix `(R, C)` of `names` whose C is a multiple of its group stored in 4 bits
     (`quantize.quantize_groups`); the other tensors of `names` of 2 or more dimensions (convolutions) as int8
-    (`quantize_int8`); the rest unchanged."""
+    (`quantize_int8`); the rest unchanged. `groups`: columns per group of the matrices whose names start with
+    each prefix (the first that matches), `INT4_GROUP` for the others; the loader reads each from its scales."""
     out: dict[str, torch.Tensor] = {}
     for name, value in state.items():
+        group = next((g for prefix, g in (groups or {}).items() if name.startswith(prefix)), INT4_GROUP)
         if name in names and value.dim() == 2 and value.is_floating_point() and value.shape[1] % group == 0:
             out[name], out[name + INT4_SCALE], out[name + INT4_OFFSET] = quantize_groups(value, group)
         else:
@@ -132,14 +134,16 @@ def dequantize_int4(state: dict[str, torch.Tensor], source: Path) -> dict[str, t
 
 def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: str | os.PathLike,
                info: dict | None = None, decoding: DecodingOptions | dict | None = None, weights: str = "float32",
-               commands: dict | None = None, ctc_tokenizer: TextTokenizer | None = None) -> Path:
+               commands: dict | None = None, ctc_tokenizer: TextTokenizer | None = None,
+               int4_groups: dict[str, int] | None = None) -> Path:
     """Write a complete model directory (into a temp dir, then moved into place).
 
     `decoding` is the model's preferred decoding (`DecodingOptions`, or its dict), used when a caller gives none;
     `commands` its grammar-matching settings (`commands.MatchOptions` fields: joint weight, reject threshold).
     `weights`: how the parameter matrices are stored: "float32" (as the model has them), "int8" with per-row
     scales (`quantize_int8`: a quarter of float32) or "int4" (`quantize_int4`: 4 bits and a float16 scale and
-    offset per 64 columns, 0.56 bytes a parameter).
+    offset per 64 columns, 0.56 bytes a parameter; `int4_groups`: other group widths by name prefix, e.g.
+    {"decoder.blocks.": 32}, 0.63 bytes a parameter there).
     `ctc_tokenizer`: the CTC head's own vocabulary, when it is not the decoder's.
     """
     directory = Path(directory)
@@ -151,8 +155,8 @@ def save_model(model: SpeechTransformer, tokenizer: TextTokenizer, directory: st
     if weights not in WEIGHT_STORAGE:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, not {weights!r}")
     if weights != "float32":
-        quantize = quantize_int8 if weights == "int8" else quantize_int4
-        state = quantize(state, {name for name, _ in model.named_parameters(remove_duplicate=False)})
+        names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+        state = quantize_int8(state, names) if weights == "int8" else quantize_int4(state, names, int4_groups)
     save_state_dict(state, tmp / WEIGHTS_FILE)
     (tmp / tokenizer.file_name).write_bytes(tokenizer.to_bytes())
     files = [WEIGHTS_FILE, tokenizer.file_name]
