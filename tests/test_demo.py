@@ -345,14 +345,17 @@ def default_server(tmp_path_factory):
 
 @contextlib.contextmanager
 def talking_browser(tmp: Path, data_dir: Path, text: str):
-    """Chromium whose fake microphone says the AN4 training utterance `text` after 1.5 s, then 3 s of silence;
-    `.clip_seconds`: when the clip ends."""
+    """Chromium whose fake microphone says the AN4 training utterance `text` after 4 s, then 3 s of silence;
+    `.clip_seconds`: when the clip ends. The fake microphone plays from the moment recording starts, and
+    Gradio's page sends audio only once the server has opened the stream: on a loaded machine that took over
+    1.5 s and the clip's first words were never sent, so the speech starts late enough for a slow open."""
     from speech_transformer.training.data import read_manifest
 
     clip = next(u for u in read_manifest(data_dir / "an4" / "train.tsv") if u.text == text)
-    speech = np.concatenate([np.zeros(24_000), load_audio(clip.audio), np.zeros(48_000)]).astype(np.float32)
-    driver = chromium(tmp, _wav(tmp / "microphone.wav", speech, 16_000))
-    driver.clip_seconds = 1.5 + clip.duration
+    lead = 4.0
+    speech = np.concatenate([np.zeros(int(lead * 16_000)), load_audio(clip.audio), np.zeros(48_000)])
+    driver = chromium(tmp, _wav(tmp / "microphone.wav", speech.astype(np.float32), 16_000))
+    driver.clip_seconds = lead + clip.duration
     yield driver
     driver.quit()
 
