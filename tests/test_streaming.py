@@ -96,7 +96,8 @@ def test_partials_are_written_as_finals_are_and_each_final_reads_the_last_one_as
     partials = [e.text for e in events if e.type == "partial"]
     assert any(c.islower() for text in partials for c in text)  # the decoder's writing, not the CTC head's
     finals = [(n, kept) for final, n, kept in reads if final]
-    assert len(finals) == sum(e.type == "final" for e in events)
+    # one decoding per final, and one per candidate dropped when the speech went on before the end silence
+    assert len(finals) >= sum(e.type == "final" for e in events) > 0
     assert all(n > 0 for n, _ in finals)  # each final had the last partial as its draft
     assert sum(kept >= n // 2 for n, kept in finals) >= len(finals) / 2, finals  # mostly read, not written
 

@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grammar", default=None, help="match each utterance against this grammar (file or shipped "
                                                    "name: desktop, digits): command or rejected events")
     p.add_argument("--hop", type=float, default=None, help="seconds of new audio between partials (default 0.4)")
-    p.add_argument("--end-silence", type=float, default=None, help="silence that ends an utterance (default 0.3)")
+    p.add_argument("--end-silence", type=float, default=None, help="silence that ends an utterance (default 0.25)")
     p.add_argument("--max-utterance", type=float, default=None, help="longest utterance, seconds (default 20)")
     return p
 
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         changes = {"hop_seconds": args.hop, "end_silence_seconds": args.end_silence,
-                   "max_utterance_seconds": args.max_utterance}
+                   "max_utterance_seconds": args.max_utterance,  # a shorter end silence keeps as much pad
+                   "pad_seconds": min(StreamOptions.pad_seconds, args.end_silence) if args.end_silence else None}
         options = StreamOptions(**{k: v for k, v in changes.items() if v is not None})
         grammar = Grammar.load(args.grammar) if args.grammar else None
     except SystemExit as e:

@@ -52,8 +52,9 @@ READ_BACK = 1.0  # s: audio before the window of a long utterance's partial, for
 @dataclass(frozen=True)
 class StreamOptions:
     hop_seconds: float = 0.4  # new audio between partials
-    end_silence_seconds: float = 0.3  # silence that ends an utterance
-    pad_seconds: float = 0.2  # audio kept after the speech of an utterance (<= end_silence_seconds)
+    end_silence_seconds: float = 0.25  # silence that ends an utterance
+    pad_seconds: float = 0.1  # audio kept after the speech of an utterance (<= end_silence_seconds): the
+    # final's decoding starts once it is in (the default model appends 1 s of silence of its own)
     lead_seconds: float = 0.5  # audio kept before it (not before the last utterance's end): the VAD hears
     # a soft onset ("s", "t") late
     command_confidence: float = 0.9  # with a grammar: a command this sure closes its utterance after pad_seconds
@@ -82,7 +83,7 @@ class Event:
     text: str
     start: float  # seconds from the start of the stream
     end: float
-    latency_s: float  # from the arrival of the audio it ends with (finals: the end of speech) to the event
+    latency_s: float  # from when the audio it ends with was heard (finals: the end of speech) to the event
     words: list[Word] | None = None  # finals: times in seconds from the start of the stream
     command: dict | None = None  # commands: CommandMatch.to_dict() (command, action, slots, confidence, llr)
     stable: str | None = None  # partials: the start of `text` that later partials keep
@@ -367,8 +368,10 @@ class StreamingRecognizer:
                       stable=stable)]
 
     def _arrival(self, sample: int) -> float:
-        """When the block holding `sample` arrived."""
-        return next((t for end, t in self.arrivals if end >= sample), self.arrivals[-1][1])
+        """When `sample` was heard: the arrival of the block holding it, less the audio after it in that block
+        (blocks come in real time; with 0.25 s browser chunks that is up to 0.25 s)."""
+        end, arrived = next(((end, t) for end, t in self.arrivals if end >= sample), self.arrivals[-1])
+        return arrived - max(0, end - sample) / SAMPLE_RATE
 
     def _trim(self) -> None:
         """Drop audio no utterance needs: keep the open utterance, else the pre-roll."""
