@@ -319,19 +319,22 @@ class StreamingRecognizer:
                       Event("command", m.text, start_s, end_s, arrived, command=m.to_dict())]
         else:
             (r,) = self.recognizer.decode(self.recognizer.encode([audio]), self.decoding, align=True,
-                                          draft=self._final_draft(u))
+                                          draft=self._draft(u, u.start))
             words = [Word(w.word, round(w.start + start_s, 3), round(w.end + start_s, 3), w.confidence)
                      for w in r.words]
             events = [Event("final", r.text, start_s, end_s, arrived, words)]
         self.work_s += time.perf_counter() - began
         return events
 
-    def _final_draft(self, u: _Utterance) -> list[int] | str | None:
-        """The last partial as the final's draft: its tokens where it read the whole utterance, else its text;
-        none where partials are the CTC head's (another vocabulary)."""
+    def _draft(self, u: _Utterance, begin: int) -> list[int] | str | None:
+        """The last partial as the draft of a decoding that reads from sample `begin`: its tokens where it read
+        from there too, else its words from there on; none where partials are the CTC head's (another
+        vocabulary)."""
         if self.partial_decoding.method != "attention":
             return None
-        return u.said[1] if u.said[0] == u.start else u.partial
+        if u.said[0] == begin:
+            return u.said[1]
+        return " ".join(w.word for w in u.stable + u.tail if w.start >= self.seconds(begin))
 
     def _partial(self, u: _Utterance) -> list[Event]:
         """Greedy decoding (`partial_decoding`, reading the last partial as its draft) over the open utterance
@@ -345,8 +348,8 @@ class StreamingRecognizer:
         begin = max(u.start, u.window_from - int(READ_BACK * SAMPLE_RATE))
         audio = self.audio[begin - self.base:now - self.base]
         offset, stable_end = self.seconds(begin), u.stable[-1].end if u.stable else -1.0
-        draft = u.said[1] if u.said[0] == begin else " ".join(w.word for w in u.stable + u.tail if w.start >= offset)
-        (r,) = self.recognizer.decode(self.recognizer.encode([audio]), self.partial_decoding, align=True, draft=draft)
+        (r,) = self.recognizer.decode(self.recognizer.encode([audio]), self.partial_decoding, align=True,
+                                      draft=self._draft(u, begin))
         u.said = (begin, r.tokens)
         tail = [Word(w.word, w.start + offset, w.end + offset, w.confidence) for w in r.words
                 if (w.start + w.end) / 2 + offset > stable_end]
