@@ -57,6 +57,10 @@ class CTranslate2Error(ValueError):
     """A model.bin (or its folder) is truncated, of an unknown version, or not a Whisper model."""
 
 
+class Truncated(CTranslate2Error):
+    """The bytes end before what the format says comes next."""
+
+
 @dataclass
 class ModelBin:
     """The contents of one model.bin: raw variables (their stored dtype) and aliases."""
@@ -110,7 +114,7 @@ class _Stream:
             wanted -= len(chunk)
         data = b"".join(chunks)
         if len(data) != n:
-            raise CTranslate2Error(f"{' + '.join(self.names)}: truncated, wanted {n} bytes at offset "
+            raise Truncated(f"{' + '.join(self.names)}: truncated, wanted {n} bytes at offset "
                                    f"{self.position}, got {len(data)}")
         self.position += n
         return data
@@ -147,11 +151,9 @@ def read_model_bin(files: str | os.PathLike | Sequence[str | os.PathLike]) -> Mo
                 shape = s.unpack(f"{rank}I")
                 dtype, size = _variable_type(s, version, name)
                 model.variables[name] = _tensor(s.read(size), dtype, shape, name, files[0])
-            except CTranslate2Error as e:
-                if "truncated" not in str(e):
-                    raise
-                raise CTranslate2Error(f"{e}: the file ends in variable {i + 1} of {count} (a part missing or "
-                                       f"cut short?)") from None
+            except Truncated as e:
+                raise Truncated(f"{e}: the file ends in variable {i + 1} of {count} (a part missing or "
+                                f"cut short?)") from None
         if version >= 3:
             (count,) = s.unpack("I")
             for _ in range(count):
