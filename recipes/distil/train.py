@@ -50,6 +50,7 @@ from speech_transformer.text.tokenizer import PRUNED_SPECIALS, Tokenizer, Whispe
 from speech_transformer.training.checkpoints import latest_checkpoint, load_training_checkpoint, \
     save_training_checkpoint
 from speech_transformer.training.config import TrainState
+from speech_transformer.training.augment import Augmenter, AugmentOptions
 from speech_transformer.training.data import frame_batches
 from speech_transformer.training.student import distilled_student
 
@@ -72,15 +73,34 @@ def labelled_sets(run: Path) -> list[str]:
     return [s for s in SETS if (run / "labels" / s / "DONE").exists()]
 
 
+def base_set(name: str) -> str:
+    """"librispeech-train+aug2" (an augmented copy, `training.augment`, with the labels of the clean audio)
+    -> "librispeech-train"."""
+    return name.partition("+aug")[0]
+
+
+def augment_copy(name: str) -> int | None:
+    """The number of an augmented copy's set name ("...+aug2" -> 2), None for the set itself."""
+    base, _, k = name.partition("+aug")
+    return int(k) if k.isdigit() and int(k) > 0 else None
+
+
+def labelled(run: Path, name: str) -> bool:
+    return (run / "labels" / base_set(name) / "DONE").exists()
+
+
 def read_labels(run: Path, name: str) -> list[dict]:
     """A set's utterances up to 30 s with the teacher's labels; where the teacher has not labelled the whole set
-    (`--human`), its manifest rows (absolute audio paths), learnt from the human transcripts alone."""
-    if not (run / "labels" / name / "DONE").exists():
+    (`--human`), its manifest rows (absolute audio paths), learnt from the human transcripts alone. An augmented
+    copy ("SET+augK") has the rows of SET."""
+    base = base_set(name)
+    if not labelled(run, name):
         rows = [{"index": i, "audio": u.audio, "duration_s": u.duration, "text": u.text, "tokens": [], "stop": None,
-                 "wer": 1.0} for i, u in enumerate(read_manifest(run / "data" / MANIFESTS[name]))]
+                 "wer": 1.0} for i, u in enumerate(read_manifest(run / "data" / MANIFESTS[base]))]
     else:
-        rows = [json.loads(line) for line in (run / "labels" / name / "labels.jsonl").open()]
-    return [dict(r, set=name, root=SETS[name]) for r in rows if "error" not in r and r["duration_s"] <= MAX_SECONDS]
+        rows = [json.loads(line) for line in (run / "labels" / base / "labels.jsonl").open()]
+    return [dict(r, set=name, labels=base, root=SETS[base]) for r in rows
+            if "error" not in r and r["duration_s"] <= MAX_SECONDS]
 
 
 def dictionary_tokens(teacher: WhisperTokenizer) -> set[int]:
@@ -161,8 +181,10 @@ def init_from_model(model_dir: Path, run: Path, out: Path) -> None:
 
 
 @torch.no_grad()
-def cache_states(model: SpeechTransformer, rows: list[dict], run: Path, out: Path) -> list[torch.Tensor]:
-    """The output of the frozen blocks `(S_i, D)` float16 for every row, computed once (eval mode)."""
+def cache_states(model: SpeechTransformer, rows: list[dict], run: Path, out: Path,
+                 augmenter: Augmenter | None = None, copy: int = 0) -> list[torch.Tensor]:
+    """The output of the frozen blocks `(S_i, D)` float16 for every row, computed once (eval mode); with an
+    `augmenter`, of augmented copy number `copy` of each row's audio (seeded by copy and row: reproducible)."""
     model.eval()
     states: list[torch.Tensor] = []
     for first in range(0, len(rows), SHARD):
@@ -173,8 +195,7 @@ def cache_states(model: SpeechTransformer, rows: list[dict], run: Path, out: Pat
             order = sorted(range(len(part)), key=lambda i: part[i]["duration_s"])
             for k in range(0, len(order), 16):
                 batch = order[k:k + 16]
-                audio, lengths = pad_waveforms([torch.from_numpy(load_audio(str(run / "data" / part[i]["root"] /
-                                                                               part[i]["audio"])))
+                audio, lengths = pad_waveforms([torch.from_numpy(row_audio(run, part[i], augmenter, copy))
                                                 for i in batch])
                 x, n = model.encoder.embed(*model.frontend(audio, lengths))
                 x, n, _ = model.encoder.blocks_from(x, n, 0, FROZEN)
@@ -186,6 +207,18 @@ def cache_states(model: SpeechTransformer, rows: list[dict], run: Path, out: Pat
         shard = load_file(str(path))
         states += [shard[str(i)] for i in range(len(part))]
     return states
+
+
+def row_audio(run: Path, row: dict, augmenter: Augmenter | None = None, copy: int = 0):
+    path = str(run / "data" / row["root"] / row["audio"])
+    audio = load_audio(path)
+    return audio if augmenter is None else augmenter(audio, copy * 1_000_003 + row["index"], path)
+
+
+def set_augmenter(run: Path, name: str) -> Augmenter:
+    """The augmenter of a set's copies: babble from the set's own audio (other speakers)."""
+    rows = read_labels(run, base_set(name))
+    return Augmenter(AugmentOptions(), [str(run / "data" / r["root"] / r["audio"]) for r in rows], load_audio)
 
 
 class Targets:
@@ -204,9 +237,9 @@ class Targets:
             usable = r.get("stop") == "eot" and r["wer"] <= max_wer and bool(r["tokens"])
             mapped = new_id[torch.tensor(r["tokens"], dtype=torch.long)] if r["tokens"] else torch.zeros(0)
             if usable and bool((mapped >= 0).all()):
-                key = (r["set"], r["shard"])
+                key = (r["labels"], r["shard"])
                 if key not in shards:
-                    shards = {key: load_file(str(run / "labels" / r["set"] / f"topk-{r['shard']:05d}.safetensors"))}
+                    shards = {key: load_file(str(run / "labels" / r["labels"] / f"topk-{r['shard']:05d}.safetensors"))}
                 ids = new_id[shards[key][f"{r['index']}.ids"].long()]
                 probs = shards[key][f"{r['index']}.logprobs"].float().exp().masked_fill(ids < 0, 0.0)
                 self.tokens.append(mapped.tolist())
@@ -337,7 +370,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-wer", type=float, default=0.10, help="teacher transcripts above this WER are not learnt")
     p.add_argument("--kl-weight", type=float, default=0.8)
     p.add_argument("--ctc-weight", type=float, default=0.2)
-    p.add_argument("--sets", help="comma-separated labelled sets to train on (default: those of the student's init); "
+    p.add_argument("--sets", help="comma-separated labelled sets to train on (default: those of the student's init; "
+                   "SET+augK: augmented copy K of SET with its labels, training.augment); "
                    "a resume with other sets goes on from the checkpoint with another data order")
     p.add_argument("--human", help="comma-separated sets of --sets that the teacher has not labelled (yet): learnt "
                    "from their human transcripts alone (CTC, and the decoder on them in Whisper's style)")
@@ -387,7 +421,10 @@ def export(a: argparse.Namespace, out: Path) -> Path:
     checkpoint.load_weights(model, checkpoint.average_state_dicts([p / checkpoint.WEIGHTS_FILE for p in paths]),
                             paths[-1])
     meta = [json.loads((p / "trainer.json").read_text())["state"] for p in paths]
-    info = {"train": [f"{SETS[s]}/{MANIFESTS[s].split('/')[1]}" for s in sets], "steps": meta[-1]["step"],
+    info = {"train": [f"{SETS[s]}/{MANIFESTS[s].split('/')[1]}" for s in sets if augment_copy(s) is None],
+            "augmented_copies": {s: sum(base_set(c) == s and augment_copy(c) is not None for c in sets) for s in sets
+                                 if any(base_set(c) == s and augment_copy(c) is not None for c in sets)},
+            "steps": meta[-1]["step"],
             "train_cpu_s": json.loads((paths[-1] / "progress.json").read_text())["cpu_s"],
             "frozen_blocks": FROZEN, "recipe": "recipes/distil/train.py", "averaged": [p.name for p in paths],
             "initialised_from": {"encoder": "whisper base (blocks 0-4), " + (
@@ -419,14 +456,15 @@ def main(argv=None) -> int:
     if a.sets:
         sets = a.sets.split(",")
         human = (a.human or "").split(",")
-        missing = [s for s in sets if s not in SETS or not ((a.run / "labels" / s / "DONE").exists() or s in human)]
+        missing = [s for s in sets if base_set(s) not in SETS or not (labelled(a.run, s) or s in human)]
         if missing:
             raise SystemExit(f"not labelled (yet): {', '.join(missing)} (--human SETS: learn them from the human "
                              "transcripts alone)")
     ctc_tokenizer = checkpoint.model_ctc_tokenizer(a.v3)
     rows = [r for name in sets for r in read_labels(a.run, name)]
-    states = [s for name in sets for s in cache_states(model, read_labels(a.run, name), a.run, out / "cache" / (
-        name if (a.run / "labels" / name / "DONE").exists() else f"{name}-human"))]  # other rows, other cache
+    states = [s for name in sets for s in cache_states(
+        model, read_labels(a.run, name), a.run, out / "cache" / (name if labelled(a.run, name) else f"{name}-human"),
+        None if augment_copy(name) is None else set_augmenter(a.run, name), augment_copy(name) or 0)]
     dev = dev_rows(a.run, a.dev, a.dev_utterances)
     dev_states = cache_states(model, dev, a.run, out / "cache" / f"dev-{a.dev_utterances}")
     targets = Targets(a.run, rows, ctc_tokenizer, vocab, old_ids, a.max_wer)
