@@ -85,6 +85,20 @@ def augment_copy(name: str) -> int | None:
     return int(k) if k.isdigit() and int(k) > 0 else None
 
 
+def set_source(name: str) -> str:
+    """Where a set's audio comes from, as a model card says it: "librispeech/train.tsv", or a `--manifest`'s path."""
+    return MANIFESTS.get(name, name) if not SETS.get(name) else f"{SETS[name]}/{MANIFESTS[name].split('/')[1]}"
+
+
+def add_manifests(specs: list[str]) -> None:
+    """`--manifest NAME=PATH`: sets outside the shared data (synthetic speech), learnt from their transcripts."""
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if not name or not Path(path).is_file():
+            raise SystemExit(f"--manifest {spec!r}: expected NAME=PATH of a manifest file")
+        SETS[name], MANIFESTS[name] = "", str(Path(path).resolve())  # run/data/"" / an absolute path: the path
+
+
 def labelled(run: Path, name: str) -> bool:
     return (run / "labels" / base_set(name) / "DONE").exists()
 
@@ -373,6 +387,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sets", help="comma-separated labelled sets to train on (default: those of the student's init; "
                    "SET+augK: augmented copy K of SET with its labels, training.augment); "
                    "a resume with other sets goes on from the checkpoint with another data order")
+    p.add_argument("--manifest", action="append", default=[], metavar="NAME=PATH",
+                   help="a set outside the shared data (synthetic speech: training.synthetic's manifest), named "
+                   "NAME in --sets, --human (it has no teacher labels) and --human-style; give it to --export too")
     p.add_argument("--human", help="comma-separated sets of --sets that the teacher has not labelled (yet): learnt "
                    "from their human transcripts alone (CTC, and the decoder on them in Whisper's style)")
     p.add_argument("--subsample", default="", help="SET=FRACTION,...: the share of a set's utterances in each "
@@ -421,7 +438,7 @@ def export(a: argparse.Namespace, out: Path) -> Path:
     checkpoint.load_weights(model, checkpoint.average_state_dicts([p / checkpoint.WEIGHTS_FILE for p in paths]),
                             paths[-1])
     meta = [json.loads((p / "trainer.json").read_text())["state"] for p in paths]
-    info = {"train": [f"{SETS[s]}/{MANIFESTS[s].split('/')[1]}" for s in sets if augment_copy(s) is None],
+    info = {"train": [set_source(s) for s in sets if augment_copy(s) is None],
             "augmented_copies": {s: sum(base_set(c) == s and augment_copy(c) is not None for c in sets) for s in sets
                                  if any(base_set(c) == s and augment_copy(c) is not None for c in sets)},
             "steps": meta[-1]["step"],
@@ -441,6 +458,7 @@ def export(a: argparse.Namespace, out: Path) -> Path:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    add_manifests(a.manifest)
     out = a.out or a.run / "student"
     torch.set_num_threads(a.threads)
     if a.export:

@@ -19,6 +19,7 @@ import torch
 import torchaudio.functional as AF
 
 from speech_transformer.audio.loading import SAMPLE_RATE
+from speech_transformer.audio.manifests import speaker_from_id
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,8 @@ def speaker_of(path: str) -> str:
     """The speaker of a training file where its name tells: LibriSpeech's SPEAKER-CHAPTER-UTTERANCE, FSDD's
     DIGIT_SPEAKER_N; else the file's folder."""
     name = Path(path).stem
-    if m := re.fullmatch(r"(\d+)-\d+-\d+", name):
-        return m.group(1)
+    if speaker := speaker_from_id(name):
+        return speaker
     if m := re.fullmatch(r"\d_([a-z]+)_\d+", name):
         return m.group(1)
     return str(Path(path).parent)
