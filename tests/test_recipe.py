@@ -169,5 +169,12 @@ def test_ship_reads_int4_group_rules_and_says_them_in_the_card():
     for bad in ("decoder.blocks.", "=32", "decoder.blocks.=31", "decoder.blocks.=x"):
         with pytest.raises(ship.ShipError, match="want PREFIX=COLUMNS"):
             ship.int4_groups([bad])
+    from speech_transformer.pretrained import default_model_dir
+
+    args = ship.build_parser().parse_args(["--model", str(default_model_dir()), "--dtype", "int8",
+                                           "--int4-group", "decoder.blocks.=32", "--dest", "/nonexistent/x",
+                                           "--hardware", "CI"])
+    with pytest.raises(ship.ShipError, match="needs --dtype int4"):  # not silently ignored
+        ship.ship(args, [])
     info = {"shipped": {"dtype": "int4", "int4_groups": {"decoder.blocks.": 32}}}
     assert ship.finer_groups(info) == ", `decoder.blocks.*` in groups of 32" and ship.finer_groups({}) == ""

@@ -647,6 +647,8 @@ def ship(args: argparse.Namespace, argv: list[str]) -> Path:
     dest = args.dest
     if not (source / checkpoint.CONFIG_FILE).is_file():
         raise ShipError(f"{source}: not a model directory (train it first: recipes/default/run.sh)")
+    if args.int4_group and args.dtype != "int4":
+        raise ShipError(f"--int4-group rounds matrices to 4 bits: it needs --dtype int4 (not {args.dtype})")
     if dest.is_dir() and (unmanaged := sorted(f.name for f in dest.iterdir() if f.name not in MANAGED_FILES)):
         raise ShipError(f"{dest} holds files ship.py does not manage: {unmanaged}; remove them first")
     recipe_command = args.recipe_command or default_recipe_command(args.exp)
