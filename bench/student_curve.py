@@ -14,6 +14,9 @@ against training CPU-minutes, one thread; caching excluded), with the teacher's 
         --out recipes/distil/learning_curve.png
     python bench/student_curve.py --distil "v4 -> v5=/var/tmp/st-distil/student-v4f" --teacher 4.33 --top 10 \
         --out recipes/distil/learning_curve_v5.png
+    python bench/student_curve.py --distil "control=ctl.jsonl" --distil "+ augmented copy=aug.jsonl" \
+        --distil "+ synthetic speech=tts.jsonl" --line "v5 (float)=6.48" --dev-utterances 120 --top 10 \
+        --out recipes/distil/learning_curve_ingredients.png
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", type=float, help="with --distil: the teacher's dev WER %%, drawn as a line")
     p.add_argument("--v3", type=float, help="with --distil: v3's dev WER %% on the same utterances")
     p.add_argument("--top", type=float, default=60.0, help="with --distil: the WER axis's top")
+    p.add_argument("--line", action="append", default=[], metavar="LABEL=WER",
+                   help="with --distil: another model's dev WER %%, drawn as a line")
+    p.add_argument("--dev-utterances", type=int, default=40, help="with --distil: how many dev utterances the "
+                   "runs scored (train.py --dev-utterances)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     import matplotlib
@@ -76,11 +83,13 @@ def distil_curve(args, fig, ax) -> int:
         ctc = [(m, r["ctc_wer"]) for m, r in zip(minutes, run) if "ctc_wer" in r]  # absent: --train decoder
         if ctc:
             ax.plot(*zip(*ctc), marker="s", label=f"{label}: CTC greedy")
-    for value, label, style in ((args.teacher, "teacher (Whisper base, 30 s window)", "--"), (args.v3, "v3", ":")):
+    lines = [(args.teacher, "teacher (Whisper base, 30 s window)", "--"), (args.v3, "v3", ":")]
+    lines += [(float(v), label, "-.") for label, _, v in (spec.rpartition("=") for spec in args.line)]
+    for value, label, style in lines:
         if value is not None:
             ax.axhline(value, color="grey", linestyle=style, label=f"{label}: {value:.2f} %")
-    return save(fig, ax, "training CPU-minutes (one thread)", "dev WER % (first 40 utterances, english-v1)",
-                args.top, args.out)
+    return save(fig, ax, "training CPU-minutes (one thread)",
+                f"dev WER % (first {args.dev_utterances} utterances, english-v1)", args.top, args.out)
 
 
 def save(fig, ax, xlabel: str, ylabel: str, top: float, out: Path) -> int:
