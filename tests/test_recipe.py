@@ -178,3 +178,32 @@ def test_ship_reads_int4_group_rules_and_says_them_in_the_card():
         ship.ship(args, [])
     info = {"shipped": {"dtype": "int4", "int4_groups": {"decoder.blocks.": 32}}}
     assert ship.finer_groups(info) == ", `decoder.blocks.*` in groups of 32" and ship.finer_groups({}) == ""
+
+
+def test_distil_sets_augmented_copies_and_outside_manifests(tmp_path, data_dir):
+    """recipes/distil/train.py: "SET+augK" is copy K of SET (SET's labels, its own reproducible audio), and
+    `--manifest NAME=PATH` adds a set from outside the shared data, read with absolute paths."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("distil_train", RECIPE.parent / "distil" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    assert train.base_set("librispeech-train+aug2") == "librispeech-train" and train.augment_copy("x+aug2") == 2
+    assert train.augment_copy("librispeech-train") is None and train.augment_copy("x+aug0") is None
+    clips = read_manifest(data_dir / "librispeech" / "train.tsv")[:3]
+    write_manifest(clips, tmp_path / "extra.jsonl")
+    train.add_manifests([f"extra={tmp_path / 'extra.jsonl'}"])
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        train.add_manifests([f"other={tmp_path / 'missing.jsonl'}"])
+    assert train.set_source("extra") == str(tmp_path / "extra.jsonl")
+    assert train.set_source("an4-train") == "an4/train.tsv"
+    run = tmp_path / "run"  # no labels: the set is learnt from its transcripts
+    rows = train.read_labels(run, "extra+aug1")
+    assert [r["text"] for r in rows] == [c.text for c in clips] and rows[0]["labels"] == "extra"
+    augmenter = train.set_augmenter(run, "extra+aug1")
+    one, again = (train.row_audio(run, rows[0], augmenter, 1) for _ in range(2))
+    clean = train.row_audio(run, rows[0])
+    assert np.array_equal(one, again) and not np.array_equal(one, train.row_audio(run, rows[0], augmenter, 2))
+    assert abs(len(clean) - len(one)) <= 0.12 * len(clean) and not np.array_equal(clean[:len(one)], one[:len(clean)])
