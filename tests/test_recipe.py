@@ -192,6 +192,7 @@ def test_distil_sets_augmented_copies_and_outside_manifests(tmp_path, data_dir):
     spec.loader.exec_module(train)
     assert train.base_set("librispeech-train+aug2") == "librispeech-train" and train.augment_copy("x+aug2") == 2
     assert train.augment_copy("librispeech-train") is None and train.augment_copy("x+aug0") is None
+    assert train.base_set("x+aug0") == "x+aug0"  # not a copy: an unknown set
     clips = read_manifest(data_dir / "librispeech" / "train.tsv")[:3]
     write_manifest(clips, tmp_path / "extra.jsonl")
     train.add_manifests([f"extra={tmp_path / 'extra.jsonl'}"])

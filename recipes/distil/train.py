@@ -47,10 +47,10 @@ from speech_transformer.text.normalize import normalize_transcript, whisper_styl
 from speech_transformer.text.scoring import score_utterances
 from speech_transformer.text.tokenizer import PRUNED_SPECIALS, Tokenizer, WhisperTokenizer, load_tokenizer, \
     prune_vocabulary
+from speech_transformer.training.augment import Augmenter, AugmentOptions
 from speech_transformer.training.checkpoints import latest_checkpoint, load_training_checkpoint, \
     save_training_checkpoint
 from speech_transformer.training.config import TrainState
-from speech_transformer.training.augment import Augmenter, AugmentOptions
 from speech_transformer.training.data import frame_batches
 from speech_transformer.training.student import distilled_student
 
@@ -73,16 +73,16 @@ def labelled_sets(run: Path) -> list[str]:
     return [s for s in SETS if (run / "labels" / s / "DONE").exists()]
 
 
+def augment_copy(name: str) -> int | None:
+    """The number of an augmented copy's set name ("...+aug2" -> 2), None for a set itself."""
+    _, sep, k = name.rpartition("+aug")
+    return int(k) if sep and k.isdigit() and int(k) > 0 else None
+
+
 def base_set(name: str) -> str:
     """"librispeech-train+aug2" (an augmented copy, `training.augment`, with the labels of the clean audio)
-    -> "librispeech-train"."""
-    return name.partition("+aug")[0]
-
-
-def augment_copy(name: str) -> int | None:
-    """The number of an augmented copy's set name ("...+aug2" -> 2), None for the set itself."""
-    base, _, k = name.partition("+aug")
-    return int(k) if k.isdigit() and int(k) > 0 else None
+    -> "librispeech-train"; a set's own name otherwise."""
+    return name.rpartition("+aug")[0] if augment_copy(name) else name
 
 
 def set_source(name: str) -> str:
@@ -438,9 +438,8 @@ def export(a: argparse.Namespace, out: Path) -> Path:
     checkpoint.load_weights(model, checkpoint.average_state_dicts([p / checkpoint.WEIGHTS_FILE for p in paths]),
                             paths[-1])
     meta = [json.loads((p / "trainer.json").read_text())["state"] for p in paths]
-    info = {"train": [set_source(s) for s in sets if augment_copy(s) is None],
-            "augmented_copies": {s: sum(base_set(c) == s and augment_copy(c) is not None for c in sets) for s in sets
-                                 if any(base_set(c) == s and augment_copy(c) is not None for c in sets)},
+    copies = [s for s in sets if augment_copy(s)]
+    info = {"train": [set_source(s) for s in sets if not augment_copy(s)], **({"augmented": copies} if copies else {}),
             "steps": meta[-1]["step"],
             "train_cpu_s": json.loads((paths[-1] / "progress.json").read_text())["cpu_s"],
             "frozen_blocks": FROZEN, "recipe": "recipes/distil/train.py", "averaged": [p.name for p in paths],
@@ -482,7 +481,7 @@ def main(argv=None) -> int:
     rows = [r for name in sets for r in read_labels(a.run, name)]
     states = [s for name in sets for s in cache_states(
         model, read_labels(a.run, name), a.run, out / "cache" / (name if labelled(a.run, name) else f"{name}-human"),
-        None if augment_copy(name) is None else set_augmenter(a.run, name), augment_copy(name) or 0)]
+        set_augmenter(a.run, name) if augment_copy(name) else None, augment_copy(name) or 0)]
     dev = dev_rows(a.run, a.dev, a.dev_utterances)
     dev_states = cache_states(model, dev, a.run, out / "cache" / f"dev-{a.dev_utterances}")
     targets = Targets(a.run, rows, ctc_tokenizer, vocab, old_ids, a.max_wer)
