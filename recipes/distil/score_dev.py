@@ -22,9 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train as T  # noqa: E402  (recipes/distil/train.py)
 
-from speech_transformer.audio.loading import load_audio  # noqa: E402
 from speech_transformer.model import checkpoint  # noqa: E402
-from speech_transformer.training.augment import AugmentOptions, Augmenter  # noqa: E402
+from speech_transformer.training.augment import AugmentOptions  # noqa: E402
 
 NOISY = AugmentOptions(speeds=(1.0,), room_probability=0.3, noise_probability=1.0)
 NOISY_COPY = 99  # the seed's copy number: not one that training uses
@@ -42,12 +41,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     model, vocab, _, _ = T.load_student(a.out, "decoder", 0.0)
-    dev = [dict(r, index=i) for i, r in enumerate(T.dev_rows(a.run, a.dev, a.n))]
-    pool = [str(a.run / "data" / r["root"] / r["audio"]) for r in T.read_labels(a.run, "librispeech-train")]
+    dev = T.dev_rows(a.run, a.dev, a.n)
     cache = a.run / "eval-cache"
     clean = T.cache_states(model, dev, a.run, cache / f"dev-{a.n}")
-    noisy = T.cache_states(model, dev, a.run, cache / f"dev-{a.n}-noisy", Augmenter(NOISY, pool, load_audio),
-                           NOISY_COPY)
+    noisy = T.cache_states(model, dev, a.run, cache / f"dev-{a.n}-noisy",
+                           T.set_augmenter(a.run, "librispeech-train", NOISY), NOISY_COPY)
     ctc = checkpoint.model_ctc_tokenizer(a.v3)
     for weights in a.weights:
         checkpoint.load_weights(model, checkpoint.load_state_dict(weights / checkpoint.WEIGHTS_FILE), weights)

@@ -229,10 +229,10 @@ def row_audio(run: Path, row: dict, augmenter: Augmenter | None = None, copy: in
     return audio if augmenter is None else augmenter(audio, copy * 1_000_003 + row["index"], path)
 
 
-def set_augmenter(run: Path, name: str) -> Augmenter:
+def set_augmenter(run: Path, name: str, options: AugmentOptions = AugmentOptions()) -> Augmenter:
     """The augmenter of a set's copies: babble from the set's own audio (other speakers)."""
     rows = read_labels(run, base_set(name))
-    return Augmenter(AugmentOptions(), [str(run / "data" / r["root"] / r["audio"]) for r in rows], load_audio)
+    return Augmenter(options, [str(run / "data" / r["root"] / r["audio"]) for r in rows], load_audio)
 
 
 class Targets:
@@ -364,8 +364,8 @@ def trained_sets(out: Path) -> list[str]:
 
 
 def dev_rows(run: Path, manifest: str, n: int) -> list[dict]:
-    return [{"audio": u.audio, "root": "", "duration_s": u.duration, "text": u.text}
-            for u in read_manifest(run / "data" / manifest)[:n]]
+    return [{"index": i, "audio": u.audio, "root": "", "duration_s": u.duration, "text": u.text}
+            for i, u in enumerate(read_manifest(run / "data" / manifest)[:n])]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -55,7 +55,7 @@ def coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndar
     f = np.arange(len(spectrum), dtype=np.float64)
     f[0] = 1.0
     noise = np.fft.irfft(spectrum / f ** (exponent / 2), n)
-    return (noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)).astype(np.float32)
+    return (noise / (rms(noise) + 1e-12)).astype(np.float32)
 
 
 def room_impulse(rt60: float, rng: np.random.Generator, rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -105,6 +105,7 @@ class Augmenter:
     def __init__(self, options: AugmentOptions = AugmentOptions(), pool: Sequence[str] = (),
                  load: Callable[[str], np.ndarray] | None = None):
         self.options, self.pool, self.load = options, list(pool), load
+        self.speakers = [speaker_of(p) for p in self.pool]  # once: babble leaves each clip's speaker out
 
     def __call__(self, audio: np.ndarray, seed: int, path: str = "") -> np.ndarray:
         o, rng = self.options, np.random.default_rng(seed)
@@ -124,7 +125,7 @@ class Augmenter:
     def babble(self, n: int, rng: np.random.Generator, speaker: str | None) -> np.ndarray | None:
         """`(n,)` of several other speakers talking at once, each at unit RMS, from random offsets; None where
         the pool has no other speaker."""
-        others = [p for p in self.pool if speaker is None or speaker_of(p) != speaker]
+        others = [p for p, s in zip(self.pool, self.speakers) if speaker is None or s != speaker]
         if not others:
             return None
         count = int(rng.integers(self.options.babble_speakers[0], self.options.babble_speakers[1] + 1))
